@@ -1,0 +1,199 @@
+"""Random walk: sparse products (ours) against the dense matrix power (SPEC 10).
+
+``python -m bench.random_walk`` prints one row per case: the dense ``N x N`` formulation
+of the original code (``T`` squared ``log2 t`` times, then ``v T^t``) and
+``tools.random_walk`` on the same inputs, with wall time, peak memory and the largest
+difference between the two results.  The 125x94 dense case (N = 11750, ~550 MB per
+matrix, minutes of CPU) is by default *estimated*: ``A`` and ``T`` are built for real and
+one squaring is timed; the estimate is build + ``log2 t`` squarings and its memory is
+that of one squaring (the peak of the full run too).  Peak memory is the growth of the
+process's peak RSS on the CPU (Linux only) or the CUDA allocator's peak.
+"""
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tools.random_walk import (directions, pairs_within_radius, path_max_affinity,
+                               propagate_with_boundary, random_walk)
+
+RADIUS = 5
+CASES = (
+    {"name": "125x94x3 IRN beta10 t256", "size": (125, 94), "channels": 3, "beta": 10,
+     "t": 256, "arch": "irn", "large": True},
+    {"name": "56x56x21 AffinityNet beta8 t256", "size": (56, 56), "channels": 21, "beta": 8,
+     "t": 256, "arch": "affinitynet", "large": False},
+)
+
+
+def _inputs(case, device):
+    """Seeded CAM ``[C, h, w]`` and guide: a boundary map (IRN) or pair affinities."""
+    generator = torch.Generator().manual_seed(0)
+    h, w = case["size"]
+    cam = torch.rand(case["channels"], h, w, generator=generator)
+    if case["arch"] == "irn":
+        guide = torch.rand(h, w, generator=generator) ** 3
+    else:
+        _, index_to = pairs_within_radius(RADIUS, (h, w))
+        guide = 1 - torch.rand(index_to.shape, generator=generator)
+    return cam.to(device), guide.to(device)
+
+
+def _ours(case, cam, guide):
+    """``tools.random_walk`` on one case; returns ``[C, h*w]``."""
+    if case["arch"] == "irn":
+        out = propagate_with_boundary(cam, guide, RADIUS, case["beta"], case["t"])
+        return out.reshape(cam.shape[0], -1)
+    return random_walk(cam.reshape(cam.shape[0], -1), guide, case["size"], RADIUS,
+                       case["beta"], case["t"])
+
+
+def _irn_pairs(boundary):
+    """IRN's graph on the unpadded map: every pixel a source, pairs with both ends inside."""
+    h, w = boundary.shape
+    reach = RADIUS - 1
+    affinity = path_max_affinity(F.pad(boundary, (reach, reach, 0, reach), value=1.0), RADIUS)
+    index_from = torch.arange(h * w, device=boundary.device)
+    offsets = torch.tensor(directions(RADIUS), device=boundary.device)
+    ty = (index_from // w)[None] + offsets[:, :1]
+    tx = (index_from % w)[None] + offsets[:, 1:]
+    inside = (ty < h) & (tx >= 0) & (tx < w)
+    return index_from.expand_as(ty)[inside], (ty * w + tx)[inside], affinity[inside]
+
+
+def _dense_transition(case, guide):
+    """The original dense ``T [N, N]``: ``A^beta`` with ones on the diagonal, columns normalised."""
+    h, w = case["size"]
+    if case["arch"] == "irn":
+        sources, targets, affinity = _irn_pairs(guide)
+    else:
+        index_from, targets = pairs_within_radius(RADIUS, (h, w), guide.device)
+        sources, affinity = index_from.expand_as(targets), guide
+    dense = torch.eye(h * w, device=guide.device)
+    dense[sources, targets] = affinity
+    dense[targets, sources] = affinity
+    dense = dense.pow(case["beta"])
+    return dense / dense.sum(dim=0, keepdim=True)
+
+
+def _dense(case, cam, guide, squarings):
+    """Dense walk with ``squarings`` squarings of ``T``; ``v T^t`` when they reach ``t``."""
+    transition = _dense_transition(case, guide)
+    for _ in range(squarings):
+        transition = transition @ transition
+    if 2 ** squarings == case["t"]:
+        return cam.reshape(cam.shape[0], -1) @ transition
+    return None
+
+
+def _rss_kib(field):
+    """A ``Vm*`` field of /proc/self/status in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _measure(fn, device):
+    """Run ``fn()`` once: ``(seconds, peak growth in MB or None, result)``."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            base = _rss_kib("VmRSS") * 1024
+        except OSError:
+            base = None
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = None if base is None else _rss_kib("VmHWM") * 1024 - base
+    return seconds, None if peak is None else peak / 2**20, result
+
+
+def _run_case(case, device, dense_large, repeat):
+    """One row of the table (see ``run``)."""
+    cam, guide = _inputs(case, device)
+    _ours(case, cam, guide)
+    runs = [_measure(lambda: _ours(case, cam, guide), device) for _ in range(repeat)]
+    ours_s, ours_mb, ours_out = min(runs, key=lambda r: r[0])
+    row = {"case": case["name"], "n": case["size"][0] * case["size"][1],
+           "ours_s": ours_s, "ours_peak_mb": ours_mb, "dense_s": None,
+           "dense_peak_mb": None, "dense": "skipped", "speedup": None, "max_rel_diff": None}
+    if case["large"] and dense_large == "skip":
+        return row
+    squarings = int(math.log2(case["t"]))
+    estimate = case["large"] and dense_large == "estimate"
+    if estimate:
+        build_s, _, _ = _measure(lambda: _dense(case, cam, guide, 0), device)
+        step_s, dense_mb, _ = _measure(lambda: _dense(case, cam, guide, 1), device)
+        dense_s = build_s + squarings * (step_s - build_s)
+    else:
+        dense_s, dense_mb, dense_out = _measure(lambda: _dense(case, cam, guide, squarings),
+                                                device)
+        scale = dense_out.abs().max()
+        row["max_rel_diff"] = float((ours_out - dense_out).abs().max() / scale)
+    row.update(dense_s=dense_s, dense_peak_mb=dense_mb, speedup=dense_s / ours_s,
+               dense="estimated" if estimate else "measured")
+    return row
+
+
+def run(device="cpu", dense_large="estimate", repeat=3):
+    """Benchmark every case; returns one dict per case.
+
+    ``dense_large``: ``"estimate"`` (default), ``"full"`` (minutes) or ``"skip"`` for the
+    dense form of the large case.  Keys: case, n, ours_s, ours_peak_mb, dense_s,
+    dense_peak_mb, dense ("measured", "estimated" or "skipped"), speedup, max_rel_diff
+    (largest |ours - dense| over the largest |dense|; None unless dense was measured).
+    Uses torch's default thread count.
+    """
+    with torch.no_grad():
+        return [_run_case(case, device, dense_large, repeat) for case in CASES]
+
+
+def _fmt(value, spec):
+    """``value`` formatted with ``spec``, or "-" for None."""
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows):
+    """The rows of ``run`` as a Markdown table."""
+    lines = ["| case | N | dense s | dense peak MB | dense | ours s | ours peak MB | speedup "
+             "| max rel diff |", "|" + " --- |" * 9]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['n']} | {_fmt(r['dense_s'], '.2f')} | "
+                     f"{_fmt(r['dense_peak_mb'], '.0f')} | {r['dense']} | "
+                     f"{_fmt(r['ours_s'], '.3f')} | {_fmt(r['ours_peak_mb'], '.1f')} | "
+                     f"{_fmt(r['speedup'], '.0f')}x | {_fmt(r['max_rel_diff'], '.1e')} |")
+    return "\n".join(lines)
+
+
+def main():
+    """Command line: print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="torch device to run on")
+    parser.add_argument("--dense-large", choices=("estimate", "full", "skip"), default="estimate",
+                        help="dense form of the 125x94 case: estimated from one squaring "
+                             "(default), run in full (minutes, ~1.7 GB), or skipped")
+    parser.add_argument("--skip-dense-large", dest="dense_large", action="store_const",
+                        const="skip", help="same as --dense-large skip")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of ours per case; the fastest is reported")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    print(format_table(run(args.device, args.dense_large, args.repeat)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The embedded toy dataset: a deterministic generator of a small VOC-layout dataset (SPEC 3).
+
+Four foreground classes, each with its own shape, colour family and texture:
+
+=========  ==========  ==============  =========
+class      shape       colour family   texture
+=========  ==========  ==============  =========
+disc       disc        red             stripes
+square     square      green           checks
+triangle   triangle    blue            dots
+cross      plus sign   yellow          speckle
+=========  ==========  ==============  =========
+
+Every image holds one to three objects of one or two classes, of varied size (18%-50% of
+the short side), position and rotation, partly occluding each other, on a cluttered
+background (colour gradient, low-frequency colour noise, elongated blobs, some of them in
+the objects' colour families, and line segments) with pixel noise on top.  Each side of an
+image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int gives square
+images of that side).  Masks mark a one-pixel band on the inside of every object edge with
+255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
+
+Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]``
+"""
+import argparse
+import colorsys
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data.palette import voc_palette
+from tools.io import write_image, write_label_png, write_text
+
+CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
+HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
+TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
+EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
+MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
+IGNORE = 255
+
+
+def hsv_colour(hue, sat, val):
+    """RGB float32 [3] in 0..255 from hue in degrees and saturation, value in [0, 1]."""
+    return np.array(colorsys.hsv_to_rgb((hue / 360.0) % 1.0, sat, val), dtype=np.float32) * 255.0
+
+
+def family_colour(rng, hue):
+    """A colour of the family around ``hue`` (hue jitter +-15 degrees, saturated, bright)."""
+    return hsv_colour(hue + rng.uniform(-15, 15), rng.uniform(0.55, 0.95), rng.uniform(0.6, 0.95))
+
+
+def random_colour(rng):
+    """Any hue, mostly muted."""
+    return hsv_colour(rng.uniform(0, 360), rng.uniform(0.1, 0.75), rng.uniform(0.25, 0.85))
+
+
+def local_coords(grid, cy, cx, angle):
+    """Coordinates (u, v) of every pixel in a frame centred at (cy, cx), rotated by ``angle``."""
+    dy, dx = grid[0] - cy, grid[1] - cx
+    c, s = math.cos(angle), math.sin(angle)
+    return c * dx + s * dy, c * dy - s * dx
+
+
+def shape_mask(kind, u, v, extent):
+    """Boolean mask of a shape of the given extent (diameter) in local coordinates."""
+    half = extent / 2.0
+    if kind == "disc":
+        return u * u + v * v <= half * half
+    if kind == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.75 * half
+    if kind == "triangle":  # equilateral, circumradius 1.1 * half: inside all three edges
+        inradius = 0.55 * half
+        normals = (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        return np.logical_and.reduce([u * math.cos(t) + v * math.sin(t) <= inradius for t in normals])
+    arm = 0.34 * half  # cross: two bars of half-width ``arm``
+    au, av = np.abs(u), np.abs(v)
+    return ((au <= half) & (av <= arm)) | ((av <= half) & (au <= arm))
+
+
+def texture(kind, u, v, period, rng):
+    """Pattern weight in [0, 1] of the secondary colour for every pixel."""
+    if kind == "stripes":
+        return (np.sin(2 * math.pi * u / period) > 0).astype(np.float32)
+    if kind == "checks":
+        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    if kind == "dots":
+        du, dv = u % period - period / 2, v % period - period / 2
+        return (du * du + dv * dv <= (0.3 * period) ** 2).astype(np.float32)
+    h, w = u.shape  # speckle: random 2x2-pixel grains
+    grains = (rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.5).astype(np.float32)
+    return np.repeat(np.repeat(grains, 2, axis=0), 2, axis=1)[:h, :w]
+
+
+def segment_mask(grid, p0, p1, half_width):
+    """Boolean mask of the pixels within ``half_width`` of the segment p0-p1 (y, x points)."""
+    d = np.subtract(p1, p0)
+    py, px = grid[0] - p0[0], grid[1] - p0[1]
+    t = np.clip((py * d[0] + px * d[1]) / max(float(d @ d), 1e-6), 0.0, 1.0)
+    return (py - t * d[0]) ** 2 + (px - t * d[1]) ** 2 <= half_width * half_width
+
+
+def background(rng, grid):
+    """A cluttered float32 [H, W, 3] background."""
+    h, w = grid.shape[1:]
+    short = min(h, w)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = grid[1] * math.cos(angle) + grid[0] * math.sin(angle)
+    ramp = ((ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6))[..., None]
+    image = random_colour(rng) * (1 - ramp) + random_colour(rng) * ramp
+    image += cv2.resize(rng.normal(0, 25, (4, 4, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(rng.integers(4, 9)):
+        hue = HUES[CLASS_NAMES[rng.integers(1, len(CLASS_NAMES))]]
+        colour = family_colour(rng, hue) if rng.random() < 0.4 else random_colour(rng)
+        u, v = local_coords(grid, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, math.pi))
+        a = rng.uniform(0.08, 0.3) * short
+        b = a * rng.uniform(0.2, 0.5)
+        image[(u / a) ** 2 + (v / b) ** 2 <= 1] = colour
+    for _ in range(rng.integers(3, 8)):
+        p0, p1 = rng.uniform(0, 1, 2) * (h, w), rng.uniform(0, 1, 2) * (h, w)
+        image[segment_mask(grid, p0, p1, rng.uniform(0.5, 1.5))] = random_colour(rng)
+    return image
+
+
+def object_classes(rng):
+    """Class ids of the objects of one image: 1-3 objects of 1-2 classes."""
+    count = int(rng.integers(1, 4))
+    num_classes = 1 if count == 1 else int(rng.integers(1, 3))
+    chosen = rng.choice(np.arange(1, len(CLASS_NAMES)), size=num_classes, replace=False)
+    rest = rng.choice(chosen, size=count - num_classes)
+    return [int(c) for c in np.concatenate([chosen, rest])]
+
+
+def propose_object(rng, shape_hw, previous):
+    """Random geometry (cy, cx, angle, extent) of an object, often overlapping the previous one."""
+    h, w = shape_hw
+    extent = rng.uniform(*EXTENT_RANGE) * min(h, w)
+    margin = 0.3 * extent
+    if previous is not None and rng.random() < 0.7:
+        direction = rng.uniform(0, 2 * math.pi)
+        distance = rng.uniform(0.45, 0.85) * (extent + previous[3]) / 2
+        cy = previous[0] + distance * math.sin(direction)
+        cx = previous[1] + distance * math.cos(direction)
+    else:
+        cy, cx = rng.uniform(margin, h - margin), rng.uniform(margin, w - margin)
+    return float(np.clip(cy, margin, h - margin)), float(np.clip(cx, margin, w - margin)), \
+        rng.uniform(0, 2 * math.pi), extent
+
+
+def place_objects(rng, classes, grid):
+    """Draw object geometries so that every object keeps MIN_VISIBLE of its pixels.
+
+    Returns (instances int [H, W] with 0 for background and k + 1 for object k, objects),
+    objects being (class id, (cy, cx, angle, extent), shape mask) in drawing order.
+    """
+    instances = np.zeros(grid.shape[1:], dtype=np.int64)
+    objects = []
+    for class_id in classes:
+        previous = objects[-1][1] if objects else None
+        for _ in range(20):
+            geometry = propose_object(rng, grid.shape[1:], previous)
+            u, v = local_coords(grid, *geometry[:3])
+            mask = shape_mask(CLASS_NAMES[class_id], u, v, geometry[3])
+            trial = np.where(mask, len(objects) + 1, instances)
+            if all((trial == k + 1).sum() >= MIN_VISIBLE * obj[2].sum() for k, obj in enumerate(objects)):
+                instances = trial
+                objects.append((class_id, geometry, mask))
+                break
+    return instances, objects
+
+
+def paint_object(rng, image, grid, class_id, geometry, mask):
+    """Paint one textured object of the class's colour family into ``image`` (in place)."""
+    name = CLASS_NAMES[class_id]
+    primary = family_colour(rng, HUES[name])
+    secondary = primary * rng.uniform(0.35, 0.6)
+    u, v = local_coords(grid, *geometry[:3])
+    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)[..., None]
+    pattern = primary * (1 - weight) + secondary * weight
+    image[mask] = pattern[mask]
+
+
+def void_border(labels):
+    """Set a one-pixel band on the inside of every object edge to IGNORE (VOC style)."""
+    padded = np.pad(labels, 1, mode="edge")
+    h, w = labels.shape
+    neighbours = [padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    edge = np.logical_or.reduce([n != labels for n in neighbours]) & (labels > 0)
+    return np.where(edge, IGNORE, labels).astype(np.uint8)
+
+
+def render(rng, shape_hw):
+    """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
+    grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
+    image = background(rng, grid)
+    instances, objects = place_objects(rng, object_classes(rng), grid)
+    for k, (class_id, geometry, _) in enumerate(objects):
+        paint_object(rng, image, grid, class_id, geometry, instances == k + 1)
+    image += rng.normal(0, 5, image.shape)
+    class_of = np.array([0] + [obj[0] for obj in objects])
+    labels = void_border(class_of[instances])
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), labels, instances, objects
+
+
+def annotation_xml(image_id, shape_hw, instances, objects):
+    """VOC XML annotation text: one <object> per visible object, with its bounding box."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "toy"
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", shape_hw[1]), ("height", shape_hw[0]), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    for k, (class_id, _, _) in enumerate(objects):
+        ys, xs = np.nonzero(instances == k + 1)
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = CLASS_NAMES[class_id]
+        ET.SubElement(obj, "difficult").text = "0"
+        box = ET.SubElement(obj, "bndbox")
+        for tag, value in (("xmin", xs.min()), ("ymin", ys.min()), ("xmax", xs.max()), ("ymax", ys.max())):
+            ET.SubElement(box, tag).text = str(int(value) + 1)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def side_range(size):
+    """(lo, hi) inclusive range of an image side from an int or a pair."""
+    lo, hi = (size, size) if isinstance(size, int) else size
+    if not 16 <= lo <= hi:
+        raise ValueError(f"image size range must satisfy 16 <= lo <= hi, got {size}")
+    return int(lo), int(hi)
+
+
+def write_sample(out_dir, image_id, rng, size):
+    """Render and write one image, its mask and its annotation."""
+    lo, hi = side_range(size)
+    shape_hw = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
+    image, labels, instances, objects = render(rng, shape_hw)
+    write_image(out_dir / "JPEGImages" / f"{image_id}.jpg", image)
+    write_label_png(out_dir / "SegmentationClass" / f"{image_id}.png", labels, voc_palette())
+    write_text(out_dir / "Annotations" / f"{image_id}.xml", annotation_xml(image_id, shape_hw, instances, objects))
+
+
+def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
+    """Write the toy dataset (VOC layout plus class_names.txt) to ``out_dir``; return its path.
+
+    Image i draws everything from ``numpy.random.default_rng([seed, i])``.  Ids are
+    ``toy_0000``...; the first ``num_train`` form ``train``, the next ``num_val`` form ``val``.
+    """
+    out_dir = Path(out_dir)
+    ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
+    for index, image_id in enumerate(ids):
+        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size)
+    lists = out_dir / "ImageSets" / "Segmentation"
+    write_text(lists / "train.txt", "".join(f"{i}\n" for i in ids[:num_train]))
+    write_text(lists / "val.txt", "".join(f"{i}\n" for i in ids[num_train:]))
+    write_text(out_dir / "class_names.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
+    return out_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the embedded toy dataset (VOC layout, SPEC 3).")
+    parser.add_argument("--out", required=True, help="output folder (becomes the dataset root)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
+    parser.add_argument("--num-train", type=int, default=48, help="number of images in the train list")
+    parser.add_argument("--num-val", type=int, default=16, help="number of images in the val list")
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
+    args = parser.parse_args(argv)
+    if args.image_size < 16 or min(args.num_train, args.num_val) < 0:
+        parser.error("--image-size must be at least 16 and the image counts non-negative")
+    size = (max(16, args.image_size * 3 // 4), args.image_size)
+    out = generate(args.out, args.num_train, args.num_val, size, args.seed)
+    print(f"toy dataset: {args.num_train} train + {args.num_val} val images in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Stage 2: multi-scale + flip inference of the classifier -> cam/<name>.npy (SPEC 2, 5.9)."""
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from data.datasets import InferenceDataset, build_source
+from data.transforms import normalize
+from net.sipe import SIPENet, multiscale_maps
+from tools import dist, stage
+from tools.io import remove_stale_temporaries, save_cam
+from tools.train import load_checkpoint
+
+log = stage.log
+FINAL_MAP = {"sipe": "is_cam", "ae_sipe": "ae_is_cam"}
+
+
+def parse_args(argv=None):
+    parser = stage.parser_for(__doc__)
+    stage.add_dataset_args(parser, split_default="train")
+    stage.add_runtime_args(parser)
+    parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth)")
+    parser.add_argument("--out-dir", help="where the CAM files go (default: WORK_DIR/cam)")
+    parser.add_argument("--scales", type=float, nargs="+", default=(1.0, 0.5, 1.5, 2.0))
+    parser.add_argument("--all-maps", action="store_true",
+                        help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map")
+    return parser.parse_args(argv)
+
+
+def single(batch):
+    """DataLoader collate for batches of one image of any size."""
+    return batch[0]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = dist.init_distributed(args.device)
+    work_dir = stage.prepare_run(args, "make_cam", info.is_main)
+    out_dir = Path(args.out_dir or work_dir / "cam")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+
+    source = build_source(args.dataset, args.data_root)
+    checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",
+                                 {"kind": "cam", "num_classes": source.num_classes})
+    model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none")
+    model.load_state_dict(checkpoint["model"])
+    model.to(info.device).eval()
+    final_map = FINAL_MAP[checkpoint["method"]]
+
+    names = source.ids(args.split)
+    todo = dist.shard([n for n in names if not (out_dir / f"{n}.npy").exists()], info)
+    log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
+    loader = DataLoader(InferenceDataset(source, args.split, ids=todo), batch_size=1, collate_fn=single,
+                        num_workers=args.num_workers)
+    for item in stage.progress(loader, info.is_main, total=len(todo), desc="make_cam"):
+        image = normalize(item["image"])[None].to(info.device)
+        keys = torch.as_tensor(item["keys"], device=info.device)
+        with stage.autocast(info.device, args.amp):
+            maps = multiscale_maps(model, image, keys, tuple(args.scales))
+        maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
+        extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
+        save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], **extra)
+    dist.barrier(info)
+    dist.shutdown(info)
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)

@@ -1,0 +1,201 @@
+"""SIPE and AE-SIPE: CAMs sharpened by image-specific prototypes (SPEC 5, 6)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.transforms import denormalize
+from net.backbone import resnet50
+from net.pamr import PAMR
+
+METHODS = ("sipe", "ae_sipe")
+SIDE_CHANNELS = (128, 128, 256, 256)
+
+
+def l2_normalize(x, dim=1, eps=1e-5):
+    """``x / (||x|| + eps)`` along ``dim`` (SPEC 5.3)."""
+    return x / (x.norm(dim=dim, keepdim=True) + eps)
+
+
+def max_normalize(x, eps=1e-5):
+    """Each channel divided by its spatial maximum + eps."""
+    return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
+
+
+def normalized_cam(cam):
+    """SPEC 5.2: ``relu(cam)`` over its per-channel max, background ``1 - max_c`` prepended."""
+    foreground = max_normalize(F.relu(cam))
+    background = 1 - foreground.amax(dim=1, keepdim=True)
+    return torch.cat([background, foreground], dim=1)
+
+
+def label_mask(labels):
+    """[N, C-1] multi-hot labels -> [N, C, 1, 1] with the background always on."""
+    background = torch.ones_like(labels[:, :1])
+    return torch.cat([background, labels], dim=1)[..., None, None]
+
+
+def structure_seeds(cam, feature, valid, bg_scale=0.5):
+    """SPEC 5.4: one-hot seeds [N,C,h,w] from the IoU of each class map with each pixel's
+    self-similarity row, as matrix products (no HW x HW x C tensor).
+
+    cam [N,C,h,w] with background first, feature [N,D,h,w], valid [N,C,1,1] or [N,C,h,w].
+    """
+    n, c, h, w = cam.shape
+    f = l2_normalize(feature.flatten(2).float(), dim=1)
+    similarity = F.relu(f.transpose(1, 2) @ f)  # [N, HW, HW], symmetric
+    m = cam.flatten(2).float()  # [N, C, HW]
+    inter = m @ similarity  # inter[k, i] = sum_j M_kj S_ji = sum_j S_ij M_kj
+    union = similarity.sum(dim=2).unsqueeze(1) + m.sum(dim=2, keepdim=True) - inter
+    iou = inter / union.clamp_min(1e-12)
+    iou[:, 0] *= bg_scale
+    seeds = F.one_hot(iou.argmax(dim=1), c).transpose(1, 2).reshape(n, c, h, w)
+    return seeds.to(cam.dtype) * valid
+
+
+def prototypes(seeds, feature):
+    """SPEC 5.5: [N,C,D], the mean feature over each class's seed pixels (zero if it has none).
+
+    Seeds are nearest-resized to the feature size.
+    """
+    seeds = F.interpolate(seeds.float(), feature.shape[-2:], mode="nearest")
+    total = torch.einsum("nchw,ndhw->ncd", seeds, feature.float())
+    count = seeds.sum(dim=(2, 3)).clamp_min(1).unsqueeze(-1)
+    return total / count
+
+
+def reactivate(prototypes, feature, eps=1e-8):
+    """SPEC 5.6: IS-CAM [N,C,h,w] = relu(cos(feature_i, prototype_k))."""
+    p = prototypes / prototypes.norm(dim=2, keepdim=True).clamp_min(eps)
+    f = feature.float()
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(eps)
+    return F.relu(torch.einsum("ncd,ndhw->nchw", p, f))
+
+
+def one_hot_argmax(maps, valid):
+    """Seeds from the argmax over classes of ``maps``, masked by ``valid`` (SPEC 6.3)."""
+    seeds = F.one_hot(maps.argmax(dim=1), maps.shape[1]).permute(0, 3, 1, 2)
+    return seeds.to(maps.dtype) * valid
+
+
+def gsc_loss(cam, is_cam):
+    """SPEC 5.7: ``mean |M - IS / (max_hw IS + 1e-5)|``."""
+    return (cam - max_normalize(is_cam)).abs().mean()
+
+
+def quarter_size(image):
+    """The [0,1] RGB image bilinearly resized to 1/4 (align_corners=True), for PAMR."""
+    size = (max(1, image.shape[-2] // 4), max(1, image.shape[-1] // 4))
+    return F.interpolate(image, size, mode="bilinear", align_corners=True)
+
+
+class SIPENet(nn.Module):
+    """ResNet-50 classifier with the SIPE (or AE-SIPE) prototype branch."""
+
+    def __init__(self, num_classes, method="sipe", pretrained="imagenet", bg_scale=0.5):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        self.method = method
+        self.bg_scale = bg_scale
+        self.backbone = resnet50(pretrained)
+        self.classifier = nn.Conv2d(2048, num_classes - 1, 1, bias=False)
+        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
+                                  for cin, cout in zip(self.backbone.channels, SIDE_CHANNELS))
+        for conv in (self.classifier, *self.side):
+            nn.init.xavier_uniform_(conv.weight)
+        self.pamr = PAMR() if method == "ae_sipe" else None
+
+    def param_groups(self):
+        """(backbone parameters, new-layer parameters) that train (SPEC 5.8)."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        new = [*self.classifier.parameters(), *self.side.parameters()]
+        return backbone, new
+
+    def extract(self, images):
+        """Backbone pass: (raw CAM [N,C-1,h,w], hierarchical features [N,768,h,w], x4)."""
+        x1, x2, x3, x4 = self.backbone(images)
+        size = x3.shape[-2:]
+        hierarchy = [F.interpolate(l2_normalize(side(x.detach())), size, mode="bilinear", align_corners=True)
+                     for side, x in zip(self.side, (x1, x2, x3, x4))]
+        return self.classifier(x4), torch.cat(hierarchy, dim=1), x4
+
+    def seed_feature(self, hierarchy, x4):
+        """SIPE's seeds come from the last stage, AE-SIPE's from the hierarchy (SPEC 6.1)."""
+        return hierarchy if self.method == "ae_sipe" else x4.detach()
+
+    def prototype_maps(self, cam, hierarchy, x4, valid, images):
+        """IS-CAM and, for AE-SIPE, the max-normalised AE-IS-CAM (SPEC 5.4-5.6, 6.2-6.3).
+
+        cam is the normalised CAM with background [N,C,h,w]; images the normalised input.
+        """
+        seeds = structure_seeds(cam, self.seed_feature(hierarchy, x4), valid, self.bg_scale)
+        is_cam = reactivate(prototypes(seeds, hierarchy), hierarchy)
+        if self.pamr is None:
+            return is_cam, None
+        refined = self.pamr(quarter_size(denormalize(images.float())), is_cam.detach())
+        refined = F.interpolate(refined, is_cam.shape[-2:], mode="bilinear", align_corners=True)
+        ae_seeds = one_hot_argmax(refined, valid)
+        ae_is_cam = max_normalize(reactivate(prototypes(ae_seeds, hierarchy), hierarchy))
+        return is_cam, ae_is_cam
+
+    def forward(self, images, labels, valid_pixels):
+        """Training pass (SPEC 5.1-5.7): the classification and GSC losses and the scores.
+
+        images [N,3,H,W] normalised, labels [N,C-1] multi-hot, valid_pixels [N,H,W].
+        """
+        raw_cam, hierarchy, x4 = self.extract(images)
+        score = raw_cam.mean(dim=(2, 3))
+        cls_loss = F.multilabel_soft_margin_loss(score, labels)
+        size = hierarchy.shape[-2:]
+        cam = F.interpolate(normalized_cam(raw_cam), size, mode="bilinear", align_corners=True)
+        valid = label_mask(labels)
+        pixels = F.interpolate(valid_pixels[:, None].float(), size, mode="nearest")
+        cam = cam * valid * pixels
+        is_cam, ae_is_cam = self.prototype_maps(cam, hierarchy, x4, valid, images)
+        target = ae_is_cam if ae_is_cam is not None else is_cam
+        return {"cls_loss": cls_loss, "gsc_loss": gsc_loss(cam, target), "score": score}
+
+
+@torch.no_grad()
+def scale_maps(model, image, valid):
+    """The maps of one scale (SPEC 5.9): image [1,3,H,W] normalised, fused with its flip.
+
+    Returns a dict of [1,C,h,w] maps: ``plain_cam`` (foreground channels only),
+    ``is_cam`` and, for AE-SIPE, ``ae_is_cam``.
+    """
+    outputs = model.extract(torch.cat([image, image.flip(-1)]))
+    raw_cam, hierarchy, x4 = (x[:1] + x[1:].flip(-1) for x in outputs)
+    cam = F.interpolate(normalized_cam(raw_cam.float()), hierarchy.shape[-2:], mode="bilinear",
+                        align_corners=True)
+    is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy.float(), x4.float(), valid, image)
+    maps = {"plain_cam": cam[:, 1:], "is_cam": is_cam}
+    if ae_is_cam is not None:
+        maps["ae_is_cam"] = ae_is_cam
+    return maps
+
+
+@torch.no_grad()
+def multiscale_maps(model, image, keys, scales=(1.0, 0.5, 1.5, 2.0)):
+    """Multi-scale + flip inference (SPEC 5.9) for one image.
+
+    image [1,3,H,W] normalised; keys int64 [K] (0 first, then the image's classes).
+    Returns {name: float32 [K,H,W]} for ``plain_cam``, ``is_cam`` (and ``ae_is_cam``),
+    each in [0,1], background first.
+    """
+    height, width = image.shape[-2:]
+    num_classes = model.classifier.out_channels + 1
+    valid = torch.zeros(1, num_classes, 1, 1, device=image.device)
+    valid[0, keys] = 1
+    summed = {}
+    for scale in scales:
+        scaled = image if scale == 1.0 else F.interpolate(
+            image, (round(height * scale), round(width * scale)), mode="bicubic", align_corners=False)
+        for name, value in scale_maps(model, scaled, valid).items():
+            value = F.interpolate(value, (height, width), mode="bilinear", align_corners=False)
+            summed[name] = summed[name] + value if name in summed else value
+    foreground = max_normalize(summed.pop("plain_cam")[0, keys[1:] - 1])
+    plain = torch.cat([1 - foreground.amax(dim=0, keepdim=True), foreground])
+    maps = {"plain_cam": plain}
+    for name, value in summed.items():
+        maps[name] = max_normalize(value[0, keys])
+    return maps

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's quick start: `bash scripts/quickstart.sh toy` runs the pipeline on the
+# embedded toy dataset, `bash scripts/quickstart.sh test` runs the test suite. Both create
+# or reuse .venv first. Further arguments go to run_voc.sh or pytest.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+what="${1:-}"
+shift || true
+case "$what" in
+    toy) exec bash run_voc.sh --toy "$@" ;;
+    test) exec python -m pytest -q "$@" ;;
+    *) echo "usage: bash scripts/quickstart.sh {toy|test} [args...]" >&2; exit 2 ;;
+esac

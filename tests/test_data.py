@@ -1,0 +1,383 @@
+"""Tests of data/: toy generator, dataset sources, transforms (SPEC 3)."""
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data import toy
+from data.datasets import (DATASETS, ClassificationDataset, InferenceDataset, PipelineError, VOC_CLASSES,
+                           build_source)
+from data.palette import voc_palette
+from data.transforms import TrainTransform, denormalize, normalize
+
+
+def file_bytes(root):
+    """{relative path: bytes} of every file under root."""
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def mask_set(path):
+    values = set(np.unique(np.array(Image.open(path))).tolist())
+    return values - {0, 255}
+
+
+def xml_names(path):
+    return [obj.findtext("name") for obj in ET.parse(path).getroot().iter("object")]
+
+
+def write_jpeg(path, shape_hw=(8, 8), value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape_hw + (3,), value, dtype=np.uint8)).save(path)
+
+
+def write_png(path, labels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L").save(path)
+
+
+def write_xml(path, names, part=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    objects = "".join(f"<object><name>{n}</name>{part or ''}</object>" for n in names)
+    path.write_text(f"<annotation><filename>x.jpg</filename>{objects}</annotation>")
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    return toy.generate(tmp_path_factory.mktemp("toy") / "toy")
+
+
+# ---------------------------------------------------------------- toy generator
+
+def test_toy_same_seed_identical_other_seed_different(tmp_path):
+    a = file_bytes(toy.generate(tmp_path / "a", num_train=6, num_val=2, seed=3))
+    b = file_bytes(toy.generate(tmp_path / "b", num_train=6, num_val=2, seed=3))
+    c = file_bytes(toy.generate(tmp_path / "c", num_train=6, num_val=2, seed=4))
+    assert a == b
+    assert len(a) == 8 * 3 + 3
+    jpegs = [name for name in a if name.endswith(".jpg")]
+    assert len(jpegs) == 8 and all(a[name] != c[name] for name in jpegs)
+
+
+def test_toy_layout(toy_root):
+    assert (toy_root / "class_names.txt").read_text().splitlines() == list(toy.CLASS_NAMES)
+    lists = toy_root / "ImageSets" / "Segmentation"
+    train, val = (lists / "train.txt").read_text().split(), (lists / "val.txt").read_text().split()
+    assert len(train) == 48 and len(val) == 16 and not set(train) & set(val)
+    for image_id in train + val:
+        with Image.open(toy_root / "JPEGImages" / f"{image_id}.jpg") as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            assert 96 <= img.width <= 128 and 96 <= img.height <= 128
+            size = img.size
+        with Image.open(toy_root / "SegmentationClass" / f"{image_id}.png") as mask:
+            assert mask.mode == "P" and mask.size == size
+            assert mask.getpalette()[:15] == voc_palette()[:15]
+        assert (toy_root / "Annotations" / f"{image_id}.xml").is_file()
+
+
+def test_toy_labels_xml_match_mask(toy_root):
+    seen = set()
+    for xml in sorted((toy_root / "Annotations").glob("*.xml")):
+        names = xml_names(xml)
+        classes = {toy.CLASS_NAMES.index(n) for n in names}
+        assert 1 <= len(names) <= 3 and 1 <= len(classes) <= 2
+        assert classes == mask_set(toy_root / "SegmentationClass" / f"{xml.stem}.png")
+        seen |= classes
+    assert seen == {1, 2, 3, 4}
+
+
+def test_toy_objects_occlude_but_stay_visible():
+    occluded = 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        _, labels, instances, objects = toy.render(rng, (112, 112))
+        assert 255 in labels  # void band on object edges
+        for k, (_, _, shape) in enumerate(objects):
+            visible = (instances == k + 1).sum()
+            assert visible >= toy.MIN_VISIBLE * shape.sum()
+            occluded += visible < shape.sum()
+    assert occluded > 0
+
+
+def test_toy_cli(tmp_path):
+    toy.main(["--out", str(tmp_path / "t"), "--num-train", "2", "--num-val", "1", "--image-size", "64", "--seed", "5"])
+    with Image.open(tmp_path / "t" / "JPEGImages" / "toy_0002.jpg") as img:
+        assert 48 <= min(img.size) and max(img.size) <= 64
+    assert (tmp_path / "t" / "ImageSets" / "Segmentation" / "val.txt").read_text() == "toy_0002\n"
+
+
+def test_toy_loads_as_custom_source(toy_root):
+    source = build_source("custom", toy_root)
+    assert source.class_names == list(toy.CLASS_NAMES) and source.num_classes == 5
+    assert len(source.ids("train")) == 48 and len(source.ids("val")) == 16
+    source.check_split("train")
+    source.check_split("val")
+    for image_id in source.ids("val"):
+        assert set(source.labels(image_id).tolist()) == mask_set(source.mask_path(image_id))
+    item = InferenceDataset(source, "val")[0]
+    assert item["keys"].dtype == np.int64 and item["keys"][0] == 0
+    assert item["keys"][1:].tolist() == source.labels(item["name"]).tolist()
+    assert item["image"].dtype == np.uint8 and item["image"].shape[2] == 3
+    assert InferenceDataset(source, "val", ids=["toy_0050"])[0]["name"] == "toy_0050"
+
+
+def test_classification_dataset(toy_root):
+    source = build_source("custom", toy_root)
+    dataset = ClassificationDataset(source, "train", TrainTransform((48, 64), 56), seed=1)
+    item = dataset[5]
+    assert item["image"].shape == (3, 56, 56) and item["image"].dtype == torch.float32
+    assert item["valid"].shape == (56, 56)
+    expected = np.zeros(4, dtype=np.float32)
+    expected[source.labels(item["name"]) - 1] = 1
+    assert np.array_equal(item["label"].numpy(), expected)
+    assert torch.equal(dataset[5]["image"], item["image"])  # same epoch and index: same sample
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[5]["image"], item["image"])
+
+
+# ---------------------------------------------------------------- VOC
+
+@pytest.fixture
+def voc_devkit(tmp_path):
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for image_id in "abcdef":
+        write_jpeg(root / "JPEGImages" / f"{image_id}.jpg")
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("a\nb\n\nb\n")
+    (lists / "val.txt").write_text("c\n")
+    write_xml(root / "Annotations" / "a.xml", ["person", "dog"], part="<part><name>hand</name></part>")
+    write_xml(root / "Annotations" / "b.xml", ["cat"])
+    write_xml(root / "Annotations" / "c.xml", ["bus"])
+    write_xml(root / "Annotations" / "e.xml", [])
+    blank = np.zeros((8, 8), dtype=np.uint8)
+    for image_id, value in {"a": 12, "c": 6, "d": 12, "e": 3, "f": 7}.items():
+        mask = blank.copy()
+        mask[:3], mask[3] = value, 255
+        write_png(root / "SegmentationClassAug" / f"{image_id}.png", mask)
+    write_png(root / "SegmentationClass" / "a.png", blank)
+    write_png(root / "SegmentationClass" / "c.png", blank)
+    write_png(root / "SegmentationClass" / "f.png", np.full((8, 8), 5))
+    return tmp_path / "VOCdevkit"
+
+
+def test_voc_lists(voc_devkit):
+    source = build_source("voc", voc_devkit)
+    assert source.root == voc_devkit / "VOC2012"
+    assert source.num_classes == 21 and source.class_names[1:] == list(VOC_CLASSES)
+    assert source.ids("train") == ["a", "b"]  # blank line skipped, duplicate dropped
+    assert source.ids("val") == ["c"]
+    assert source.ids("train_aug") == ["a", "b", "d", "e", "f"]
+
+
+def test_voc_labels_and_masks(voc_devkit):
+    source = build_source("voc", voc_devkit / "VOC2012")
+    assert source.labels("a").tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("person") + 1]
+    assert source.labels("b").tolist() == [8]
+    assert source.labels("d").tolist() == [12]  # no XML: from the mask, 0 and 255 left out
+    assert source.labels("e").tolist() == [3]  # XML without objects: from the mask
+    assert source.labels("f").tolist() == [7]  # label fallback prefers SegmentationClassAug
+    assert source.mask_path("f") == source.root / "SegmentationClass" / "f.png"
+    assert source.mask_path("d") == source.root / "SegmentationClassAug" / "d.png"
+    assert source.mask_path("b") is None
+    assert source.labels("a").dtype == np.int64
+    source.check_split("train_aug")
+
+
+def test_missing_roots_explain_how_to_get_data(tmp_path):
+    missing = tmp_path / "nowhere"
+    for dataset, hint in (("voc", "VOCtrainval"), ("coco", "annotations_trainval2014"), ("custom", "data.toy")):
+        with pytest.raises(PipelineError, match=hint) as info:
+            build_source(dataset, missing)
+        assert str(missing) in str(info.value)
+    assert DATASETS == ("voc", "coco", "custom")
+    with pytest.raises(PipelineError, match="unknown dataset"):
+        build_source("imagenet", missing)
+
+
+def test_list_naming_missing_image(voc_devkit):
+    list_path = voc_devkit / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
+    list_path.write_text("c\nghost_42\n")
+    with pytest.raises(PipelineError) as info:
+        build_source("voc", voc_devkit).ids("val")
+    assert str(list_path) in str(info.value) and "ghost_42" in str(info.value)
+
+
+def test_missing_split_list_and_aug_folder(voc_devkit, toy_root):
+    with pytest.raises(PipelineError, match="trainval.txt"):
+        build_source("custom", toy_root).ids("trainval")
+    root = voc_devkit / "VOC2012"
+    for mask in (root / "SegmentationClassAug").iterdir():
+        mask.unlink()
+    (root / "SegmentationClassAug").rmdir()
+    with pytest.raises(PipelineError, match="SegmentationClassAug"):
+        build_source("voc", voc_devkit).ids("train_aug")
+
+
+def test_image_without_labels(voc_devkit):
+    root = voc_devkit / "VOC2012"
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\nnolabel\n")
+    write_jpeg(root / "JPEGImages" / "nolabel.jpg")
+    source = build_source("voc", voc_devkit)
+    assert source.ids("train") == ["a", "b", "nolabel"]  # checked lazily, not in ids()
+    with pytest.raises(PipelineError) as info:
+        source.labels("nolabel")
+    message = str(info.value)
+    assert "'nolabel'" in message and str(root / "Annotations" / "nolabel.xml") in message
+    with pytest.raises(PipelineError, match="nolabel"):
+        source.check_split("train")
+
+
+def test_custom_unknown_class_name(toy_root, tmp_path):
+    root = tmp_path / "custom"
+    write_jpeg(root / "JPEGImages" / "x.jpg")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "all.txt").write_text("x\n")
+    (root / "class_names.txt").write_text("background\ncat\n")
+    write_xml(root / "Annotations" / "x.xml", ["dog"])
+    source = build_source("custom", root)
+    assert source.ids("all") == ["x"]
+    with pytest.raises(PipelineError, match="'dog'") as info:
+        source.labels("x")
+    assert str(root / "Annotations" / "x.xml") in str(info.value)
+    (root / "class_names.txt").write_text("cat\ndog\n")
+    with pytest.raises(PipelineError, match="background"):
+        build_source("custom", root)
+
+
+# ---------------------------------------------------------------- transforms
+
+def test_normalize_roundtrip():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    tensor = normalize(image)
+    assert tensor.shape == (3, 5, 7) and tensor.dtype == torch.float32
+    assert tensor[0, 0, 0].item() == pytest.approx((image[0, 0, 0] / 255 - 0.485) / 0.229, abs=1e-6)
+    back = denormalize(tensor[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(back, image / 255.0, atol=1e-5)
+
+
+def test_train_transform_pads_small_image():
+    image = np.random.default_rng(1).integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    transform = TrainTransform(resize_long=(20, 20), crop_size=32, flip=False)
+    offsets = set()
+    for seed in range(10):
+        out, valid = transform(image, np.random.default_rng(seed))
+        assert out.shape == (3, 32, 32) and valid.shape == (32, 32) and valid.dtype == torch.float32
+        ys, xs = torch.nonzero(valid, as_tuple=True)
+        y0, x0 = int(ys.min()), int(xs.min())
+        assert valid.sum() == 200 and valid[y0:y0 + 10, x0:x0 + 20].all()
+        assert torch.equal(out[:, y0:y0 + 10, x0:x0 + 20], normalize(image))
+        assert not (out * (1 - valid)).any()  # padding is 0
+        offsets.add((y0, x0))
+    assert len(offsets) > 3
+
+
+def test_train_transform_resize_flip_crop():
+    image = np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    big = TrainTransform(resize_long=(50, 70), crop_size=100)
+    widths = set()
+    for seed in range(10):
+        _, valid = big(image, np.random.default_rng(seed))
+        height, width = int(valid.any(1).sum()), int(valid.any(0).sum())
+        assert 50 <= width <= 70 and height == round(30 * width / 40)
+        widths.add(width)
+    assert len(widths) > 3
+    exact = TrainTransform(resize_long=(40, 40), crop_size=40)
+    flips = set()
+    for seed in range(10):
+        out, valid = exact(image, np.random.default_rng(seed))
+        assert out.shape == (3, 40, 40) and valid.shape == (40, 40) and valid.sum() == 30 * 40
+        y0 = int(torch.nonzero(valid)[0, 0])
+        flipped = torch.equal(out[:, y0:y0 + 30], normalize(image[:, ::-1]))
+        assert flipped or torch.equal(out[:, y0:y0 + 30], normalize(image))
+        flips.add(flipped)
+    assert flips == {True, False}
+    _, valid = TrainTransform(resize_long=(60, 80), crop_size=40)(image, np.random.default_rng(0))
+    assert valid.all()
+
+
+def test_train_transform_deterministic():
+    image = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    transform = TrainTransform(resize_long=(40, 80), crop_size=48)
+    a = transform(image, np.random.default_rng(7))
+    b = transform(image, np.random.default_rng(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    others = [transform(image, np.random.default_rng(s))[0] for s in range(8, 12)]
+    assert any(not torch.equal(a[0], other) for other in others)
+
+
+# ---------------------------------------------------------------- COCO
+
+def rle_counts(mask):
+    """Uncompressed COCO RLE counts of a binary mask (column-major, starting with zeros)."""
+    flat = mask.flatten(order="F").astype(np.int64)
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    return np.diff(np.concatenate([[0], changes])).tolist()
+
+
+def rectangle(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+@pytest.fixture
+def coco_root(tmp_path):
+    root = tmp_path / "coco"
+    crowd = np.zeros((40, 50), dtype=np.uint8)
+    crowd[0:10, 40:50] = 1
+    images = [(42, 40, 50), (7, 20, 20), (9, 20, 20), (11, 20, 20)]
+    annotations = [
+        dict(id=1, image_id=42, category_id=18, iscrowd=0, segmentation=rectangle(20, 10, 30, 20), area=100),
+        dict(id=2, image_id=42, category_id=1, iscrowd=0, segmentation=rectangle(5, 5, 45, 35), area=1200),
+        dict(id=3, image_id=42, category_id=3, iscrowd=1, area=100,
+             segmentation=dict(counts=rle_counts(crowd), size=[40, 50])),
+        dict(id=4, image_id=7, category_id=3, iscrowd=0, segmentation=rectangle(2, 2, 10, 10), area=64),
+        dict(id=5, image_id=9, category_id=1, iscrowd=1, area=400,
+             segmentation=dict(counts=[0, 400], size=[20, 20])),
+    ]
+    data = dict(
+        images=[dict(id=i, file_name=f"COCO_val2014_{i:012d}.jpg", height=h, width=w) for i, h, w in images],
+        annotations=[dict(a, bbox=[0, 0, 1, 1]) for a in annotations],
+        categories=[dict(id=18, name="dog"), dict(id=1, name="person"), dict(id=3, name="car")],
+    )
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(data))
+    for i, h, w in images:
+        write_jpeg(root / "val2014" / f"COCO_val2014_{i:012d}.jpg", (h, w))
+    return root
+
+
+def test_coco_ids_labels_masks(coco_root):
+    pytest.importorskip("pycocotools")
+    source = build_source("coco", coco_root)
+    assert source.class_names == ["background", "person", "car", "dog"] and source.num_classes == 4
+    assert source.ids("val") == ["COCO_val2014_000000000007", "COCO_val2014_000000000042"]
+    assert source.labels("COCO_val2014_000000000042").tolist() == [1, 3]
+    assert source.labels("COCO_val2014_000000000007").tolist() == [2]
+    assert source.image_path("COCO_val2014_000000000007") == coco_root / "val2014" / "COCO_val2014_000000000007.jpg"
+    source.check_split("val")
+    path = source.mask_path("COCO_val2014_000000000042")
+    assert path == coco_root / "semantic_masks" / "val2014" / "COCO_val2014_000000000042.png"
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        mask = np.array(img)
+    assert mask.shape == (40, 50)
+    assert mask[25, 10] == 1 and mask[15, 25] == 3  # the small dog stays on top of the person
+    assert mask[7, 42] == 255 and mask[2, 48] == 255  # crowd region
+    assert mask[38, 2] == 0
+    assert set(np.unique(mask).tolist()) == {0, 1, 3, 255}
+    Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(path)
+    assert not np.array(Image.open(source.mask_path("COCO_val2014_000000000042"))).any()  # cached, not redrawn
+
+
+def test_coco_cache_dir_and_missing_split(coco_root, tmp_path):
+    pytest.importorskip("pycocotools")
+    source = build_source("coco", coco_root, cache_dir=tmp_path / "cache")
+    path = source.mask_path("COCO_val2014_000000000007")
+    assert path == tmp_path / "cache" / "val2014" / "COCO_val2014_000000000007.png"
+    assert set(np.unique(np.array(Image.open(path))).tolist()) == {0, 2}
+    with pytest.raises(PipelineError, match="instances_train2014.json"):
+        source.ids("train")

@@ -1,0 +1,154 @@
+"""File I/O for every stage: images, label PNGs, CAM dicts, JSON (SPEC 2).
+
+Every writer here is atomic: it writes to a temporary name in the destination folder
+and renames it into place, so an output file appears whole or not at all.  Every reader
+raises :class:`PipelineError` with a one-line message that names the file.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+# Truncated files must fail loudly, not decode to a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class PipelineError(Exception):
+    """A problem with the input or the environment that the user must fix.
+
+    Stage scripts print it as one line and exit non-zero.
+    """
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    The temporary name keeps the suffix so that libraries that pick a format from it work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise PipelineError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise
+
+
+def remove_stale_temporaries(folder):
+    """Delete temporary files that a killed run left in ``folder`` (see atomic_path)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def read_image(path):
+    """Read an image file as uint8 RGB [H, W, 3].
+
+    Grayscale, palette, CMYK, RGBA and 16-bit images are converted to 8-bit RGB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if arr.max() > 255 else 255.0
+                img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                canvas = Image.new("RGBA", img.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(canvas, img)
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except PipelineError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise PipelineError(f"{path}: cannot read image ({exc})") from exc
+    return np.ascontiguousarray(rgb)
+
+
+def read_label_png(path):
+    """Read a label map (palette or grayscale PNG) as uint8 [H, W] of class ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: label file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L"):
+                raise PipelineError(f"{path}: label PNG must be palette or grayscale, not {img.mode}")
+            return np.array(img, dtype=np.uint8)
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise PipelineError(f"{path}: cannot read label PNG ({exc})") from exc
+
+
+def write_label_png(path, labels, palette=None):
+    """Write uint8 [H, W] class ids as a PNG, with ``palette`` (768 ints) if given."""
+    img = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L")
+    if palette is not None:
+        img = img.convert("P")
+        img.putpalette(list(palette))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def write_image(path, rgb):
+    """Write uint8 RGB [H, W, 3] (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, quality=95)
+
+
+def save_cam(path, keys, cam, **extra):
+    """Write a CAM dict (SPEC 2): ``keys`` int64[K], ``cam`` float16[K,H,W], plus extra maps."""
+    record = {"keys": np.asarray(keys, dtype=np.int64), "cam": np.asarray(cam, dtype=np.float16)}
+    for name, value in extra.items():
+        record[name] = np.asarray(value, dtype=np.float16)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, record, allow_pickle=True)
+
+
+def load_cam(path, map_name="cam"):
+    """Read a CAM dict; returns (keys int64[K], map float32[K,H,W])."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: CAM file not found")
+    try:
+        record = np.load(path, allow_pickle=True).item()
+        keys = np.asarray(record["keys"], dtype=np.int64)
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a CAM file ({exc})") from exc
+    if map_name not in record:
+        raise PipelineError(f"{path}: no map {map_name!r} (has {sorted(k for k in record if k != 'keys')}; "
+                            "make_cam.py --all-maps writes the intermediate maps)")
+    cam = np.asarray(record[map_name], dtype=np.float32)
+    if cam.ndim != 3 or cam.shape[0] != len(keys):
+        raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")
+    return keys, cam
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

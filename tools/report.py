@@ -1,0 +1,58 @@
+"""The run's results table: ``results.json`` and ``results.md`` (SPEC 2, 7)."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tools.io import PipelineError, write_json, write_text
+from tools.metrics import iou, precision_recall
+
+
+def summarize(confusion, class_names):
+    """A results entry: per-class IoU, precision, recall and their means, in percent."""
+    per_class, miou = iou(confusion)
+    precision, recall = precision_recall(confusion)
+
+    def percent(values):
+        return {name: None if math.isnan(v) else round(100 * v, 2) for name, v in zip(class_names, values)}
+
+    return {"miou": round(100 * miou, 2),
+            "precision": round(100 * float(np.nanmean(precision)), 2),
+            "recall": round(100 * float(np.nanmean(recall)), 2),
+            "iou": percent(per_class), "class_precision": percent(precision), "class_recall": percent(recall),
+            "pixels": int(confusion.sum())}
+
+
+def load_results(work_dir):
+    path = Path(work_dir) / "results.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def update_results(work_dir, tag, entry):
+    """Store ``entry`` under ``tag`` in results.json and rewrite results.md from all entries."""
+    results = load_results(work_dir)
+    results[tag] = entry
+    write_json(Path(work_dir) / "results.json", results)
+    write_text(Path(work_dir) / "results.md", markdown(results))
+    return results
+
+
+def markdown(results):
+    """The ladder (one row per evaluated map or label set) and the per-class IoU table."""
+    lines = ["| stage | mIoU | precision | recall | note |", "| --- | ---: | ---: | ---: | --- |"]
+    for tag, entry in results.items():
+        lines.append(f"| {tag} | {entry['miou']:.2f} | {entry['precision']:.2f} | {entry['recall']:.2f} "
+                     f"| {entry.get('note', '')} |")
+    if results:
+        names = list(next(iter(results.values()))["iou"])
+        lines += ["", "| class | " + " | ".join(results) + " |", "| --- |" + " ---: |" * len(results)]
+        for name in names:
+            cells = [entry["iou"].get(name) for entry in results.values()]
+            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"

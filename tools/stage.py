@@ -1,0 +1,81 @@
+"""What every stage script shares: common flags, the run directory, logging, errors, AMP."""
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.datasets import DATASETS
+from tools.io import PipelineError, write_json
+
+log = logging.getLogger("wsss")
+
+
+def add_dataset_args(parser, split_default="train"):
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--dataset", choices=DATASETS, default="voc",
+                       help="dataset kind: voc (VOC 2012), coco (COCO 2014) or custom (VOC layout + class_names.txt)")
+    group.add_argument("--data-root", required=True,
+                       help="dataset folder: VOCdevkit/VOC2012, the COCO 2014 root, or a custom / toy folder")
+    group.add_argument("--split", default=split_default, help="image list (train, val, train_aug, ...)")
+
+
+def add_runtime_args(parser):
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--work-dir", required=True, help="run directory that holds everything this run writes")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto: CUDA when present (one GPU per torchrun process), else the CPU")
+    group.add_argument("--num-workers", type=int, default=4, help="data-loading processes")
+    group.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
+
+
+def prepare_run(args, stage, is_main=True):
+    """Create the run directory, save the flags as JSON and log to ``logs/<stage>.log``."""
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        write_json(work_dir / "args" / f"{stage}.json", {k: v for k, v in sorted(vars(args).items())})
+    (work_dir / "logs").mkdir(exist_ok=True)
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.FileHandler(work_dir / "logs" / f"{stage}.log")] if is_main else []
+    handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.propagate = False
+    return work_dir
+
+
+def progress(iterable, is_main=True, **kwargs):
+    """A tqdm progress bar on the main process only."""
+    return tqdm(iterable, disable=not is_main, dynamic_ncols=True, **kwargs)
+
+
+def autocast(device, enabled):
+    """Mixed precision on CUDA when ``enabled``: bf16 where supported, else fp16."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def run_stage(main, argv=None):
+    """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def parser_for(description):
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
