@@ -38,7 +38,9 @@ def main(argv=None):
     work_dir = stage.prepare_run(args, "make_cam", info.is_main)
     out_dir = Path(args.out_dir or work_dir / "cam")
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
+    if info.is_main:
+        remove_stale_temporaries(out_dir)
+    dist.barrier(info)
 
     source = build_source(args.dataset, args.data_root)
     checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",

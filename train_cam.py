@@ -85,6 +85,7 @@ def main(argv=None):
             "class_names": source.class_names}
     train_model = DistributedDataParallel(model) if info.distributed else model
     train_model.train()
+    scaler = stage.grad_scaler(info.device, args.amp)
 
     def save(path, with_optimizer):
         if info.is_main:
@@ -114,10 +115,12 @@ def main(argv=None):
                 out = train_model(images, labels, valid)
             loss = out["cls_loss"] + out["gsc_loss"]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if args.clip_grad > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(train_model.parameters(), args.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             bar.update(1)
             logging_step = step % args.log_every == 0 or step == max_step

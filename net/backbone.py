@@ -121,10 +121,11 @@ def resnet50(pretrained="imagenet"):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise PipelineError(f"{path}: cannot read weights ({exc})") from exc
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise PipelineError(f"{path}: not ResNet-50 weights (missing {len(missing)} keys, "
-                                f"e.g. {missing[:2]}; unexpected {unexpected[:2]})")
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")} if isinstance(state, dict) else {}
+        expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+        wrong = sorted(k for k in expected if k not in state or getattr(state[k], "shape", None) != expected[k])
+        if wrong:
+            raise PipelineError(f"{path}: not ResNet-50 weights ({len(wrong)} parameters missing or of "
+                                f"another shape, e.g. {wrong[0]})")
+        model.load_state_dict(state, strict=False)
     return model

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from net.precision import full_precision
+
 
 def neighbour_offsets(dilations):
     """The 8 neighbours (dy, dx) at each dilation, the centre excluded: 8 * len(dilations)."""
@@ -69,7 +71,8 @@ class PAMR(nn.Module):
 
     @torch.no_grad()
     def forward(self, image, mask):
-        image = image.float()
-        mask = F.interpolate(mask.float(), image.shape[-2:], mode="bilinear", align_corners=True)
+        image = full_precision(image)
+        mask = F.interpolate(full_precision(mask).to(image.dtype), image.shape[-2:], mode="bilinear",
+                             align_corners=True)
         affinity = pamr_affinity(image, self.dilations)
         return propagate(mask, affinity, self.dilations, self.num_iter)

@@ -6,6 +6,7 @@ from torch import nn
 from data.transforms import denormalize
 from net.backbone import resnet50
 from net.pamr import PAMR
+from net.precision import full_precision
 
 METHODS = ("sipe", "ae_sipe")
 SIDE_CHANNELS = (128, 128, 256, 256)
@@ -41,9 +42,9 @@ def structure_seeds(cam, feature, valid, bg_scale=0.5):
     cam [N,C,h,w] with background first, feature [N,D,h,w], valid [N,C,1,1] or [N,C,h,w].
     """
     n, c, h, w = cam.shape
-    f = l2_normalize(feature.flatten(2).float(), dim=1)
+    f = l2_normalize(full_precision(feature.flatten(2)), dim=1)
     similarity = F.relu(f.transpose(1, 2) @ f)  # [N, HW, HW], symmetric
-    m = cam.flatten(2).float()  # [N, C, HW]
+    m = full_precision(cam.flatten(2)).to(f.dtype)  # [N, C, HW]
     inter = m @ similarity  # inter[k, i] = sum_j M_kj S_ji = sum_j S_ij M_kj
     union = similarity.sum(dim=2).unsqueeze(1) + m.sum(dim=2, keepdim=True) - inter
     iou = inter / union.clamp_min(1e-12)
@@ -57,8 +58,9 @@ def prototypes(seeds, feature):
 
     Seeds are nearest-resized to the feature size.
     """
-    seeds = F.interpolate(seeds.float(), feature.shape[-2:], mode="nearest")
-    total = torch.einsum("nchw,ndhw->ncd", seeds, feature.float())
+    feature = full_precision(feature)
+    seeds = F.interpolate(seeds.to(feature.dtype), feature.shape[-2:], mode="nearest")
+    total = torch.einsum("nchw,ndhw->ncd", seeds, feature)
     count = seeds.sum(dim=(2, 3)).clamp_min(1).unsqueeze(-1)
     return total / count
 
@@ -66,7 +68,7 @@ def prototypes(seeds, feature):
 def reactivate(prototypes, feature, eps=1e-8):
     """SPEC 5.6: IS-CAM [N,C,h,w] = relu(cos(feature_i, prototype_k))."""
     p = prototypes / prototypes.norm(dim=2, keepdim=True).clamp_min(eps)
-    f = feature.float()
+    f = full_precision(feature)
     f = f / f.norm(dim=1, keepdim=True).clamp_min(eps)
     return F.relu(torch.einsum("ncd,ndhw->nchw", p, f))
 
@@ -127,7 +129,13 @@ class SIPENet(nn.Module):
         """IS-CAM and, for AE-SIPE, the max-normalised AE-IS-CAM (SPEC 5.4-5.6, 6.2-6.3).
 
         cam is the normalised CAM with background [N,C,h,w]; images the normalised input.
+        Computed in full precision, also under AMP: the seeds are an argmax of small differences.
         """
+        with torch.autocast(cam.device.type, enabled=False):
+            return self._prototype_maps(full_precision(cam), full_precision(hierarchy), full_precision(x4),
+                                        valid, images)
+
+    def _prototype_maps(self, cam, hierarchy, x4, valid, images):
         seeds = structure_seeds(cam, self.seed_feature(hierarchy, x4), valid, self.bg_scale)
         is_cam = reactivate(prototypes(seeds, hierarchy), hierarchy)
         if self.pamr is None:
@@ -165,9 +173,9 @@ def scale_maps(model, image, valid):
     """
     outputs = model.extract(torch.cat([image, image.flip(-1)]))
     raw_cam, hierarchy, x4 = (x[:1] + x[1:].flip(-1) for x in outputs)
-    cam = F.interpolate(normalized_cam(raw_cam.float()), hierarchy.shape[-2:], mode="bilinear",
+    cam = F.interpolate(normalized_cam(full_precision(raw_cam)), hierarchy.shape[-2:], mode="bilinear",
                         align_corners=True)
-    is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy.float(), x4.float(), valid, image)
+    is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy, x4, valid, image)
     maps = {"plain_cam": cam[:, 1:], "is_cam": is_cam}
     if ae_is_cam is not None:
         maps["ae_is_cam"] = ae_is_cam

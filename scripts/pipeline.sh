@@ -47,10 +47,11 @@ use_toy_dataset() {
     TRAIN_SPLIT=train
     EVAL_SPLIT=train
     if [ ! -f "$DATA_ROOT/class_names.txt" ]; then
-        python -m data.toy --out "$DATA_ROOT"
+        python -m data.toy --out "$DATA_ROOT" --num-train 160 --num-val 32
     fi
     TRAIN_CAM_ARGS=(--pretrained none --device cpu --num-workers 1 --crop-size 128 --resize-long 96 160
-                    --batch-size 8 --epochs 12 --lr 0.05 --save-every 50 --log-every 10 "${TRAIN_CAM_ARGS[@]}")
+                    --batch-size 8 --epochs 15 --lr 0.02 --momentum 0.9 --save-every 50 --log-every 10
+                    "${TRAIN_CAM_ARGS[@]}")
     MAKE_CAM_ARGS=(--device cpu --num-workers 1 "${MAKE_CAM_ARGS[@]}")
     EVAL_CAM_ARGS=(--num-workers 2 "${EVAL_CAM_ARGS[@]}")
 }

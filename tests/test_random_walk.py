@@ -187,3 +187,11 @@ def test_propagate_with_boundary_matches_padded_dense_walk():
     want = cam.reshape(2, n) @ torch.linalg.matrix_power(transition, 64)
     assert got.shape == (2, h, w)
     torch.testing.assert_close(got.reshape(2, n), want, rtol=1e-5, atol=1e-10)
+
+
+def test_random_walk_rejects_misaligned_inputs():
+    _, index_to = pairs_within_radius(5, (12, 10))
+    with pytest.raises(ValueError, match="affinity"):
+        random_walk(torch.rand(3, 120), torch.rand(34, index_to.shape[1] - 1), (12, 10))
+    with pytest.raises(ValueError, match="cam"):
+        random_walk(torch.rand(3, 119), torch.rand(index_to.shape), (12, 10))

@@ -156,6 +156,12 @@ def random_walk(cam, affinity, size, radius=5, beta=8, t=256):
     (never a dense ``N x N`` matrix) on ``cam``'s device, in ``cam``'s dtype promoted to
     at least float32.  Returns ``[C, h*w]``, equal to ``v @ matrix_power(T, t)``.
     """
+    rows, cols = _source_shape(radius, size)
+    expected = len(directions(radius)), rows * cols
+    if cam.shape[-1] != size[0] * size[1] or tuple(affinity.shape) != expected:
+        raise ValueError(f"random_walk on a {tuple(size)} map needs cam [C, {size[0] * size[1]}]"
+                         f" and affinity {list(expected)}, got {list(cam.shape)} and "
+                         f"{list(affinity.shape)}")
     dtype = torch.promote_types(cam.dtype, torch.float32)
     step = _transition_rows(affinity.to(dtype), size, radius, beta)
     state = cam.to(dtype).t().contiguous()

@@ -56,12 +56,22 @@ def progress(iterable, is_main=True, **kwargs):
     return tqdm(iterable, disable=not is_main, dynamic_ncols=True, **kwargs)
 
 
-def autocast(device, enabled):
-    """Mixed precision on CUDA when ``enabled``: bf16 where supported, else fp16."""
+def amp_dtype(device, enabled):
+    """The mixed-precision type on CUDA when ``enabled`` (bf16 where supported, else fp16), or None."""
     if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device, enabled):
+    """Mixed precision on CUDA when ``enabled``; a no-op elsewhere."""
+    dtype = amp_dtype(device, enabled)
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(device, enabled):
+    """Loss scaling, on only for fp16 (bf16 needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device, enabled) == torch.float16)
 
 
 def run_stage(main, argv=None):
@@ -69,6 +79,8 @@ def run_stage(main, argv=None):
     try:
         main(argv)
     except PipelineError as exc:
+        for bar in list(tqdm._instances):  # end progress lines so the error stands on its own line
+            bar.close()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

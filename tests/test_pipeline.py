@@ -1,0 +1,153 @@
+"""Stages 1-3 end to end through the real scripts on a tiny toy set, resume, and bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.toy import generate
+from tools.io import read_image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
+              "--resize-long", "48", "64", "--batch-size", "4", "--log-every", "1"]
+
+
+def run(script, *args, check=True):
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    generate(root, num_train=8, num_val=4, size=(48, 64), seed=3)
+    return root
+
+
+def data_args(root, split="train"):
+    return ["--dataset", "custom", "--data-root", root, "--split", split]
+
+
+def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
+    work = tmp_path / "run"
+    run("train_cam.py", *data_args(toy), "--work-dir", work, "--method", "ae_sipe", "--epochs", "1",
+        *TINY_TRAIN)
+    assert (work / "ckpt" / "cam.pth").is_file() and (work / "ckpt" / "cam_last.pth").is_file()
+    last = torch.load(work / "ckpt" / "cam_last.pth", weights_only=False)
+    assert last["step"] == 2 and {"model", "optimizer", "rng"} <= set(last)
+    assert json.loads((work / "args" / "train_cam.json").read_text())["method"] == "ae_sipe"
+    assert (work / "logs" / "train_cam.log").read_text().count("step ") >= 2
+
+    run("make_cam.py", *data_args(toy), "--work-dir", work, "--device", "cpu", "--num-workers", "0",
+        "--scales", "1.0", "0.5", "--all-maps")
+    names = (toy / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    files = sorted((work / "cam").glob("*.npy"))
+    assert [f.stem for f in files] == sorted(names)
+    for name in names:
+        record = np.load(work / "cam" / f"{name}.npy", allow_pickle=True).item()
+        keys = record["keys"]
+        assert keys.dtype == np.int64 and keys[0] == 0 and np.all(np.diff(keys) > 0) and len(keys) >= 2
+        height, width = read_image(toy / "JPEGImages" / f"{name}.jpg").shape[:2]
+        for map_name in ("cam", "plain_cam", "is_cam"):
+            cam = record[map_name]
+            assert cam.dtype == np.float16 and cam.shape == (len(keys), height, width)
+            assert cam.min() >= 0 and cam.max() <= 1
+
+    for map_name, tag in (("plain_cam", "CAM"), ("is_cam", "IS-CAM"), ("cam", "AE-IS-CAM")):
+        result = run("eval_cam.py", *data_args(toy), "--work-dir", work, "--map", map_name, "--tag", tag,
+                     "--num-workers", "1", "--bg-scale", "0.8")
+        assert f"{tag}: mIoU" in result.stdout
+    results = json.loads((work / "results.json").read_text())
+    assert list(results) == ["CAM", "IS-CAM", "AE-IS-CAM"]
+    for entry in results.values():
+        assert 0 <= entry["miou"] <= 100 and set(entry["iou"]) == {"background", "disc", "square", "triangle",
+                                                                   "cross"}
+        assert entry["images"] == len(names)
+    assert "| AE-IS-CAM |" in (work / "results.md").read_text()
+
+    # a second make_cam run skips the finished images and leaves them untouched
+    before = {f: f.stat().st_mtime_ns for f in files}
+    run("make_cam.py", *data_args(toy), "--work-dir", work, "--device", "cpu", "--num-workers", "0")
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+
+
+def test_resumed_training_gives_the_same_weights(toy, tmp_path):
+    common = [*data_args(toy), "--method", "sipe", "--epochs", "2", *TINY_TRAIN]
+    run("train_cam.py", *common, "--work-dir", tmp_path / "whole")
+    run("train_cam.py", *common, "--work-dir", tmp_path / "split", "--stop-at-step", "3")
+    assert not (tmp_path / "split" / "ckpt" / "cam.pth").exists()
+    run("train_cam.py", *common, "--work-dir", tmp_path / "split", "--resume")
+    whole = torch.load(tmp_path / "whole" / "ckpt" / "cam.pth", weights_only=False)["model"]
+    split = torch.load(tmp_path / "split" / "ckpt" / "cam.pth", weights_only=False)["model"]
+    assert whole.keys() == split.keys()
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+
+
+def test_finished_run_is_not_overwritten(toy, tmp_path):
+    work = tmp_path / "run"
+    (work / "ckpt").mkdir(parents=True)
+    (work / "ckpt" / "cam.pth").write_bytes(b"finished")
+    result = run("train_cam.py", *data_args(toy), "--work-dir", work, *TINY_TRAIN, check=False)
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (work / "ckpt" / "cam.pth").read_bytes() == b"finished"
+
+
+def broken_copy(toy, tmp_path, breakage):
+    """A copy of the toy set with one thing broken by ``breakage(root)``."""
+    root = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(toy), str(root)], check=True)
+    breakage(root)
+    return root
+
+
+def first_id(root):
+    return (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
+
+
+def unlabelled(root):
+    name = first_id(root)
+    (root / "Annotations" / f"{name}.xml").write_text("<annotation></annotation>")
+    from tools.io import write_label_png
+    write_label_png(root / "SegmentationClass" / f"{name}.png", np.zeros((8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    (lambda root: (root / "JPEGImages" / f"{first_id(root)}.jpg").write_bytes(b"not a jpeg"),
+     r"\.jpg: cannot read image"),
+    (lambda root: (root / "ImageSets" / "Segmentation" / "train.txt").write_text("toy_9999\n"),
+     r"train\.txt: id 'toy_9999' has no image"),
+    (unlabelled, r"no (foreground )?class"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(toy, tmp_path, breakage, expected):
+    import re
+    root = broken_copy(toy, tmp_path, breakage)
+    result = run("train_cam.py", *data_args(root), "--work-dir", tmp_path / "run", "--epochs", "1",
+                 *TINY_TRAIN, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and re.search(expected, lines[-1]), result.stderr[-2000:]
+    assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_missing_dataset_root_and_weights(tmp_path):
+    result = run("train_cam.py", "--dataset", "voc", "--data-root", tmp_path / "nowhere", "--work-dir",
+                 tmp_path / "run", check=False)
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "VOCtrainval" in result.stderr
+    result = run("make_cam.py", "--dataset", "custom", "--data-root", tmp_path / "nowhere", "--work-dir",
+                 tmp_path / "run", check=False)
+    assert result.returncode == 2 and "python -m data.toy" in result.stderr
+
+
+def test_missing_weights_file_offline(toy, tmp_path):
+    result = run("train_cam.py", *data_args(toy), "--work-dir", tmp_path / "run",
+                 "--pretrained", tmp_path / "resnet50.pth", check=False)
+    assert result.returncode == 2 and "resnet50.pth: weights file not found" in result.stderr
