@@ -35,15 +35,17 @@ def label_mask(labels):
     return torch.cat([background, labels], dim=1)[..., None, None]
 
 
+@torch.no_grad()
 def structure_seeds(cam, feature, valid, bg_scale=0.5):
     """SPEC 5.4: one-hot seeds [N,C,h,w] from the IoU of each class map with each pixel's
-    self-similarity row, as matrix products (no HW x HW x C tensor).
+    self-similarity row, as matrix products (no HW x HW x C tensor).  Seeds are discrete:
+    no gradient flows through them, so no graph is kept.
 
     cam [N,C,h,w] with background first, feature [N,D,h,w], valid [N,C,1,1] or [N,C,h,w].
     """
     n, c, h, w = cam.shape
     f = l2_normalize(full_precision(feature.flatten(2)), dim=1)
-    similarity = F.relu(f.transpose(1, 2) @ f)  # [N, HW, HW], symmetric
+    similarity = (f.transpose(1, 2) @ f).clamp_min_(0)  # relu(f^T f) [N, HW, HW], symmetric
     m = full_precision(cam.flatten(2)).to(f.dtype)  # [N, C, HW]
     inter = m @ similarity  # inter[k, i] = sum_j M_kj S_ji = sum_j S_ij M_kj
     union = similarity.sum(dim=2).unsqueeze(1) + m.sum(dim=2, keepdim=True) - inter
