@@ -133,14 +133,16 @@ def _method(case, squarings, device):
     return lambda: _dense(case, cam, guide, squarings)
 
 
-def _child(case_index, squarings, device, repeat):
+def _child(case_index, squarings, device, repeat, threads):
     """One method on one case, run in a fresh process so that memory readings are clean.
 
+    The process uses the caller's ``threads`` (torch's thread count is per process).
     The method first runs on a 12x12 map, so that library code paged in on first use
     does not count as memory.  Then the first run on the case is cold and gives the
     memory; the time is the fastest of ``repeat`` warm runs after it (the cold run's
     when ``repeat`` is 0).  Returns (seconds, MB, result on the CPU or None).
     """
+    torch.set_num_threads(threads)
     case = CASES[case_index]
     with torch.no_grad():
         _method(dict(case, size=(12, 12)), squarings, device)()
@@ -152,9 +154,9 @@ def _child(case_index, squarings, device, repeat):
 
 
 def _isolated(context, *args):
-    """``_child(*args)`` in a new process started by the multiprocessing ``context``."""
+    """``_child(*args)`` in a new process started by ``context``, with our thread count."""
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
-        return executor.submit(_child, *args).result()
+        return executor.submit(_child, *args, torch.get_num_threads()).result()
 
 
 def _run_case(case_index, device, dense_large, repeat):
@@ -190,7 +192,7 @@ def run(device="cpu", dense_large="estimate", repeat=3):
     ``_child``): ours once cold (its memory), then ``repeat`` times warm (the fastest
     time).  Keys: case, n, ours_s, ours_peak_mb, dense_s, dense_peak_mb, dense ("measured", "estimated" or "skipped"), speedup, max_rel_diff
     (largest |ours - dense| over the largest |dense|; None unless dense was measured).
-    Uses torch's default thread count.
+    Uses the calling process's torch thread count.
     """
     return [_run_case(index, device, dense_large, repeat) for index in range(len(CASES))]
 
