@@ -78,6 +78,24 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
 
+def test_torchrun_two_processes_train_and_split_inference(toy, tmp_path):
+    work = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for script, args in (("train_cam.py", ["--epochs", "1", *TINY_TRAIN]),
+                         ("make_cam.py", ["--device", "cpu", "--num-workers", "0", "--scales", "1.0"])):
+        result = subprocess.run([*torchrun, script, *data_args(toy), "--work-dir", str(work), *args], cwd=REPO,
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+    # the same CAMs as one process makes from the same checkpoint
+    single = tmp_path / "single"
+    run("make_cam.py", *data_args(toy), "--work-dir", work, "--out-dir", single, "--device", "cpu",
+        "--num-workers", "0", "--scales", "1.0")
+    split_files = sorted((work / "cam").glob("*.npy"))
+    assert len(split_files) == 8
+    for path in split_files:
+        assert path.read_bytes() == (single / path.name).read_bytes()
+
+
 def test_resumed_training_gives_the_same_weights(toy, tmp_path):
     common = [*data_args(toy), "--method", "sipe", "--epochs", "2", *TINY_TRAIN]
     run("train_cam.py", *common, "--work-dir", tmp_path / "whole")

@@ -39,7 +39,7 @@ def prepare_run(args, stage, is_main=True):
     if is_main:
         write_json(work_dir / "args" / f"{stage}.json", {k: v for k, v in sorted(vars(args).items())})
     (work_dir / "logs").mkdir(exist_ok=True)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.handlers.clear()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.FileHandler(work_dir / "logs" / f"{stage}.log")] if is_main else []
