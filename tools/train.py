@@ -1,10 +1,17 @@
-"""Training-loop pieces shared by the training stages: order of samples, schedule, checkpoints."""
+"""The training loop shared by the training stages: flags, sample order, schedule,
+checkpoints, resume (SPEC 2, 5.8, 9, 11)."""
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
+from tools import dist, stage
 from tools.io import PipelineError, atomic_path
+
+log = stage.log
 
 
 def epoch_batches(num_samples, batch_size, seed, epoch, rank=0, world_size=1):
@@ -69,3 +76,133 @@ def restore_rng_state(state):
 def unwrap(model):
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mult, momentum=0.0,
+                      weight_decay=1e-4, clip_grad=0.0):
+    """The flags every training stage has, with that stage's SPEC defaults."""
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="backbone weights: imagenet (torch hub cache, offline), none, or a file path")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step over all processes")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=lr, help="backbone learning rate (poly schedule, power 0.9)")
+    parser.add_argument("--new-layer-lr-mult", type=float, default=new_layer_lr_mult,
+                        help="learning-rate factor of the new layers")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay)
+    parser.add_argument("--momentum", type=float, default=momentum)
+    parser.add_argument("--clip-grad", type=float, default=clip_grad, help="gradient norm clip (0: off)")
+    parser.add_argument("--crop-size", type=int, default=crop_size)
+    parser.add_argument("--resize-long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"),
+                        help="range of the random long-side resize")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
+    parser.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
+    parser.add_argument("--log-every", type=int, default=20, help="steps between loss log lines")
+    parser.add_argument("--resume", action="store_true", help="continue from the *_last.pth checkpoint")
+    parser.add_argument("--stop-at-step", type=int, default=0,
+                        help="stop with a resumable checkpoint after this many steps (for job time limits)")
+    parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
+
+
+def build_optimizer(model, args):
+    """SGD over (backbone, new layers) at (lr, lr * new_layer_lr_mult); returns it and the base lrs."""
+    backbone, new = model.param_groups()
+    base_lrs = [args.lr, args.lr * args.new_layer_lr_mult]
+    groups = [{"params": params, "lr": lr} for params, lr in zip((backbone, new), base_lrs) if params]
+    base_lrs = [group["lr"] for group in groups]
+    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return optimizer, base_lrs
+
+
+def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
+    """Train ``model`` on ``dataset`` and write ``ckpt/<name>.pth`` and ``ckpt/<name>_last.pth``.
+
+    ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised;
+    ``meta`` (architecture, number of classes...) goes into both checkpoints and must
+    match on ``--resume``.  Batches, schedule and augmentation depend only on the seed
+    and the step, so a resumed run ends with the weights an unbroken run would have.
+    """
+    final_path, last_path = work_dir / "ckpt" / f"{name}.pth", work_dir / "ckpt" / f"{name}_last.pth"
+    if final_path.exists() and not args.overwrite:
+        raise PipelineError(f"{final_path}: this run directory already holds a trained {name} network "
+                            "(pass --overwrite to train again)")
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, base_lrs = build_optimizer(model, args)
+    steps_per_epoch = len(dataset) // args.batch_size
+    max_step = steps_per_epoch * args.epochs
+    step = 0
+    if args.resume and last_path.exists():
+        state = load_checkpoint(last_path, meta)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        step = state["step"]
+        log.info("resumed from %s at step %d", last_path, step)
+    train_model = DistributedDataParallel(model) if info.distributed else model
+    train_model.train()
+    scaler = stage.grad_scaler(info.device, args.amp)
+
+    def save(path, with_optimizer):
+        if info.is_main:
+            payload = {**meta, "model": unwrap(train_model).state_dict(), "step": step}
+            if with_optimizer:
+                payload.update(optimizer=optimizer.state_dict(), rng=rng_state())
+            save_checkpoint(path, payload)
+
+    log.info("%s on %s: %d images, %d steps of %d", name, info.device, len(dataset), max_step, args.batch_size)
+    bar = stage.progress(range(max_step), info.is_main, initial=step, desc=f"train {name}")
+    started, start_step = time.time(), step
+    while step < max_step:
+        epoch, skip = divmod(step, steps_per_epoch)
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch, info.rank, info.world_size)
+        loader = DataLoader(dataset, batch_sampler=batches[skip:], num_workers=args.num_workers,
+                            pin_memory=info.device.type == "cuda")
+        for batch in loader:
+            set_poly_lr(optimizer, base_lrs, step, max_step)
+            batch = to_device(batch, info.device, args.channels_last)
+            with stage.autocast(info.device, args.amp):
+                losses = loss_fn(train_model, batch)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if args.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(train_model.parameters(), args.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            bar.update(1)
+            logging_step = step % args.log_every == 0 or step == max_step
+            saving_step = step % args.save_every == 0 or step == args.stop_at_step
+            if (logging_step or saving_step) and not torch.isfinite(loss).item():
+                raise PipelineError(f"loss became {loss.item()} at step {step}; the last good checkpoint "
+                                    f"{last_path} is kept (lower --lr, or check the data)")
+            if logging_step:
+                parts = " ".join(f"{key} {value.item():.4f}" for key, value in losses.items())
+                log.info("step %d/%d %s lr %.4g %.2f img/s", step, max_step, parts, optimizer.param_groups[0]["lr"],
+                         (step - start_step) * args.batch_size / max(time.time() - started, 1e-9))
+            if saving_step:
+                save(last_path, with_optimizer=True)
+            if step == args.stop_at_step:
+                log.info("stopped at step %d; continue with --resume", step)
+                bar.close()
+                return
+    bar.close()
+    save(last_path, with_optimizer=True)
+    save(final_path, with_optimizer=False)
+    log.info("saved %s", final_path)
+    dist.barrier(info)
+
+
+def to_device(batch, device, channels_last=False):
+    """Move the tensors of a batch dict to ``device`` (images channels-last on request)."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and key == "image":
+                value = value.contiguous(memory_format=torch.channels_last)
+        moved[key] = value
+    return moved
