@@ -7,8 +7,8 @@ import numpy as np
 
 from data.datasets import build_source
 from tools import stage
-from tools.io import PipelineError, load_cam, read_label_png
-from tools.metrics import confusion_matrix
+from tools.io import PipelineError, check_cam, load_cam, read_label_png
+from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
 
 log = stage.log
@@ -22,6 +22,9 @@ def parse_args(argv=None):
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--cam-dir", help="folder of CAM .npy files (default: WORK_DIR/cam)")
     what.add_argument("--label-dir", help="folder of label PNGs to evaluate instead of CAMs")
+    parser.add_argument("--confident", action="store_true",
+                        help="with --label-dir: 255 in the labels means no label (affinity labels); score only "
+                             "the labelled pixels and report the percentage of pixels labelled (coverage)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files: cam, plain_cam, is_cam")
     parser.add_argument("--bg-scale", type=float, default=1.0,
                         help="factor on the background channel before the argmax (0.8 for AE-SIPE)")
@@ -31,16 +34,16 @@ def parse_args(argv=None):
                         help=f"try the constant background thresholds {SWEEP[0]}..{SWEEP[-1]} and keep the best")
     parser.add_argument("--tag", help="row name in results.md (default: the map name or the label folder)")
     parser.add_argument("--num-workers", type=int, default=4, help="processes that read the files")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.confident and not args.label_dir:
+        parser.error("--confident needs --label-dir")
+    return args
 
 
 def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
     """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``."""
     keys, cam = load_cam(path, map_name)
-    if keys.size == 0 or keys[0] != 0 or keys.max() >= num_classes or np.any(np.diff(keys) <= 0):
-        raise PipelineError(f"{path}: keys {keys.tolist()} are not 0 followed by sorted class ids < {num_classes}")
-    if cam.shape[1:] != gt_shape:
-        raise PipelineError(f"{path}: map size {cam.shape[1:]} differs from its image {gt_shape}")
+    check_cam(path, keys, cam, num_classes, gt_shape)
     predictions = []
     for kind, value in backgrounds:
         scored = cam.copy()
@@ -50,9 +53,11 @@ def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
 
 
 def image_confusions(name, source, args, backgrounds):
-    """Confusion matrices of one image, one per background setting (one for label folders)."""
+    """Confusion matrices of one image, one per background setting (one for label folders),
+    and the image's number of evaluated (not ignored) ground-truth pixels."""
     gt = read_label_png(source.mask_path(name))
     n = source.num_classes
+    evaluated = int(np.count_nonzero(gt != 255))
     if args.label_dir:
         path = Path(args.label_dir) / f"{name}.png"
         pred = read_label_png(path)
@@ -60,10 +65,13 @@ def image_confusions(name, source, args, backgrounds):
             raise PipelineError(f"{path}: label size {pred.shape} differs from the ground truth {gt.shape}")
         if np.any((pred >= n) & (pred != 255)):
             raise PipelineError(f"{path}: holds class {pred.max()}, the dataset has {n}")
+        if args.confident:
+            return [labelled_confusion(pred, gt, n)], evaluated
         pred = np.where(pred == 255, 0, pred)
-        return [confusion_matrix(pred, gt, n)]
+        return [confusion_matrix(pred, gt, n)], evaluated
     path = Path(args.cam_dir) / f"{name}.npy"
-    return [confusion_matrix(pred, gt, n) for pred in cam_predictions(path, args.map, n, gt.shape, backgrounds)]
+    predictions = cam_predictions(path, args.map, n, gt.shape, backgrounds)
+    return [confusion_matrix(pred, gt, n) for pred in predictions], evaluated
 
 
 def main(argv=None):
@@ -81,16 +89,21 @@ def main(argv=None):
         backgrounds = [("scale", args.bg_scale)]
 
     work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds)
-    totals = None
+    totals, evaluated = None, 0
     with Pool(max(1, args.num_workers)) as pool:
-        for confusions in stage.progress(pool.imap(work, names, chunksize=4), total=len(names), desc="eval"):
+        for confusions, pixels in stage.progress(pool.imap(work, names, chunksize=4), total=len(names),
+                                                 desc="eval"):
             totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
+            evaluated += pixels
     entries = [summarize(total, source.class_names) for total in totals]
     best = max(range(len(entries)), key=lambda i: entries[i]["miou"])
     entry = entries[best]
     kind, value = backgrounds[best]
     if args.label_dir:
         tag, entry["note"] = args.tag or Path(args.label_dir).name, "labels"
+        if args.confident:
+            entry["coverage"] = round(100 * coverage(totals[best], evaluated), 2)
+            entry["note"] = f"confident, coverage {entry['coverage']:.1f}%"
     else:
         tag = args.tag or args.map
         entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"

@@ -8,8 +8,9 @@ from data.datasets import InferenceDataset, build_source
 from data.transforms import normalize
 from net.sipe import SIPENet, multiscale_maps
 from tools import dist, stage
-from tools.io import remove_stale_temporaries, save_cam
+from tools.io import remove_stale_temporaries, save_cam, write_image
 from tools.train import load_checkpoint
+from tools.visualize import cam_panel
 
 log = stage.log
 FINAL_MAP = {"sipe": "is_cam", "ae_sipe": "ae_is_cam"}
@@ -22,6 +23,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth)")
     parser.add_argument("--out-dir", help="where the CAM files go (default: WORK_DIR/cam)")
     parser.add_argument("--scales", type=float, nargs="+", default=(1.0, 0.5, 1.5, 2.0))
+    parser.add_argument("--visualize", type=int, default=0, metavar="N",
+                        help="write heat-map pictures (background, then each class) of the first N images to vis/cam/")
     parser.add_argument("--all-maps", action="store_true",
                         help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map")
     return parser.parse_args(argv)
@@ -51,11 +54,12 @@ def main(argv=None):
     final_map = FINAL_MAP[checkpoint["method"]]
 
     names = source.ids(args.split)
-    todo = dist.shard([n for n in names if not (out_dir / f"{n}.npy").exists()], info)
+    # shard first, then skip: the shards do not depend on when each rank looks at the folder
+    todo = [n for n in dist.shard(names, info) if not (out_dir / f"{n}.npy").exists()]
     log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
     loader = DataLoader(InferenceDataset(source, args.split, ids=todo), batch_size=1, collate_fn=single,
                         num_workers=args.num_workers)
-    for item in stage.progress(loader, info.is_main, total=len(todo), desc="make_cam"):
+    for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
         image = normalize(item["image"])[None].to(info.device)
         keys = torch.as_tensor(item["keys"], device=info.device)
         with stage.autocast(info.device, args.amp):
@@ -63,6 +67,8 @@ def main(argv=None):
         maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
         extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
         save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], **extra)
+        if index < args.visualize:
+            write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps[final_map]))
     dist.barrier(info)
     dist.shutdown(info)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The pipeline on COCO 2014 (stages 1-3: train_cam, make_cam, eval_cam).
+# The whole pipeline on COCO 2014. As SIPE does for COCO, the pseudo-labels default to the
+# CAMs refined by the CRF, without an affinity network (--affinity irn adds one).
 # `bash run_coco.sh --help` lists the options.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -7,13 +8,15 @@ DATASET=coco
 DATA_ROOT=datasets/coco2014
 WORK_DIR=""
 METHOD=ae_sipe
+AFFINITY=none
 TRAIN_SPLIT=train
+CAM_SPLIT=train
 EVAL_SPLIT=train
 source scripts/pipeline.sh
 parse_driver_args "$@"
 if [ "$TOY" = 1 ]; then
-    WORK_DIR="${WORK_DIR:-runs/toy}"
+    WORK_DIR="${WORK_DIR:-runs/toy_coco}"
     use_toy_dataset
 fi
 WORK_DIR="${WORK_DIR:-runs/coco_$METHOD}"
-run_localization_stages
+run_pipeline

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The pipeline on PASCAL VOC 2012 (stages 1-3: train_cam, make_cam, eval_cam), or on the
-# embedded toy dataset with --toy. `bash run_voc.sh --help` lists the options.
+# The whole pipeline on PASCAL VOC 2012, or on the embedded toy dataset with --toy:
+# classifier, CAMs, affinity labels, affinity network, pseudo-labels, and the mIoU of each.
+# `bash run_voc.sh --help` lists the options.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 DATASET=voc
 DATA_ROOT=datasets/VOCdevkit/VOC2012
 WORK_DIR=""
 METHOD=ae_sipe
+AFFINITY=irn
 TRAIN_SPLIT=train_aug
+CAM_SPLIT=train_aug
 EVAL_SPLIT=train
 source scripts/pipeline.sh
 parse_driver_args "$@"
@@ -16,4 +19,4 @@ if [ "$TOY" = 1 ]; then
     use_toy_dataset
 fi
 WORK_DIR="${WORK_DIR:-runs/voc_$METHOD}"
-run_localization_stages
+run_pipeline

@@ -365,12 +365,10 @@ def multi_hot(labels, num_classes):
     return vector
 
 
-class ClassificationDataset(torch.utils.data.Dataset):
-    """Training images with multi-hot labels (SPEC 3, 5.8).
-
-    Item i of epoch e draws its augmentation from ``numpy.random.default_rng([seed, e, i])``,
-    so it does not depend on the worker that loads it; call ``set_epoch`` every epoch.
-    """
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Training images of a split; item i of epoch e draws its augmentation from
+    ``numpy.random.default_rng([seed, e, i])``, so it does not depend on the worker that
+    loads it.  Call ``set_epoch`` every epoch."""
 
     def __init__(self, source, split, transform, seed=0):
         self.source = source
@@ -385,12 +383,37 @@ class ClassificationDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.ids)
 
+    def rng(self, index):
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class ClassificationDataset(AugmentedDataset):
+    """Training images with multi-hot labels (SPEC 3, 5.8)."""
+
     def __getitem__(self, index):
         image_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, valid = self.transform(read_image(self.source.image_path(image_id)), rng)
+        image, valid = self.transform(read_image(self.source.image_path(image_id)), self.rng(index))
         label = multi_hot(self.source.labels(image_id), self.source.num_classes)
         return {"name": image_id, "image": image, "label": torch.from_numpy(label), "valid": valid}
+
+
+class AffinityDataset(AugmentedDataset):
+    """Training images with their affinity-label maps (SPEC 9): ``label_dir/<id>.png``,
+    0 background, class ids, 255 unsure; both augmented together."""
+
+    def __init__(self, source, split, label_dir, transform, seed=0):
+        super().__init__(source, split, transform, seed)
+        self.label_dir = Path(label_dir)
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        image = read_image(self.source.image_path(image_id))
+        label_path = self.label_dir / f"{image_id}.png"
+        labels = read_label_png(label_path)
+        if labels.shape != image.shape[:2]:
+            raise PipelineError(f"{label_path}: size {labels.shape} differs from its image {image.shape[:2]}")
+        image, labels = self.transform.with_labels(image, labels, self.rng(index))
+        return {"name": image_id, "image": image, "labels": labels}
 
 
 class InferenceDataset(torch.utils.data.Dataset):

@@ -79,10 +79,30 @@ class TrainTransform:
         self.flip = flip
 
     def __call__(self, image, rng):
-        image = resize_long(image, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        window = random_crop_window(image.shape[:2], self.crop_size, rng)
+        image, window = self._resize_flip(image, rng)
         pixels = apply_crop(normalize_array(image), window, self.crop_size)
         valid = apply_crop(np.ones(image.shape[:2], dtype=np.float32), window, self.crop_size)
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), torch.from_numpy(valid)
+
+    def with_labels(self, image, labels, rng, ignore_index=255):
+        """The same augmentation applied to an image and its label map (nearest resize,
+        padding ``ignore_index``): ``-> (image [3,S,S], labels int64 [S,S])`` (SPEC 9)."""
+        if labels.shape != image.shape[:2]:
+            raise ValueError(f"label map {labels.shape} and image {image.shape[:2]} differ in size")
+        image, window, flipped = self._resize_flip(image, rng, with_flip=True)
+        labels = np.asarray(Image.fromarray(labels).resize(image.shape[1::-1], Image.NEAREST))
+        if flipped:
+            labels = labels[:, ::-1]
+        pixels = apply_crop(normalize_array(image), window, self.crop_size)
+        labels = apply_crop(labels, window, self.crop_size, fill=ignore_index)
+        return (torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+                torch.from_numpy(labels.astype(np.int64)))
+
+    def _resize_flip(self, image, rng, with_flip=False):
+        """Resize and maybe flip ``image`` and draw its crop window, in the documented rng order."""
+        image = resize_long(image, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
+        flipped = bool(self.flip and rng.random() < 0.5)
+        if flipped:
+            image = image[:, ::-1]
+        window = random_crop_window(image.shape[:2], self.crop_size, rng)
+        return (image, window, flipped) if with_flip else (image, window)

@@ -112,16 +112,27 @@ def resolve_weights(pretrained):
     return path
 
 
+def backbone_state(state):
+    """The ResNet-50 parameters of a weights file: torchvision's (``fc`` dropped), or the
+    backbone of one of this pipeline's checkpoints (``{"model": {"backbone.*": ...}}``)."""
+    if not isinstance(state, dict):
+        return {}
+    if isinstance(state.get("model"), dict):
+        prefix = "backbone."
+        return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
 def resnet50(pretrained="imagenet"):
     """The backbone with ``--pretrained`` weights; without weights BatchNorm trains normally."""
     path = resolve_weights(pretrained)
     model = ResNet50(frozen_bn=path is not None)
     if path is not None:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
             raise PipelineError(f"{path}: cannot read weights ({exc})") from exc
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")} if isinstance(state, dict) else {}
+        state = backbone_state(state)
         expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
         wrong = sorted(k for k in expected if k not in state or getattr(state[k], "shape", None) != expected[k])
         if wrong:

@@ -1,23 +1,26 @@
 # Sourced by run_voc.sh and run_coco.sh: flag parsing and the stage sequence they share.
-# Expects DATASET, DATA_ROOT, WORK_DIR, METHOD, TRAIN_SPLIT, EVAL_SPLIT to be set.
+# Expects DATASET, DATA_ROOT, WORK_DIR, METHOD, AFFINITY, TRAIN_SPLIT, CAM_SPLIT and
+# EVAL_SPLIT to be set.
 
 GPUS="${GPUS:-1}"
 NNODES="${NNODES:-1}"
-TRAIN_CAM_ARGS=()
-MAKE_CAM_ARGS=()
-EVAL_CAM_ARGS=()
 TOY=0
+STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels)
+declare -A STAGE_ARGS=()
 
 driver_usage() {
     cat <<USAGE
 usage: $0 [options]
   --toy                 run on the embedded toy dataset (generated into WORK_DIR/toy_data), CPU settings
   --data-root DIR       dataset folder (default: $DATA_ROOT)
-  --work-dir DIR        run directory (default: $WORK_DIR)
+  --work-dir DIR        run directory (default: runs/<dataset>_<method>, runs/toy with --toy)
   --method M            sipe or ae_sipe (default: $METHOD)
+  --affinity A          irn, affinitynet (PSA) or none (CAM + CRF only) (default: $AFFINITY)
   --gpus N              processes per machine for torchrun (default: 1: plain python)
   --nnodes N            machines; with --nnodes > 1 also set RDZV_ENDPOINT=host:port on every machine
-  --train-cam "FLAGS"   extra flags for train_cam.py (quote them), likewise --make-cam, --eval-cam
+  --STAGE "FLAGS"       extra flags for one stage, quoted, e.g. --train-cam "--amp --channels-last";
+                        stages: ${STAGE_NAMES[*]//_/-}
+A stage whose outputs are complete is skipped; a killed training stage resumes.
 USAGE
 }
 
@@ -28,32 +31,47 @@ parse_driver_args() {
             --data-root) DATA_ROOT="$2"; shift ;;
             --work-dir) WORK_DIR="$2"; shift ;;
             --method) METHOD="$2"; shift ;;
+            --affinity) AFFINITY="$2"; shift ;;
             --gpus) GPUS="$2"; shift ;;
             --nnodes) NNODES="$2"; shift ;;
-            --train-cam) read -r -a extra <<< "$2"; TRAIN_CAM_ARGS+=("${extra[@]}"); shift ;;
-            --make-cam) read -r -a extra <<< "$2"; MAKE_CAM_ARGS+=("${extra[@]}"); shift ;;
-            --eval-cam) read -r -a extra <<< "$2"; EVAL_CAM_ARGS+=("${extra[@]}"); shift ;;
             -h|--help) driver_usage; exit 0 ;;
-            *) echo "error: unknown option $1" >&2; driver_usage >&2; exit 2 ;;
+            --*)
+                local name="${1#--}"
+                name="${name//-/_}"
+                if [[ " ${STAGE_NAMES[*]} " == *" $name "* ]] && [ $# -gt 1 ]; then
+                    STAGE_ARGS[$name]="${STAGE_ARGS[$name]:-} $2"
+                    shift
+                else
+                    echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
+                fi ;;
+            *) echo "error: unknown argument $1" >&2; driver_usage >&2; exit 2 ;;
         esac
         shift
     done
+    case "$METHOD" in sipe|ae_sipe) ;; *) echo "error: --method must be sipe or ae_sipe" >&2; exit 2 ;; esac
+    case "$AFFINITY" in irn|affinitynet|none) ;; *) echo "error: --affinity must be irn, affinitynet or none" >&2; exit 2 ;; esac
 }
 
-# Toy settings for a 2-core CPU: small crops, few steps, no pretrained weights.
+# Toy settings for a 2-core CPU: small crops, few steps, no ImageNet weights.
 use_toy_dataset() {
     DATASET=custom
     DATA_ROOT="$WORK_DIR/toy_data"
     TRAIN_SPLIT=train
+    CAM_SPLIT=train
     EVAL_SPLIT=train
     if [ ! -f "$DATA_ROOT/class_names.txt" ]; then
         python -m data.toy --out "$DATA_ROOT" --num-train 160 --num-val 32
     fi
-    TRAIN_CAM_ARGS=(--pretrained none --device cpu --num-workers 1 --crop-size 128 --resize-long 96 160
-                    --batch-size 8 --epochs 15 --lr 0.02 --momentum 0.9 --save-every 50 --log-every 10
-                    "${TRAIN_CAM_ARGS[@]}")
-    MAKE_CAM_ARGS=(--device cpu --num-workers 1 "${MAKE_CAM_ARGS[@]}")
-    EVAL_CAM_ARGS=(--num-workers 2 "${EVAL_CAM_ARGS[@]}")
+    local cpu="--device cpu --num-workers 1"
+    local crop="--crop-size 128 --resize-long 96 160 --batch-size 8"
+    STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --epochs 15 --lr 0.02 --momentum 0.9 --save-every 50
+        --log-every 10 ${STAGE_ARGS[train_cam]:-}"
+    STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
+    STAGE_ARGS[eval_cam]="--num-workers 2 ${STAGE_ARGS[eval_cam]:-}"
+    STAGE_ARGS[make_affinity_labels]="--workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
+    STAGE_ARGS[train_affinity]="--pretrained $WORK_DIR/ckpt/cam.pth $cpu $crop --epochs 10 --save-every 50
+        --log-every 10 ${STAGE_ARGS[train_affinity]:-}"
+    STAGE_ARGS[make_seg_labels]="$cpu --crf-workers 2 ${STAGE_ARGS[make_seg_labels]:-}"
 }
 
 # python, or torchrun with --gpus processes per machine (and --nnodes machines).
@@ -66,32 +84,59 @@ launch() {
     fi
 }
 
-bg_scale_for() {
-    if [ "$METHOD" = ae_sipe ]; then echo 0.8; else echo 1.0; fi
+# The extra flags of one stage as words.
+extra() {
+    read -r -a words <<< "${STAGE_ARGS[$1]:-}"
+    printf '%s\n' "${words[@]}"
 }
 
-run_localization_stages() {
-    local data=(--dataset "$DATASET" --data-root "$DATA_ROOT")
-    mkdir -p "$WORK_DIR"
-    if [ -f "$WORK_DIR/ckpt/cam.pth" ]; then
-        echo "== stage 1 train_cam: $WORK_DIR/ckpt/cam.pth exists, skipped"
-    else
-        echo "== stage 1 train_cam ($METHOD)"
-        local resume=()
-        [ -f "$WORK_DIR/ckpt/cam_last.pth" ] && resume=(--resume)
-        launch train_cam.py "${data[@]}" --split "$TRAIN_SPLIT" --work-dir "$WORK_DIR" --method "$METHOD" \
-            "${resume[@]}" "${TRAIN_CAM_ARGS[@]}"
+# Train a network unless its final checkpoint exists; resume from its *_last.pth.
+train_stage() {
+    local script="$1" name="$2"
+    shift 2
+    if [ -f "$WORK_DIR/ckpt/$name.pth" ]; then
+        echo "== ${script%.py}: $WORK_DIR/ckpt/$name.pth exists, skipped"
+        return
     fi
-    echo "== stage 2 make_cam"
-    launch make_cam.py "${data[@]}" --split "$EVAL_SPLIT" --work-dir "$WORK_DIR" --all-maps "${MAKE_CAM_ARGS[@]}"
-    echo "== stage 3 eval_cam"
-    local eval=(python eval_cam.py "${data[@]}" --split "$EVAL_SPLIT" --work-dir "$WORK_DIR" "${EVAL_CAM_ARGS[@]}")
-    "${eval[@]}" --map plain_cam --sweep --tag "CAM"
-    "${eval[@]}" --map is_cam --tag "IS-CAM"
-    if [ "$METHOD" = ae_sipe ]; then
-        "${eval[@]}" --map cam --bg-scale "$(bg_scale_for)" --tag "AE-IS-CAM"
+    local resume=()
+    [ -f "$WORK_DIR/ckpt/${name}_last.pth" ] && resume=(--resume)
+    echo "== ${script%.py}"
+    launch "$script" "$@" "${resume[@]}" $(extra "${script%.py}")
+}
+
+run_pipeline() {
+    local data=(--dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$WORK_DIR")
+    local bg_scale=1.0 bg_conf_scale=0.5
+    if [ "$METHOD" = ae_sipe ]; then bg_scale=0.8; bg_conf_scale=0.8; fi
+    mkdir -p "$WORK_DIR"
+    local evaluate=(python eval_cam.py "${data[@]}" --split "$EVAL_SPLIT" $(extra eval_cam))
+
+    train_stage train_cam.py cam "${data[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
+    echo "== make_cam"
+    launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" --all-maps $(extra make_cam)
+    echo "== eval_cam"
+    "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
+    "${evaluate[@]}" --map is_cam --tag "IS-CAM"
+    [ "$METHOD" = ae_sipe ] && "${evaluate[@]}" --map cam --bg-scale "$bg_scale" --tag "AE-IS-CAM"
+
+    if [ "$AFFINITY" = none ]; then
+        echo "== make_seg_labels (CAM + CRF, no affinity network)"
+        launch make_seg_labels.py "${data[@]}" --split "$CAM_SPLIT" --no-affinity --bg-scale "$bg_scale" --crf \
+            $(extra make_seg_labels)
+        "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels_crf" --tag "CAM + CRF"
+    else
+        local mode=(--bg-conf-scale "$bg_conf_scale")
+        [ "$AFFINITY" = affinitynet ] && mode=(--mode psa)
+        echo "== make_affinity_labels"
+        launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" $(extra make_affinity_labels)
+        "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels"
+        train_stage train_affinity.py affinity "${data[@]}" --split "$CAM_SPLIT" --arch "$AFFINITY"
+        echo "== make_seg_labels"
+        launch make_seg_labels.py "${data[@]}" --split "$CAM_SPLIT" --crf $(extra make_seg_labels)
+        "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels" --tag "random walk"
+        "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels_crf" --tag "random walk + CRF"
     fi
     echo
-    echo "== mIoU ladder ($EVAL_SPLIT split), $WORK_DIR/results.md"
+    echo "== mIoU of every stage ($EVAL_SPLIT split), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"
 }

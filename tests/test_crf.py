@@ -71,3 +71,10 @@ def test_non_contiguous_image_is_accepted():
     image, truth = two_halves()
     flipped = image[:, ::-1]
     assert np.array_equal(crf_labels(flipped, truth[:, ::-1], n_labels=2), truth[:, ::-1])
+
+
+def test_read_only_image_is_accepted():
+    image, truth = two_halves()
+    image.flags.writeable = False
+    assert np.array_equal(crf_labels(image, truth, n_labels=2), truth)
+    assert crf_probs(image, np.stack([truth == 0, truth == 1]).astype(np.float32)).shape == (2, 40, 60)

@@ -10,11 +10,15 @@ from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 
 def _checked_image(image):
-    """The image as a C-contiguous uint8 ``[H, W, 3]`` array, or ValueError (SPEC 8)."""
+    """The image as a C-contiguous, writable uint8 ``[H, W, 3]`` array, or ValueError (SPEC 8).
+
+    pydensecrf takes the image as a writable buffer, so a read-only array (as numpy views
+    of PIL images are) is copied.
+    """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
-    return np.ascontiguousarray(image)
+    return np.require(image, requirements=("C", "W"))
 
 
 def _check_size(image, shape, what):

@@ -144,6 +144,15 @@ def load_cam(path, map_name="cam"):
     return keys, cam
 
 
+def check_cam(path, keys, cam, num_classes, size):
+    """Raise PipelineError unless a CAM's keys are 0 followed by sorted class ids below
+    ``num_classes`` and its map ``[K, H, W]`` has the image size ``(H, W)`` (SPEC 2)."""
+    if keys.size == 0 or keys[0] != 0 or keys.max() >= num_classes or np.any(np.diff(keys) <= 0):
+        raise PipelineError(f"{path}: keys {keys.tolist()} are not 0 followed by sorted class ids < {num_classes}")
+    if cam.shape[1:] != tuple(size):
+        raise PipelineError(f"{path}: map size {cam.shape[1:]} differs from its image {tuple(size)}")
+
+
 def write_json(path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

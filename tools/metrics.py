@@ -1,4 +1,5 @@
-"""Segmentation metrics (SPEC 7): confusion matrix, IoU, precision, recall."""
+"""Segmentation metrics (SPEC 7): confusion matrix, IoU, precision, recall; for partial
+label maps (SPEC 8) the confusion over labelled pixels and their coverage."""
 import numpy as np
 
 
@@ -44,3 +45,20 @@ def precision_recall(confusion):
         precision = np.where(confusion.sum(0) > 0, tp / confusion.sum(0), np.nan)
         recall = np.where(confusion.sum(1) > 0, tp / confusion.sum(1), np.nan)
     return precision, recall
+
+
+def labelled_confusion(pred, gt, num_classes, unlabelled=255, ignore_index=255):
+    """Confusion matrix over the pixels that a partial label map assigns (SPEC 7 applied to
+    the confident labels of SPEC 8): prediction pixels equal to ``unlabelled`` are left
+    out, like ground-truth pixels equal to ``ignore_index``."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    skip = pred == unlabelled
+    return confusion_matrix(np.where(skip, 0, pred), np.where(skip, ignore_index, gt), num_classes, ignore_index)
+
+
+def coverage(confusion, evaluated_pixels):
+    """Fraction of the evaluated (not ignored) ground-truth pixels that a partial label map
+    assigns: the pixel count of its :func:`labelled_confusion` over ``evaluated_pixels``."""
+    return float(np.asarray(confusion).sum()) / evaluated_pixels if evaluated_pixels else float("nan")

@@ -82,7 +82,8 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
                       weight_decay=1e-4, clip_grad=0.0):
     """The flags every training stage has, with that stage's SPEC defaults."""
     parser.add_argument("--pretrained", default="imagenet",
-                        help="backbone weights: imagenet (torch hub cache, offline), none, or a file path")
+                        help="backbone weights: imagenet (torch hub cache, offline), none, a ResNet-50 file, "
+                             "or a checkpoint of this pipeline (its backbone)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step over all processes")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--lr", type=float, default=lr, help="backbone learning rate (poly schedule, power 0.9)")

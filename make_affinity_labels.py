@@ -1,0 +1,87 @@
+"""Stage 4: confident foreground / background / unsure labels from the CAMs by dense CRF
+-> affinity_labels/<name>.png (SPEC 2, 8)."""
+import functools
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+from data.datasets import build_source
+from data.palette import voc_palette
+from tools import dist, stage
+from tools.affinity_labels import confident_labels, psa_labels
+from tools.io import check_cam, load_cam, read_image, remove_stale_temporaries, write_label_png
+
+log = stage.log
+
+
+def default_workers():
+    """The CPUs this process may use, shared among the torchrun processes of this machine."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def parse_args(argv=None):
+    parser = stage.parser_for(__doc__)
+    stage.add_dataset_args(parser, split_default="train")
+    parser.add_argument("--work-dir", required=True, help="run directory that holds everything this run writes")
+    parser.add_argument("--cam-dir", help="folder of CAM .npy files (default: WORK_DIR/cam)")
+    parser.add_argument("--out-dir", help="where the label PNGs go (default: WORK_DIR/affinity_labels)")
+    parser.add_argument("--map", default="cam", help="which map of the CAM files to use")
+    parser.add_argument("--mode", choices=("sipe", "psa"), default="sipe",
+                        help="sipe: two label CRFs, background as is and times --bg-conf-scale (SIPE, IRN); "
+                             "psa: two probability CRFs with background (1 - max fg) ** alpha (AffinityNet)")
+    parser.add_argument("--bg-conf-scale", type=float, default=0.5,
+                        help="sipe mode: factor on the background for the confident background (0.8 for AE-SIPE)")
+    parser.add_argument("--low-alpha", type=float, default=4, help="psa mode: power of the confident-foreground CRF")
+    parser.add_argument("--high-alpha", type=float, default=32,
+                        help="psa mode: power of the confident-background CRF")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="CRF processes; the default is the CPUs available, divided among torchrun processes")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    args.cam_dir = args.cam_dir or str(Path(args.work_dir) / "cam")
+    args.out_dir = args.out_dir or str(Path(args.work_dir) / "affinity_labels")
+    return args
+
+
+def label_image(item, args, num_classes):
+    """Write the affinity label PNG of one ``(name, image path)`` (runs in a pool worker)."""
+    name, image_path = item
+    cam_path = Path(args.cam_dir) / f"{name}.npy"
+    keys, cam = load_cam(cam_path, args.map)
+    image = read_image(image_path)
+    check_cam(cam_path, keys, cam, num_classes, image.shape[:2])
+    if args.mode == "psa":
+        labels = psa_labels(image, keys, cam, args.low_alpha, args.high_alpha)
+    else:
+        labels = confident_labels(image, keys, cam, args.bg_conf_scale)
+    write_label_png(Path(args.out_dir) / f"{name}.png", labels, voc_palette())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = dist.init_distributed("cpu")
+    stage.prepare_run(args, "make_affinity_labels", info.is_main)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        remove_stale_temporaries(out_dir)
+    dist.barrier(info)
+
+    source = build_source(args.dataset, args.data_root)
+    names = source.ids(args.split)
+    # shard first, then skip: the shards do not depend on when each rank looks at the folder
+    todo = [n for n in dist.shard(names, info) if not (out_dir / f"{n}.png").exists()]
+    log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes)", out_dir, len(todo), len(names),
+             info.rank, args.mode, args.workers)
+    work = functools.partial(label_image, args=args, num_classes=source.num_classes)
+    items = [(name, str(source.image_path(name))) for name in todo]
+    with Pool(args.workers) as pool:
+        for _ in stage.progress(pool.imap_unordered(work, items), info.is_main, total=len(items),
+                                desc="affinity labels"):
+            pass
+    dist.shutdown(info)
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)

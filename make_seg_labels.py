@@ -1,0 +1,124 @@
+"""Stage 6: random walk of the CAMs over the learned affinities (SPEC 10), optionally
+refined by the dense CRF (SPEC 8) -> pseudo_labels/<name>.png (and pseudo_labels_crf/)."""
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.datasets import build_source
+from data.palette import voc_palette
+from data.transforms import normalize
+from net.affinity import build_affinity_net, walk_affinitynet, walk_irn
+from tools import dist, stage
+from tools.crf import crf_labels
+from tools.io import (check_cam, load_cam, read_image, remove_stale_temporaries, write_image,
+                      write_label_png)
+from tools.train import load_checkpoint
+from tools.visualize import label_panel
+
+log = stage.log
+DEFAULT_BETA = {"affinitynet": 8, "irn": 10}
+
+
+def parse_args(argv=None):
+    parser = stage.parser_for(__doc__)
+    stage.add_dataset_args(parser, split_default="train")
+    stage.add_runtime_args(parser)
+    parser.add_argument("--checkpoint", help="affinity network (default: WORK_DIR/ckpt/affinity.pth)")
+    parser.add_argument("--no-affinity", action="store_true",
+                        help="no random walk: labels are the CAM argmax (background times --bg-scale), "
+                             "to be refined with --crf (SIPE's COCO setting)")
+    parser.add_argument("--bg-scale", type=float, default=1.0, help="--no-affinity: factor on the background")
+    parser.add_argument("--cam-dir", help="CAM files of stage 2 (default: WORK_DIR/cam)")
+    parser.add_argument("--map", default="cam", help="which map of the CAM files to propagate")
+    parser.add_argument("--beta", type=float, help="affinity power (default: 8 for affinitynet, 10 for irn)")
+    parser.add_argument("--steps", type=int, default=256, help="random-walk steps t (2^8)")
+    parser.add_argument("--alpha", type=float, default=16, help="affinitynet: background (1 - max fg) ** alpha")
+    parser.add_argument("--power", type=float, default=1.5, help="irn: the CAM is raised to this power")
+    parser.add_argument("--crf", action="store_true", help="also write CRF-refined labels to pseudo_labels_crf/")
+    parser.add_argument("--crf-workers", type=int, default=2, help="processes for the CRF")
+    parser.add_argument("--visualize", type=int, default=0, metavar="N",
+                        help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
+    return parser.parse_args(argv)
+
+
+def crf_refine(image_path, label_index, keys, out_path):
+    """CRF-refined labels of one image (runs in a pool worker); returns them."""
+    image = read_image(image_path)
+    refined = keys[crf_labels(image, label_index, len(keys))]
+    write_label_png(out_path, refined, voc_palette())
+    return refined
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = dist.init_distributed(args.device)
+    work_dir = stage.prepare_run(args, "make_seg_labels", info.is_main)
+    cam_dir = Path(args.cam_dir or work_dir / "cam")
+    out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
+    for folder in out_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            remove_stale_temporaries(folder)
+    dist.barrier(info)
+
+    if args.no_affinity:
+        arch, beta, model = "none", 0, None
+    else:
+        checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
+        arch, radius = checkpoint["arch"], checkpoint["radius"]
+        beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
+        model = build_affinity_net(arch, pretrained="none")
+        model.load_state_dict(checkpoint["model"])
+        model.to(info.device).eval()
+
+    source = build_source(args.dataset, args.data_root)
+    names = source.ids(args.split)
+    todo = [n for n in dist.shard(names, info) if not all((d / f"{n}.png").exists() for d in out_dirs)]
+    log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
+             info.rank, arch, beta, args.steps)
+    pool = multiprocessing.get_context("spawn").Pool(args.crf_workers) if args.crf else None
+    pending = []
+    for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
+        image_path = source.image_path(name)
+        image = read_image(image_path)
+        cam_path = cam_dir / f"{name}.npy"
+        keys, cam = load_cam(cam_path, args.map)
+        check_cam(cam_path, keys, cam, source.num_classes, image.shape[:2])
+        if model is None:
+            cam[0] *= args.bg_scale
+            label_index = cam.argmax(axis=0)
+        else:
+            with torch.no_grad(), stage.autocast(info.device, args.amp):
+                output = model(normalize(image)[None].to(info.device))
+            cam = torch.from_numpy(cam).to(info.device)
+            if arch == "affinitynet":
+                walked = walk_affinitynet(output.float(), cam, radius, beta, args.steps, args.alpha)
+            else:
+                walked = walk_irn(output, cam, radius, beta, args.steps, args.power)
+            walked = F.interpolate(walked[None], image.shape[:2], mode="bilinear", align_corners=False)[0]
+            label_index = walked.argmax(dim=0).cpu().numpy()
+        labels = keys[label_index].astype(np.uint8)
+        write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
+        shown = (name, image, labels) if index < args.visualize else None
+        if pool is not None:
+            pending.append((shown, pool.apply_async(
+                crf_refine, (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png"))))
+        elif shown:
+            write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, labels))
+    if pool is not None:
+        for shown, result in pending:
+            refined = result.get()
+            if shown:
+                name, image, labels = shown
+                write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, labels, refined))
+        pool.close()
+        pool.join()
+    dist.barrier(info)
+    dist.shutdown(info)
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)

@@ -1,0 +1,73 @@
+"""Stage 5: train AffinityNet (PSA) or IRN's boundary network on affinity labels (SPEC 9)
+-> ckpt/affinity.pth."""
+import torch
+import torch.nn.functional as F
+
+from data.datasets import AffinityDataset, build_source
+from data.transforms import TrainTransform
+from net.affinity import ARCHS, affinity_losses, build_affinity_net
+from tools import dist, stage
+from tools.io import PipelineError
+from tools.random_walk import affinity_labels
+from tools.train import add_training_args, train, unwrap
+
+# SPEC 9 training constants per architecture (flags left unset take these).
+ARCH_DEFAULTS = {
+    "affinitynet": {"epochs": 8, "crop_size": 448, "batch_size": 8, "lr": 0.1, "new_layer_lr_mult": 10.0},
+    "irn": {"epochs": 3, "crop_size": 512, "batch_size": 32, "lr": 0.1, "new_layer_lr_mult": 1.0},
+}
+
+
+def parse_args(argv=None):
+    parser = stage.parser_for(__doc__)
+    stage.add_dataset_args(parser, split_default="train_aug")
+    stage.add_runtime_args(parser)
+    parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
+    parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
+    parser.add_argument("--radius", type=int, default=5, help="pairs within this radius (SPEC 9)")
+    add_training_args(parser, batch_size=None, epochs=None, lr=None, crop_size=None, new_layer_lr_mult=None)
+    parser.epilog = "Unset --epochs, --crop-size, --batch-size, --lr, --new-layer-lr-mult take the values of --arch: " + \
+        "; ".join(f"{arch}: {values}" for arch, values in ARCH_DEFAULTS.items())
+    args = parser.parse_args(argv)
+    for key, value in ARCH_DEFAULTS[args.arch].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def pair_losses(radius):
+    """The loss function of one batch: network output -> pair affinities against the pair
+    labels of the label maps resized (nearest) to the output size (SPEC 9)."""
+    def losses(model, batch):
+        output = model(batch["image"])
+        affinity = unwrap(model).affinity_of(output, radius)
+        labels = F.interpolate(batch["labels"][:, None].float(), output.shape[-2:], mode="nearest")[:, 0].long()
+        pair_labels = [torch.stack(affinity_labels(label_map, radius)) for label_map in labels]
+        bg_pos, fg_pos, neg = torch.stack(pair_labels, dim=1)
+        return affinity_losses(affinity, bg_pos, fg_pos, neg)
+    return losses
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = dist.init_distributed(args.device)
+    work_dir = stage.prepare_run(args, "train_affinity", info.is_main)
+    torch.manual_seed(args.seed)
+    source = build_source(args.dataset, args.data_root)
+    label_dir = args.label_dir or work_dir / "affinity_labels"
+    missing = [name for name in source.ids(args.split) if not (label_dir / f"{name}.png").is_file()]
+    if missing:
+        raise PipelineError(f"{label_dir}: no affinity labels for {len(missing)} images of {args.split} "
+                            f"(e.g. {missing[0]}.png); run make_affinity_labels.py first")
+    transform = TrainTransform(tuple(args.resize_long), args.crop_size)
+    dataset = AffinityDataset(source, args.split, label_dir, transform, seed=args.seed)
+    model = build_affinity_net(args.arch, args.pretrained).to(info.device)
+    meta = {"kind": "affinity", "arch": args.arch, "radius": args.radius}
+    try:
+        train(model, dataset, pair_losses(args.radius), args, info, work_dir, "affinity", meta)
+    finally:
+        dist.shutdown(info)
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)
