@@ -5,6 +5,8 @@
 GPUS="${GPUS:-1}"
 NNODES="${NNODES:-1}"
 TOY=0
+TOY_IMAGES=160
+TOY_IMAGE_SIZE=128
 STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels)
 declare -A STAGE_ARGS=()
 
@@ -12,6 +14,8 @@ driver_usage() {
     cat <<USAGE
 usage: $0 [options]
   --toy                 run on the embedded toy dataset (generated into WORK_DIR/toy_data), CPU settings
+  --toy-images N        training images of the toy dataset (default: $TOY_IMAGES)
+  --toy-image-size PX   longest side of the toy images (default: $TOY_IMAGE_SIZE)
   --data-root DIR       dataset folder (default: $DATA_ROOT)
   --work-dir DIR        run directory (default: runs/<dataset>_<method>, runs/toy with --toy)
   --method M            sipe or ae_sipe (default: $METHOD)
@@ -28,6 +32,8 @@ parse_driver_args() {
     while [ $# -gt 0 ]; do
         case "$1" in
             --toy) TOY=1 ;;
+            --toy-images) TOY_IMAGES="$2"; shift ;;
+            --toy-image-size) TOY_IMAGE_SIZE="$2"; shift ;;
             --data-root) DATA_ROOT="$2"; shift ;;
             --work-dir) WORK_DIR="$2"; shift ;;
             --method) METHOD="$2"; shift ;;
@@ -60,7 +66,8 @@ use_toy_dataset() {
     CAM_SPLIT=train
     EVAL_SPLIT=train
     if [ ! -f "$DATA_ROOT/class_names.txt" ]; then
-        python -m data.toy --out "$DATA_ROOT" --num-train 160 --num-val 32
+        python -m data.toy --out "$DATA_ROOT" --num-train "$TOY_IMAGES" --num-val $((TOY_IMAGES / 5)) \
+            --image-size "$TOY_IMAGE_SIZE"
     fi
     local cpu="--device cpu --num-workers 1"
     local crop="--crop-size 128 --resize-long 96 160 --batch-size 8"

@@ -1,0 +1,60 @@
+"""The whole pipeline through the real drivers on a tiny toy set (SPEC 1, 2)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tools.io import read_label_png
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--toy-images", "8", "--toy-image-size", "64",
+        "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
+        "--make-cam", "--scales 1.0 --num-workers 0",
+        "--train-affinity", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0"]
+
+
+def drive(script, work_dir, *args):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(REPO / script), "--toy", "--work-dir", str(work_dir), *TINY, *args],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_run_voc_toy_goes_through_every_stage_and_skips_finished_ones(tmp_path):
+    work = tmp_path / "voc"
+    stdout = drive("run_voc.sh", work)
+    results = json.loads((work / "results.json").read_text())
+    assert list(results) == ["CAM", "IS-CAM", "AE-IS-CAM", "affinity labels", "random walk", "random walk + CRF"]
+    assert 0 < results["affinity labels"]["coverage"] <= 100
+    assert "| random walk + CRF |" in stdout  # the ladder is printed at the end
+    names = (work / "toy_data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert len(names) == 8
+    for folder, suffix in (("cam", "npy"), ("affinity_labels", "png"), ("pseudo_labels", "png"),
+                           ("pseudo_labels_crf", "png")):
+        assert sorted(p.stem for p in (work / folder).glob(f"*.{suffix}")) == sorted(names), folder
+    for name in names:
+        gt = read_label_png(work / "toy_data" / "SegmentationClass" / f"{name}.png")
+        labels = read_label_png(work / "pseudo_labels_crf" / f"{name}.png")
+        assert labels.shape == gt.shape and set(np.unique(labels)) <= set(range(5))
+    for stage in ("train_cam", "make_cam", "eval_cam", "make_affinity_labels", "train_affinity",
+                  "make_seg_labels"):
+        assert (work / "args" / f"{stage}.json").is_file(), stage
+
+    outputs = sorted(p for p in work.rglob("*") if p.suffix in (".npy", ".png", ".pth"))
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    stdout = drive("run_voc.sh", work)
+    assert "train_cam: " in stdout and "ckpt/cam.pth exists, skipped" in stdout
+    assert "ckpt/affinity.pth exists, skipped" in stdout
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+
+
+def test_run_coco_toy_defaults_to_cam_and_crf(tmp_path):
+    work = tmp_path / "coco"
+    drive("run_coco.sh", work, "--method", "sipe")
+    results = json.loads((work / "results.json").read_text())
+    assert list(results) == ["CAM", "IS-CAM", "CAM + CRF"]
+    assert not (work / "ckpt" / "affinity.pth").exists()
