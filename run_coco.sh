@@ -7,16 +7,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 DATASET=coco
 DATA_ROOT=datasets/coco2014
 WORK_DIR=""
+TOY_WORK_DIR=runs/toy_coco
 METHOD=ae_sipe
 AFFINITY=none
 TRAIN_SPLIT=train
 CAM_SPLIT=train
 EVAL_SPLIT=train
 source scripts/pipeline.sh
-parse_driver_args "$@"
-if [ "$TOY" = 1 ]; then
-    WORK_DIR="${WORK_DIR:-runs/toy_coco}"
-    use_toy_dataset
-fi
-WORK_DIR="${WORK_DIR:-runs/coco_$METHOD}"
-run_pipeline
+drive "$@"

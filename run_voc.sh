@@ -7,16 +7,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 DATASET=voc
 DATA_ROOT=datasets/VOCdevkit/VOC2012
 WORK_DIR=""
+TOY_WORK_DIR=runs/toy
 METHOD=ae_sipe
 AFFINITY=irn
 TRAIN_SPLIT=train_aug
 CAM_SPLIT=train_aug
 EVAL_SPLIT=train
 source scripts/pipeline.sh
-parse_driver_args "$@"
-if [ "$TOY" = 1 ]; then
-    WORK_DIR="${WORK_DIR:-runs/toy}"
-    use_toy_dataset
-fi
-WORK_DIR="${WORK_DIR:-runs/voc_$METHOD}"
-run_pipeline
+drive "$@"

@@ -1,6 +1,6 @@
 # Sourced by run_voc.sh and run_coco.sh: flag parsing and the stage sequence they share.
-# Expects DATASET, DATA_ROOT, WORK_DIR, METHOD, AFFINITY, TRAIN_SPLIT, CAM_SPLIT and
-# EVAL_SPLIT to be set.
+# Expects DATASET, DATA_ROOT, WORK_DIR, TOY_WORK_DIR, METHOD, AFFINITY, TRAIN_SPLIT, CAM_SPLIT and
+# EVAL_SPLIT to be set; the drivers then call `drive "$@"`.
 
 GPUS="${GPUS:-1}"
 NNODES="${NNODES:-1}"
@@ -146,4 +146,15 @@ run_pipeline() {
     echo
     echo "== mIoU of every stage ($EVAL_SPLIT split), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"
+}
+
+# The drivers' main: options, toy settings, the run directory, every stage.
+drive() {
+    parse_driver_args "$@"
+    if [ "$TOY" = 1 ]; then
+        WORK_DIR="${WORK_DIR:-$TOY_WORK_DIR}"
+        use_toy_dataset
+    fi
+    WORK_DIR="${WORK_DIR:-runs/${DATASET}_$METHOD}"
+    run_pipeline
 }

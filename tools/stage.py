@@ -74,6 +74,17 @@ def grad_scaler(device, enabled):
     return torch.amp.GradScaler(device.type, enabled=amp_dtype(device, enabled) == torch.float16)
 
 
+def error_line(exc):
+    """The one-line message of a PipelineError, also when a DataLoader worker raised it:
+    torch re-raises it in the main process with the worker's whole traceback as its
+    message, whose last line is ``tools.io.PipelineError: <the original message>``."""
+    text = str(exc)
+    prefix = f"{PipelineError.__module__}.{PipelineError.__qualname__}: "
+    if text.startswith("Caught PipelineError") and text.rstrip().splitlines()[-1].startswith(prefix):
+        return text.rstrip().splitlines()[-1][len(prefix):]
+    return text
+
+
 def run_stage(main, argv=None):
     """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2."""
     try:
@@ -81,7 +92,7 @@ def run_stage(main, argv=None):
     except PipelineError as exc:
         for bar in list(tqdm._instances):  # end progress lines so the error stands on its own line
             bar.close()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
