@@ -7,7 +7,7 @@ import numpy as np
 
 from data.datasets import build_source
 from tools import stage
-from tools.io import PipelineError, check_cam, load_cam, read_label_png
+from tools.io import PipelineError, check_cam, image_size, load_cam, read_label_png
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
 
@@ -42,7 +42,7 @@ def parse_args(argv=None):
 
 def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
     """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``."""
-    keys, cam = load_cam(path, map_name)
+    keys, cam = load_cam(path, map_name, num_classes)
     check_cam(path, keys, cam, num_classes, gt_shape)
     predictions = []
     for kind, value in backgrounds:
@@ -55,16 +55,20 @@ def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
 def image_confusions(name, source, args, backgrounds):
     """Confusion matrices of one image, one per background setting (one for label folders),
     and the image's number of evaluated (not ignored) ground-truth pixels."""
-    gt = read_label_png(source.mask_path(name))
     n = source.num_classes
+    mask_path, image_path = source.mask_path(name), source.image_path(name)
+    if mask_path is None:
+        raise PipelineError(f"{image_path}: no ground-truth mask for this image")
+    gt = read_label_png(mask_path, n)
+    size = image_size(image_path)
+    if gt.shape != size:
+        raise PipelineError(f"{mask_path}: mask size {gt.shape} differs from its image {size}")
     evaluated = int(np.count_nonzero(gt != 255))
     if args.label_dir:
         path = Path(args.label_dir) / f"{name}.png"
-        pred = read_label_png(path)
+        pred = read_label_png(path, n)
         if pred.shape != gt.shape:
             raise PipelineError(f"{path}: label size {pred.shape} differs from the ground truth {gt.shape}")
-        if np.any((pred >= n) & (pred != 255)):
-            raise PipelineError(f"{path}: holds class {pred.max()}, the dataset has {n}")
         if args.confident:
             return [labelled_confusion(pred, gt, n)], evaluated
         pred = np.where(pred == 255, 0, pred)

@@ -48,7 +48,7 @@ def label_image(item, args, num_classes):
     """Write the affinity label PNG of one ``(name, image path)`` (runs in a pool worker)."""
     name, image_path = item
     cam_path = Path(args.cam_dir) / f"{name}.npy"
-    keys, cam = load_cam(cam_path, args.map)
+    keys, cam = load_cam(cam_path, args.map, num_classes)
     image = read_image(image_path)
     check_cam(cam_path, keys, cam, num_classes, image.shape[:2])
     if args.mode == "psa":

@@ -46,6 +46,7 @@ def main(argv=None):
     dist.barrier(info)
 
     source = build_source(args.dataset, args.data_root)
+    source.check_split(args.split)
     checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",
                                  {"kind": "cam", "num_classes": source.num_classes})
     model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none")
@@ -66,7 +67,8 @@ def main(argv=None):
             maps = multiscale_maps(model, image, keys, tuple(args.scales))
         maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
         extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
-        save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], **extra)
+        save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], method=checkpoint["method"],
+                 num_classes=source.num_classes, **extra)
         if index < args.visualize:
             write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps[final_map]))
     dist.barrier(info)

@@ -85,7 +85,7 @@ def main(argv=None):
         image_path = source.image_path(name)
         image = read_image(image_path)
         cam_path = cam_dir / f"{name}.npy"
-        keys, cam = load_cam(cam_path, args.map)
+        keys, cam = load_cam(cam_path, args.map, source.num_classes)
         check_cam(cam_path, keys, cam, source.num_classes, image.shape[:2])
         if model is None:
             cam[0] *= args.bg_scale

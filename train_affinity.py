@@ -1,5 +1,7 @@
 """Stage 5: train AffinityNet (PSA) or IRN's boundary network on affinity labels (SPEC 9)
 -> ckpt/affinity.pth."""
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +56,7 @@ def main(argv=None):
     work_dir = stage.prepare_run(args, "train_affinity", info.is_main)
     torch.manual_seed(args.seed)
     source = build_source(args.dataset, args.data_root)
-    label_dir = args.label_dir or work_dir / "affinity_labels"
+    label_dir = Path(args.label_dir) if args.label_dir else work_dir / "affinity_labels"
     missing = [name for name in source.ids(args.split) if not (label_dir / f"{name}.png").is_file()]
     if missing:
         raise PipelineError(f"{label_dir}: no affinity labels for {len(missing)} images of {args.split} "

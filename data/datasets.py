@@ -57,11 +57,8 @@ def xml_object_names(xml_path):
 
 def mask_classes(mask_path, num_classes):
     """Sorted foreground class ids present in a label PNG (0 and 255 left out)."""
-    values = np.unique(read_label_png(mask_path)).astype(np.int64)
-    values = values[(values != 0) & (values != IGNORE)]
-    if values.size and values.max() >= num_classes:
-        raise PipelineError(f"{mask_path}: class id {values.max()} outside 1..{num_classes - 1}")
-    return values
+    values = np.unique(read_label_png(mask_path, num_classes)).astype(np.int64)
+    return values[(values != 0) & (values != IGNORE)]
 
 
 def read_class_names(path):
@@ -188,7 +185,7 @@ class VOCLayoutSource(Source):
             classes = mask_classes(mask, self.num_classes)
             if classes.size:
                 return classes
-        raise PipelineError(f"image {image_id!r} has no foreground class label "
+        raise PipelineError(f"{self.image_path(image_id)}: no foreground class label for image {image_id!r} "
                             f"(consulted: {describe_files(consulted)})")
 
 
@@ -326,7 +323,7 @@ class COCOSource(Source):
         classes = sorted({self._class_of_category[a["category_id"]] for a in api.imgToAnns[number]
                           if not a.get("iscrowd", 0)})
         if not classes:
-            raise PipelineError(f"image {image_id!r} has no foreground class label "
+            raise PipelineError(f"{self.image_path(image_id)}: no foreground class label for image {image_id!r} "
                                 f"(no non-crowd annotation in {self.annotation_file(self.split_of(image_id))})")
         return np.array(classes, dtype=np.int64)
 
@@ -409,7 +406,7 @@ class AffinityDataset(AugmentedDataset):
         image_id = self.ids[index]
         image = read_image(self.source.image_path(image_id))
         label_path = self.label_dir / f"{image_id}.png"
-        labels = read_label_png(label_path)
+        labels = read_label_png(label_path, self.source.num_classes)
         if labels.shape != image.shape[:2]:
             raise PipelineError(f"{label_path}: size {labels.shape} differs from its image {image.shape[:2]}")
         image, labels = self.transform.with_labels(image, labels, self.rng(index))

@@ -7,7 +7,7 @@ raises :class:`PipelineError` with a one-line message that names the file.
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,11 @@ def atomic_path(path):
     The temporary name keeps the suffix so that libraries that pick a format from it work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    # a random name, not tempfile.mkstemp: its files are private (0600) and would stay so after the rename
+    tmp = path.parent / f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}"
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -46,11 +46,11 @@ def atomic_path(path):
         raise
 
 
-def remove_stale_temporaries(folder):
-    """Delete temporary files that a killed run left in ``folder`` (see atomic_path)."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp*"):
+def remove_stale_temporaries(folder, stems=("*",)):
+    """Delete temporary files that a killed run left in ``folder`` (see atomic_path): those
+    of every file, or of the files named ``<stem>.*`` only."""
+    for stem in stems:
+        for tmp in Path(folder).glob(f".{stem}.*.tmp*"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
@@ -82,8 +82,18 @@ def read_image(path):
     return np.ascontiguousarray(rgb)
 
 
-def read_label_png(path):
-    """Read a label map (palette or grayscale PNG) as uint8 [H, W] of class ids."""
+def image_size(path):
+    """(H, W) of an image file, from its header."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception as exc:
+        raise PipelineError(f"{path}: cannot read image ({exc})") from exc
+
+
+def read_label_png(path, num_classes=None):
+    """Read a label map (palette or grayscale PNG) as uint8 [H, W] of class ids; with
+    ``num_classes``, every value must be a class id below it or 255 (ignore / unsure)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: label file not found")
@@ -92,11 +102,16 @@ def read_label_png(path):
             img.load()
             if img.mode not in ("P", "L"):
                 raise PipelineError(f"{path}: label PNG must be palette or grayscale, not {img.mode}")
-            return np.array(img, dtype=np.uint8)
+            labels = np.array(img, dtype=np.uint8)
     except PipelineError:
         raise
     except Exception as exc:
         raise PipelineError(f"{path}: cannot read label PNG ({exc})") from exc
+    if num_classes is not None:
+        bad = np.unique(labels[(labels >= num_classes) & (labels != 255)])
+        if bad.size:
+            raise PipelineError(f"{path}: values {bad.tolist()} are neither class ids 0..{num_classes - 1} nor 255")
+    return labels
 
 
 def write_label_png(path, labels, palette=None):
@@ -115,18 +130,22 @@ def write_image(path, rgb):
         Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, quality=95)
 
 
-def save_cam(path, keys, cam, **extra):
-    """Write a CAM dict (SPEC 2): ``keys`` int64[K], ``cam`` float16[K,H,W], plus extra maps."""
+def save_cam(path, keys, cam, method=None, num_classes=None, **maps):
+    """Write a CAM dict (SPEC 2): ``keys`` int64[K], ``cam`` float16[K,H,W], plus extra maps and,
+    when given, the method and the dataset's number of classes that made it (checked by load_cam)."""
     record = {"keys": np.asarray(keys, dtype=np.int64), "cam": np.asarray(cam, dtype=np.float16)}
-    for name, value in extra.items():
+    record.update({name: value for name, value in (("method", method), ("num_classes", num_classes))
+                   if value is not None})
+    for name, value in maps.items():
         record[name] = np.asarray(value, dtype=np.float16)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, record, allow_pickle=True)
 
 
-def load_cam(path, map_name="cam"):
-    """Read a CAM dict; returns (keys int64[K], map float32[K,H,W])."""
+def load_cam(path, map_name="cam", num_classes=None):
+    """Read a CAM dict; returns (keys int64[K], map float32[K,H,W]).  With ``num_classes``, a
+    CAM that records another number of classes (made on another dataset) is an error."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: CAM file not found")
@@ -135,8 +154,12 @@ def load_cam(path, map_name="cam"):
         keys = np.asarray(record["keys"], dtype=np.int64)
     except Exception as exc:
         raise PipelineError(f"{path}: not a CAM file ({exc})") from exc
-    if map_name not in record:
-        raise PipelineError(f"{path}: no map {map_name!r} (has {sorted(k for k in record if k != 'keys')}; "
+    if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
+        raise PipelineError(f"{path}: CAM made for a dataset of {record['num_classes']} classes, this dataset "
+                            f"has {num_classes}")
+    maps = sorted(k for k, v in record.items() if k != "keys" and isinstance(v, np.ndarray))
+    if map_name not in maps:
+        raise PipelineError(f"{path}: no map {map_name!r} (has {maps}; "
                             "make_cam.py --all-maps writes the intermediate maps)")
     cam = np.asarray(record[map_name], dtype=np.float32)
     if cam.ndim != 3 or cam.shape[0] != len(keys):

@@ -32,6 +32,17 @@ def add_runtime_args(parser):
     group.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
 
 
+class LogFile(logging.FileHandler):
+    """A log file whose write errors (a full disk) stop the stage with a one-line
+    PipelineError, where logging would print a traceback and go on."""
+
+    def handleError(self, record):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            raise PipelineError(f"{self.baseFilename}: cannot write ({exc.strerror or exc})") from exc
+        super().handleError(record)
+
+
 def prepare_run(args, stage, is_main=True):
     """Create the run directory, save the flags as JSON and log to ``logs/<stage>.log``."""
     work_dir = Path(args.work_dir)
@@ -42,7 +53,7 @@ def prepare_run(args, stage, is_main=True):
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.handlers.clear()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers = [logging.FileHandler(work_dir / "logs" / f"{stage}.log")] if is_main else []
+    handlers = [LogFile(work_dir / "logs" / f"{stage}.log")] if is_main else []
     handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
         handler.setFormatter(formatter)

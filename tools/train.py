@@ -1,5 +1,6 @@
 """The training loop shared by the training stages: flags, sample order, schedule,
 checkpoints, resume (SPEC 2, 5.8, 9, 11)."""
+import io
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from tools import dist, stage
-from tools.io import PipelineError, atomic_path
+from tools.io import PipelineError, atomic_path, remove_stale_temporaries
 
 log = stage.log
 
@@ -41,9 +42,15 @@ def set_poly_lr(optimizer, base_lrs, step, max_step):
 
 
 def save_checkpoint(path, payload):
-    """torch.save through a temporary file: the checkpoint is whole or absent."""
+    """torch.save through a temporary file: the checkpoint is whole or absent.
+
+    Serialised in memory first: torch's file writer turns a full disk into an opaque
+    RuntimeError, a plain write raises the OSError that atomic_path reports.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path, expect=None):
@@ -127,6 +134,10 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
     if final_path.exists() and not args.overwrite:
         raise PipelineError(f"{final_path}: this run directory already holds a trained {name} network "
                             "(pass --overwrite to train again)")
+    if info.is_main:
+        remove_stale_temporaries(final_path.parent, (final_path.stem, last_path.stem))
+        # the old network must not outlive an overwriting run that stops before its end
+        final_path.unlink(missing_ok=True)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, base_lrs = build_optimizer(model, args)
@@ -144,9 +155,16 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
     train_model.train()
     scaler = stage.grad_scaler(info.device, args.amp)
 
+    def diverged(what):
+        kept = f"the last good checkpoint {last_path} is kept" if last_path.exists() else "no checkpoint was saved"
+        return PipelineError(f"{what} at step {step}; {kept} (lower --lr, or check the data)")
+
     def save(path, with_optimizer):
+        state = unwrap(train_model).state_dict()
+        if not torch.stack([torch.isfinite(w).all() for w in state.values() if w.is_floating_point()]).all():
+            raise diverged("the weights became non-finite")
         if info.is_main:
-            payload = {**meta, "model": unwrap(train_model).state_dict(), "step": step}
+            payload = {**meta, "model": state, "step": step}
             if with_optimizer:
                 payload.update(optimizer=optimizer.state_dict(), rng=rng_state())
             save_checkpoint(path, payload)
@@ -178,8 +196,7 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
             logging_step = step % args.log_every == 0 or step == max_step
             saving_step = step % args.save_every == 0 or step == args.stop_at_step
             if (logging_step or saving_step) and not torch.isfinite(loss).item():
-                raise PipelineError(f"loss became {loss.item()} at step {step}; the last good checkpoint "
-                                    f"{last_path} is kept (lower --lr, or check the data)")
+                raise diverged(f"the loss became {loss.item()}")
             if logging_step:
                 parts = " ".join(f"{key} {value.item():.4f}" for key, value in losses.items())
                 log.info("step %d/%d %s lr %.4g %.2f img/s", step, max_step, parts, optimizer.param_groups[0]["lr"],

@@ -1,0 +1,522 @@
+"""Faults, through the real stage scripts on a tiny toy set (CPU): a stage killed part-way
+resumes to the result of an unbroken run; bad input is one line ``error: <file>: <problem>``
+and exit status 2 (or a conversion, for odd image modes); training stops on a NaN loss or
+non-finite weights with the last good checkpoint kept and never overwrites a finished run
+unasked; a full disk leaves no temporary file and says which file it could not write."""
+import errno
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.datasets import build_source
+from data.toy import generate
+from tools.io import (PipelineError, atomic_path, check_cam, load_cam, read_image, read_label_png, save_cam,
+                      write_label_png)
+from tools.report import summarize, update_results
+from tools.train import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+# four steps (8 images, batch 2, one epoch)
+TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
+         "64", "--batch-size", "2", "--epochs", "1"]
+STEPS = 4
+
+
+def run(script, *args, check=True, preexec_fn=None):
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, preexec_fn=preexec_fn)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def assert_error(result, path, problem):
+    """Exit status 2 and, as the last line on stderr, ``error: <path>: ...<problem>...``."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: {re.escape(str(path))}: .*{problem}.*", last), last
+    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr, result.stderr[-3000:]
+
+
+def temporaries(folder):
+    return sorted(Path(folder).glob(".*.tmp*"))
+
+
+def finished(folder):
+    """{name: bytes} of the files in ``folder`` that are not temporaries."""
+    folder = Path(folder)
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if not p.name.startswith(".")} \
+        if folder.is_dir() else {}
+
+
+def assert_readable(folder):
+    """Every file of an output folder, temporaries aside, loads."""
+    for name in finished(folder):
+        path = Path(folder) / name
+        {".npy": load_cam, ".png": read_label_png, ".pth": load_checkpoint}[path.suffix](path)
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(a, b):
+    a, b = weights(a), weights(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ---- the stages, an unbroken reference run, and a broken copy of the data ----------------------------
+
+class Stage:
+    """A stage script, its output folder in the run directory, its flags (REF: the run directory
+    whose outputs of the earlier stages it reads) and, for training, its checkpoint name."""
+
+    def __init__(self, script, folder, flags, checkpoint=None):
+        self.script, self.folder, self.flags, self.checkpoint = script, folder, flags, checkpoint
+
+    def args(self, toy, ref, work):
+        flags = [str(f).replace("REF", str(ref)) for f in self.flags]
+        return ["--dataset", "custom", "--data-root", toy, "--split", "train", "--work-dir", work, *flags]
+
+
+STAGES = {
+    "train_cam": Stage("train_cam.py", "ckpt", [*TRAIN, "--method", "sipe"], checkpoint="cam"),
+    "make_cam": Stage("make_cam.py", "cam", ["--checkpoint", "REF/ckpt/cam.pth", "--device", "cpu",
+                                             "--num-workers", "0", "--scales", "1.0"]),
+    "make_affinity_labels": Stage("make_affinity_labels.py", "affinity_labels", ["--cam-dir", "REF/cam",
+                                                                                 "--workers", "1"]),
+    "train_affinity": Stage("train_affinity.py", "ckpt", [*TRAIN, "--arch", "irn", "--label-dir",
+                                                          "REF/affinity_labels"], checkpoint="affinity"),
+    "make_seg_labels": Stage("make_seg_labels.py", "pseudo_labels", ["--checkpoint", "REF/ckpt/affinity.pth",
+                                                                     "--cam-dir", "REF/cam", "--device", "cpu"]),
+}
+
+
+def run_stage(name, toy, ref, work, *extra, check=True, preexec_fn=None):
+    stage = STAGES[name]
+    return run(stage.script, *stage.args(toy, ref, work), *extra, check=check, preexec_fn=preexec_fn)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    generate(root, num_train=8, num_val=2, size=(48, 64), seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ref(toy, tmp_path_factory):
+    """A run directory with every stage run once, unbroken."""
+    work = tmp_path_factory.mktemp("reference")
+    for name in STAGES:
+        run_stage(name, toy, work, work)
+    return work
+
+
+@pytest.fixture
+def source(toy):
+    return build_source("custom", toy)
+
+
+def train_ids(root):
+    return build_source("custom", root).ids("train")
+
+
+def bad_id(root):
+    """The image whose files the breakages below break."""
+    return train_ids(root)[2]
+
+
+def broken_copy(toy, tmp_path, breakage):
+    """A copy of the toy set broken by ``breakage(root)``; returns (root, what breakage returned)."""
+    root = tmp_path / "data"
+    shutil.copytree(toy, root)
+    return root, breakage(root)
+
+
+# ---- 1. kill and resume ----------------------------------------------------------------------------
+
+def kill_when(proc, ready, timeout=120):
+    """SIGKILL the process group of ``proc`` (its pool workers too) as soon as ``ready()``."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the stage ended before it could be killed"
+        assert time.monotonic() < deadline, "the stage wrote nothing in time"
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_killed_stage_resumes_to_the_unbroken_result(toy, ref, tmp_path, source, name):
+    stage = STAGES[name]
+    work = tmp_path / "run"
+    out = work / stage.folder
+    if stage.checkpoint:
+        last, final = out / f"{stage.checkpoint}_last.pth", out / f"{stage.checkpoint}.pth"
+        ready = last.exists
+    else:
+        ready = lambda: bool(finished(out))  # noqa: E731
+    args = [*stage.args(toy, ref, work), *(["--save-every", "1"] if stage.checkpoint else [])]
+    proc = subprocess.Popen([sys.executable, str(REPO / stage.script), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_when(proc, ready)
+    assert proc.returncode == -signal.SIGKILL
+    assert_readable(out)  # never a truncated file under the final name
+    if stage.checkpoint:
+        assert not final.exists() and load_checkpoint(last)["step"] < STEPS
+    else:
+        assert 0 < len(finished(out)) < len(source.ids("train")), "not killed part-way"
+    first = Path(next(iter(finished(out))))
+    (out / f".{first.stem}.0123abcd.tmp{first.suffix}").write_bytes(b"half a file")
+
+    run(stage.script, *args, *(["--resume"] if stage.checkpoint else []))
+    assert not temporaries(out)
+    if stage.checkpoint:
+        assert_same_weights(final, ref / stage.folder / final.name)
+    else:
+        resumed, unbroken = finished(out), finished(ref / stage.folder)
+        assert resumed.keys() == unbroken.keys()
+        for file_name in resumed:
+            assert resumed[file_name] == unbroken[file_name], file_name
+
+
+# ---- 2. bad input ----------------------------------------------------------------------------------
+
+def truncated_jpeg(root):
+    path = root / "JPEGImages" / f"{bad_id(root)}.jpg"
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    return path, "cannot read image .*truncated"
+
+
+def unknown_id(root):
+    path = root / "ImageSets" / "Segmentation" / "train.txt"
+    path.write_text(path.read_text() + "toy_9999\n")
+    return path, "id 'toy_9999' has no image"
+
+
+def no_foreground(root):
+    name = bad_id(root)
+    (root / "Annotations" / f"{name}.xml").write_text("<annotation></annotation>")
+    write_label_png(root / "SegmentationClass" / f"{name}.png", np.zeros((48, 64), np.uint8))
+    return root / "JPEGImages" / f"{name}.jpg", f"no foreground class label for image '{name}'"
+
+
+@pytest.mark.parametrize("breakage", [truncated_jpeg, unknown_id, no_foreground])
+def test_make_cam_bad_input(toy, ref, tmp_path, breakage):
+    root, (named, problem) = broken_copy(toy, tmp_path, breakage)
+    work = tmp_path / "run"
+    result = run_stage("make_cam", root, ref, work, check=False)
+    assert_error(result, named, problem)
+    done = finished(work / "cam")
+    assert f"{bad_id(toy)}.npy" not in done and not temporaries(work / "cam")
+    if breakage is truncated_jpeg:  # found when it is read: the images before it are done, and whole
+        assert_readable(work / "cam")
+    else:  # found before any image
+        assert not done
+
+
+def rgb_pattern(h=12, w=16):
+    y, x = np.mgrid[:h, :w]
+    return np.stack([y * 20, x * 15, (x + y) * 9], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode, suffix", [("L", ".jpg"), ("CMYK", ".jpg"), ("L", ".png"), ("LA", ".png"),
+                                          ("RGBA", ".png"), ("P", ".png"), ("P+transparency", ".png"),
+                                          ("I;16", ".png"), ("1", ".png"), ("CMYK", ".tif")])
+def test_read_image_converts_every_mode_to_uint8_rgb(tmp_path, mode, suffix):
+    rgb = rgb_pattern()
+    save_args = {}
+    if mode == "I;16":  # 16-bit grayscale, 255 * 257 = 65535 at full scale
+        gray = np.asarray(Image.fromarray(rgb).convert("L"))
+        img, expected = Image.fromarray(gray.astype(np.uint16) * 257), np.repeat(gray[..., None], 3, axis=-1)
+    elif mode == "P+transparency":  # palette index 0 transparent: black, as is transparent RGBA
+        img = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
+        save_args = {"transparency": 0}
+        index = np.asarray(img)[..., None]
+        assert np.any(index == 0) and img.getpalette()[:3] != [0, 0, 0]
+        expected = np.where(index == 0, 0, np.asarray(img.convert("RGB")))
+    else:
+        img = Image.fromarray(rgb).convert(mode)
+        expected = np.asarray(img.convert("RGB"))
+    path = tmp_path / f"image{suffix}"
+    img.save(path, **save_args)
+    out = read_image(path)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    if suffix == ".jpg":  # lossy
+        assert np.abs(out.astype(int) - expected).mean() < 2
+    else:
+        assert np.array_equal(out, expected)
+
+
+def odd_modes_and_list(root):
+    """Two images rewritten as grayscale and CMYK JPEGs; a list with blank lines, spaces and duplicates."""
+    ids = train_ids(root)
+    for name, mode in zip(ids[:2], ("L", "CMYK")):
+        path = root / "JPEGImages" / f"{name}.jpg"
+        Image.fromarray(read_image(path)).convert(mode).save(path, quality=95)
+    lists = root / "ImageSets" / "Segmentation" / "train.txt"
+    lists.write_text("\n" + "\n\n".join(f"  {i} " for i in ids) + "\n\n" + f"{ids[0]}\n{ids[3]}\n")
+    return ids
+
+
+def test_make_cam_converts_odd_image_modes_and_reads_a_messy_list(toy, ref, tmp_path):
+    root, ids = broken_copy(toy, tmp_path, odd_modes_and_list)
+    with Image.open(root / "JPEGImages" / f"{ids[1]}.jpg") as img:
+        assert img.mode == "CMYK"
+    work = tmp_path / "run"
+    run_stage("make_cam", root, ref, work)
+    assert sorted(finished(work / "cam")) == sorted(f"{i}.npy" for i in ids)
+    for name in ids:
+        keys, cam = load_cam(work / "cam" / f"{name}.npy")
+        assert cam.shape[1:] == read_image(root / "JPEGImages" / f"{name}.jpg").shape[:2]
+        assert np.array_equal(keys, load_cam(ref / "cam" / f"{name}.npy")[0])
+
+
+def truncated_mask(root):
+    path = root / "SegmentationClass" / f"{bad_id(root)}.png"
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    return path, "cannot read label PNG"
+
+
+def mask_of_another_size(root):
+    path = root / "SegmentationClass" / f"{bad_id(root)}.png"
+    write_label_png(path, read_label_png(path)[:-3])
+    return path, r"mask size \(\d+, \d+\) differs from its image"
+
+
+def mask_out_of_range(root):
+    path = root / "SegmentationClass" / f"{bad_id(root)}.png"
+    labels = read_label_png(path)
+    labels[:4, :4] = 7
+    write_label_png(path, labels)
+    return path, r"values \[7\] are neither class ids 0\.\.4 nor 255"
+
+
+def missing_mask(root):
+    (root / "SegmentationClass" / f"{bad_id(root)}.png").unlink()
+    return root / "JPEGImages" / f"{bad_id(root)}.jpg", "no ground-truth mask"
+
+
+@pytest.mark.parametrize("breakage", [truncated_mask, mask_of_another_size, mask_out_of_range, missing_mask])
+def test_eval_cam_bad_ground_truth(toy, ref, tmp_path, breakage):
+    root, (named, problem) = broken_copy(toy, tmp_path, breakage)
+    work = tmp_path / "run"
+    result = run("eval_cam.py", "--dataset", "custom", "--data-root", root, "--split", "train", "--work-dir", work,
+                 "--cam-dir", ref / "cam", "--num-workers", "1", check=False)
+    assert_error(result, named, problem)
+    assert not (work / "results.json").exists() and not temporaries(work)
+
+
+def truncated_label(label_dir):
+    path = sorted(label_dir.glob("*.png"))[3]
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    return path, "cannot read label PNG"
+
+
+def label_out_of_range(label_dir):
+    path = sorted(label_dir.glob("*.png"))[3]
+    labels = read_label_png(path)
+    labels[0, 0] = 9
+    write_label_png(path, labels)
+    return path, r"values \[9\] are neither class ids"
+
+
+@pytest.mark.parametrize("breakage", [truncated_label, label_out_of_range])
+def test_train_affinity_bad_label(toy, ref, tmp_path, breakage):
+    labels = tmp_path / "labels"
+    shutil.copytree(ref / "affinity_labels", labels)
+    named, problem = breakage(labels)
+    work = tmp_path / "run"
+    result = run_stage("train_affinity", toy, ref, work, "--label-dir", labels, check=False)
+    assert_error(result, named, problem)
+    assert not finished(work / "ckpt") and not temporaries(work / "ckpt")
+
+
+def test_foreign_cam_files_are_recognised(tmp_path):
+    h, w = 12, 16
+    foreign = {
+        "psa": ({1: np.zeros((h, w))}, "not a CAM file"),  # PSA: a dict class -> map
+        "array": (np.zeros((2, h, w)), "not a CAM file"),
+        # IRN: class indices without background as keys, maps without a background channel
+        "irn": ({"keys": np.array([2, 6]), "cam": np.zeros((2, h, w))},
+                r"keys \[2, 6\] are not 0 followed by sorted class ids < 5"),
+    }
+    for name, (record, problem) in foreign.items():
+        path = tmp_path / f"{name}.npy"
+        np.save(path, record, allow_pickle=True)
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: .*{problem}"):
+            keys, cam = load_cam(path, num_classes=5)
+            check_cam(path, keys, cam, 5, (h, w))
+    path = tmp_path / "voc.npy"  # valid keys and size, made for a dataset of 21 classes
+    save_cam(path, [0, 3], np.zeros((2, h, w)), method="sipe", num_classes=21)
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: CAM made for a dataset of 21 classes"):
+        load_cam(path, num_classes=5)
+    assert load_cam(path)[0].tolist() == [0, 3]  # readable when no dataset is given
+    with pytest.raises(PipelineError, match=r"no map 'method' \(has \['cam'\]"):
+        load_cam(path, "method")
+    record = np.load(tmp_path / "voc.npy", allow_pickle=True).item()
+    assert record["method"] == "sipe" and record["keys"].dtype == np.int64 and record["cam"].dtype == np.float16
+
+
+@pytest.mark.parametrize("script", ["eval_cam.py", "make_affinity_labels.py", "make_seg_labels.py"])
+def test_cam_of_another_dataset_is_an_error(toy, ref, tmp_path, script):
+    cam_dir = tmp_path / "cam"
+    shutil.copytree(ref / "cam", cam_dir)
+    record = np.load(ref / "cam" / "toy_0000.npy", allow_pickle=True).item()
+    assert record["num_classes"] == 5 and record["method"] == "sipe"
+    bad = cam_dir / f"{bad_id(toy)}.npy"
+    record = np.load(bad, allow_pickle=True).item()
+    save_cam(bad, record["keys"], record["cam"], method="sipe", num_classes=21)
+    work = tmp_path / "run"
+    flags = {"eval_cam.py": ["--num-workers", "1"], "make_affinity_labels.py": ["--workers", "1"],
+             "make_seg_labels.py": ["--checkpoint", ref / "ckpt" / "affinity.pth", "--device", "cpu"]}[script]
+    result = run(script, "--dataset", "custom", "--data-root", toy, "--split", "train", "--work-dir", work,
+                 "--cam-dir", cam_dir, *flags, check=False)
+    assert_error(result, bad, "CAM made for a dataset of 21 classes, this dataset has 5")
+    for folder in ("affinity_labels", "pseudo_labels"):
+        assert f"{bad.stem}.png" not in finished(work / folder) and not temporaries(work / folder)
+
+
+def checkpoint_of_21_classes(ref, tmp_path):
+    state = torch.load(ref / "ckpt" / "cam.pth", weights_only=False)
+    state["num_classes"] = 21
+    state["model"]["classifier.weight"] = torch.zeros(20, 2048, 1, 1)
+    path = tmp_path / "voc_cam.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("script, checkpoint, problem", [
+    ("make_cam.py", "ckpt/affinity.pth", "checkpoint has kind='affinity', this run needs 'cam'"),
+    ("make_seg_labels.py", "ckpt/cam.pth", "checkpoint has kind='cam', this run needs 'affinity'"),
+    ("make_cam.py", checkpoint_of_21_classes, "checkpoint has num_classes=21, this run needs 5"),
+])
+def test_checkpoint_of_another_kind_or_dataset_is_an_error(toy, ref, tmp_path, script, checkpoint, problem):
+    path = checkpoint(ref, tmp_path) if callable(checkpoint) else ref / checkpoint
+    work = tmp_path / "run"
+    cams = ["--cam-dir", ref / "cam"] if script == "make_seg_labels.py" else []
+    result = run(script, "--dataset", "custom", "--data-root", toy, "--split", "train", "--work-dir", work,
+                 "--checkpoint", path, *cams, "--device", "cpu", "--num-workers", "0", check=False)
+    assert_error(result, path, re.escape(problem))
+    assert not finished(work / "cam") and not finished(work / "pseudo_labels")
+
+
+def test_image_smaller_than_the_crop_is_padded(toy, ref, tmp_path):
+    work = tmp_path / "run"
+    run_stage("train_cam", toy, ref, work, "--crop-size", "96")  # images at most 64 px
+    assert weights(work / "ckpt" / "cam.pth")["classifier.weight"].isfinite().all()
+
+
+# ---- 3. training health ----------------------------------------------------------------------------
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(toy, ref, tmp_path):
+    work = tmp_path / "run"
+    result = run_stage("train_cam", toy, ref, work, "--lr", "1e30", "--save-every", "1", check=False)
+    last = work / "ckpt" / "cam_last.pth"
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.fullmatch(rf"error: the loss became (nan|inf) at step (\d); the last good checkpoint "
+                         rf"{re.escape(str(last))} is kept \(lower --lr, or check the data\)", line)
+    assert match, line
+    state = load_checkpoint(last)
+    assert state["step"] == int(match.group(2)) - 1
+    assert all(value.isfinite().all() for value in state["model"].values() if value.is_floating_point())
+    assert not (work / "ckpt" / "cam.pth").exists() and not temporaries(work / "ckpt")
+
+
+def test_non_finite_weights_are_never_saved(toy, ref, tmp_path):
+    # the loss of step 1 is finite, the update of step 1 is not: nothing to keep
+    work = tmp_path / "run"
+    result = run_stage("train_cam", toy, ref, work, "--lr", "3e38", "--new-layer-lr-mult", "1", "--clip-grad", "0",
+                       "--save-every", "1", check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the weights became non-finite at step 1; no checkpoint was saved (lower --lr, or check the data)")
+    assert not finished(work / "ckpt") and not temporaries(work / "ckpt")
+
+
+def test_finished_training_is_overwritten_only_when_asked(toy, ref, tmp_path):
+    work = tmp_path / "run"
+    (work / "ckpt").mkdir(parents=True)
+    for name in ("cam", "affinity"):
+        (work / "ckpt" / f"{name}.pth").write_bytes(b"finished")
+    result = run_stage("train_affinity", toy, ref, work, check=False)
+    assert_error(result, work / "ckpt" / "affinity.pth", "already holds a trained affinity network.*--overwrite")
+    assert (work / "ckpt" / "affinity.pth").read_bytes() == b"finished"
+
+    # retrained; the old network is gone as soon as an overwriting run starts
+    run_stage("train_affinity", toy, ref, work, "--overwrite", "--stop-at-step", "2")
+    assert not (work / "ckpt" / "affinity.pth").exists()
+    run_stage("train_affinity", toy, ref, work, "--resume")
+    assert_same_weights(work / "ckpt" / "affinity.pth", ref / "ckpt" / "affinity.pth")
+    run_stage("train_cam", toy, ref, work, "--overwrite")
+    assert_same_weights(work / "ckpt" / "cam.pth", ref / "ckpt" / "cam.pth")
+
+
+# ---- 4. a full disk --------------------------------------------------------------------------------
+
+def file_size_limit(limit):
+    """preexec_fn: writes beyond ``limit`` bytes fail with EFBIG, as on a full disk with ENOSPC."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return apply
+
+
+@pytest.mark.parametrize("name, limit, written", [
+    ("train_cam", 2 ** 20, "ckpt/cam_last.pth"),  # torch.save
+    ("make_cam", 4096, "cam/toy_0000.npy"),  # np.save
+    ("make_affinity_labels", 700, "affinity_labels/toy_0000.png"),  # PIL, in a pool worker
+])
+def test_full_disk_is_a_clear_error_and_leaves_no_temporary(toy, ref, tmp_path, name, limit, written):
+    work = tmp_path / "run"
+    result = run_stage(name, toy, ref, work, check=False, preexec_fn=file_size_limit(limit))
+    assert_error(result, work / written, re.escape(f"cannot write ({os.strerror(errno.EFBIG)})"))
+    folder = (work / written).parent
+    assert not temporaries(folder) and not finished(folder)
+
+
+def test_full_disk_while_logging(toy, ref, tmp_path):
+    work = tmp_path / "run"
+    log = work / "logs" / "make_affinity_labels.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("x" * 4096)
+    result = run_stage("make_affinity_labels", toy, ref, work, check=False, preexec_fn=file_size_limit(4096))
+    assert_error(result, log, re.escape(f"cannot write ({os.strerror(errno.EFBIG)})"))
+    assert not finished(work / "affinity_labels")
+
+
+def test_atomic_writes_clean_up_and_keep_the_usual_file_mode(tmp_path, monkeypatch):
+    entry = summarize(np.eye(2, dtype=np.int64), ["background", "thing"])
+    update_results(tmp_path, "CAM", entry)
+    path = tmp_path / "results.json"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", disk_full)  # the JSON and markdown writers
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: cannot write \(No space left on device\)$"):
+        update_results(tmp_path, "IS-CAM", entry)
+    assert not temporaries(tmp_path) and path.read_bytes() == before
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_bytes(b"part")
+        raise KeyboardInterrupt
+    assert not temporaries(path.parent)
