@@ -1,11 +1,17 @@
-"""Timing and peak-memory measurement shared by the benchmarks."""
+"""Timing, peak-memory measurement and the table format shared by the benchmarks."""
+import ctypes
+import ctypes.util
+import functools
 import time
 from pathlib import Path
 
 import torch
 
+COLUMNS = ("component", "device", "input", "baseline", "ours", "time ratio", "memory ratio", "check")
+
 
 def _rss_bytes(field):
+    """A ``Vm*`` field of /proc/self/status in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
@@ -17,12 +23,49 @@ def _reset_peak_rss():
     Path("/proc/self/clear_refs").write_text("5")
 
 
+# mallopt parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _settle_allocator():
+    """Fix glibc's malloc thresholds where it moves them by itself once the process has
+    freed a block of a few MiB or more (mmap threshold 32 MiB, trim threshold 64 MiB).
+
+    Below them, freed memory is kept for reuse rather than handed back to the kernel and
+    faulted in again; without this, a benchmark of many MiB-sized temporaries runs up to
+    4x slower as the first of a process than after another one.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
+
+
+def _release_free_heap():
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim``), so that the
+    next call's peak RSS counts the pages it touches, not ones freed by earlier calls."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def measure(fn, device, repeat=3):
     """Run ``fn()`` ``repeat`` times; return (best seconds, peak extra bytes of one call).
 
     Peak extra memory is the CUDA allocator's peak above the memory in use before the call
-    on a GPU, and the growth of the process's peak RSS on the CPU (Linux only).
+    on a GPU, and the growth of the process's peak RSS on the CPU (Linux only), with the
+    C heap's free pages released before.  The C allocator's thresholds are fixed before
+    anything runs (see ``_settle_allocator``): results do not depend on what ran before.
     """
+    _settle_allocator()
     fn()  # warm-up: lazy initialisation, allocator caches
     best = float("inf")
     for _ in range(repeat):
@@ -41,11 +84,38 @@ def measure(fn, device, repeat=3):
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
+        _release_free_heap()
         before = _rss_bytes("VmRSS")
         _reset_peak_rss()
         fn()
         peak = _rss_bytes("VmHWM") - before
     return best, peak
+
+
+def _digits(value):
+    """Three significant digits, without exponent for large values: 0.0123, 12.3, 1234."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def cost(seconds, peak_bytes=None):
+    """A time (and peak extra memory) as text: "83.1 ms / 12.5 MiB"."""
+    text = f"{_digits(seconds * 1e3)} ms" if seconds < 1 else f"{_digits(seconds)} s"
+    return text if peak_bytes is None else f"{text} / {_digits(peak_bytes / 2**20)} MiB"
+
+
+def ratio(baseline, ours):
+    """``baseline / ours`` as text ("12.3x"), "-" when either is unknown or ours is not positive."""
+    if baseline is None or ours is None or ours <= 0:
+        return "-"
+    return f"{_digits(baseline / ours)}x"
+
+
+def comparison_row(component, device, size, baseline, ours, check):
+    """One row of the combined table; ``baseline`` and ``ours`` are (seconds, peak bytes)."""
+    return {"component": component, "device": device.type, "input": size,
+            "baseline": cost(*baseline), "ours": cost(*ours),
+            "time ratio": ratio(baseline[0], ours[0]), "memory ratio": ratio(baseline[1], ours[1]),
+            "check": check}
 
 
 def devices():

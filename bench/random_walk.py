@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.measure import cost, ratio
 from tools.random_walk import (directions, pairs_within_radius, path_max_affinity,
                                propagate_with_boundary, random_walk)
 
@@ -190,11 +191,32 @@ def run(device="cpu", dense_large="estimate", repeat=3):
     ``dense_large``: ``"estimate"`` (default), ``"full"`` (minutes) or ``"skip"`` for the
     dense form of the large case.  Each measurement runs in a fresh process (see
     ``_child``): ours once cold (its memory), then ``repeat`` times warm (the fastest
-    time).  Keys: case, n, ours_s, ours_peak_mb, dense_s, dense_peak_mb, dense ("measured", "estimated" or "skipped"), speedup, max_rel_diff
-    (largest |ours - dense| over the largest |dense|; None unless dense was measured).
+    time).  Keys: case, n, ours_s, ours_peak_mb, dense_s, dense_peak_mb, dense
+    ("measured", "estimated" or "skipped"), speedup, max_rel_diff (largest
+    |ours - dense| over the largest |dense|; None unless dense was measured).
     Uses the calling process's torch thread count.
     """
     return [_run_case(index, device, dense_large, repeat) for index in range(len(CASES))]
+
+
+def _in_bytes(megabytes):
+    """MB (2**20 bytes) as bytes; None stays None."""
+    return None if megabytes is None else megabytes * 2**20
+
+
+def combined_row(row, device):
+    """A row of ``run`` in the columns of ``bench.measure.COLUMNS`` (``python -m bench``)."""
+    dense = None if row["dense_s"] is None else cost(row["dense_s"], _in_bytes(row["dense_peak_mb"]))
+    if row["max_rel_diff"] is not None:
+        check = f"max rel diff {row['max_rel_diff']:.1e}"
+    else:
+        check = f"dense {row['dense']}, not compared"
+    return {"component": "random walk", "device": torch.device(device).type,
+            "input": f"{row['case']}, N={row['n']}",
+            "baseline": "-" if dense is None else f"{dense} ({row['dense']})",
+            "ours": cost(row["ours_s"], _in_bytes(row["ours_peak_mb"])),
+            "time ratio": ratio(row["dense_s"], row["ours_s"]),
+            "memory ratio": ratio(row["dense_peak_mb"], row["ours_peak_mb"]), "check": check}
 
 
 def _fmt(value, spec):

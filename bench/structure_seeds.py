@@ -7,13 +7,14 @@ when there is one.
 import torch
 
 from bench.baselines import broadcast_structure_seeds
-from bench.measure import devices, measure, table
+from bench.measure import COLUMNS, comparison_row, devices, measure, table
 from net.sipe import structure_seeds
 
 CASE = {"batch": 8, "classes": 21, "size": (32, 32), "channels": 768}
 
 
 def run(case=CASE):
+    """One row per device: the broadcast form against ``net.sipe.structure_seeds``."""
     rows = []
     for device in devices():
         gen = torch.Generator().manual_seed(0)
@@ -21,20 +22,13 @@ def run(case=CASE):
         cam = torch.rand(n, c, h, w, generator=gen).to(device)
         feature = torch.randn(n, d, h, w, generator=gen).to(device)
         valid = torch.ones(n, c, 1, 1, device=device)
-        base_time, base_mem = measure(lambda: broadcast_structure_seeds(cam, feature, valid), device)
-        ours_time, ours_mem = measure(lambda: structure_seeds(cam, feature, valid), device)
+        baseline = measure(lambda: broadcast_structure_seeds(cam, feature, valid), device)
+        ours = measure(lambda: structure_seeds(cam, feature, valid), device)
         same = torch.equal(structure_seeds(cam, feature, valid), broadcast_structure_seeds(cam, feature, valid))
-        rows.append({"component": "structure seeds", "device": device.type,
-                     "input": f"{n}x{c}x{h}x{w}, D={d}",
-                     "baseline": f"{base_time * 1e3:.0f} ms / {base_mem / 2**20:.0f} MiB",
-                     "ours": f"{ours_time * 1e3:.0f} ms / {ours_mem / 2**20:.0f} MiB",
-                     "time ratio": f"{base_time / ours_time:.1f}x",
-                     "memory ratio": f"{base_mem / max(ours_mem, 1):.1f}x",
-                     "same seeds": same})
+        rows.append(comparison_row("structure seeds", device, f"{n}x{c}x{h}x{w}, D={d}", baseline, ours,
+                                   "same seeds" if same else "seeds DIFFER"))
     return rows
 
-
-COLUMNS = ("component", "device", "input", "baseline", "ours", "time ratio", "memory ratio", "same seeds")
 
 if __name__ == "__main__":
     print(table(run(), COLUMNS))

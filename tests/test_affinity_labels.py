@@ -2,9 +2,6 @@
 stage script end to end on toy images with synthetic CAMs, its errors, and eval_cam --confident."""
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +13,8 @@ from data.toy import generate
 from tools.affinity_labels import confident_labels, psa_background, psa_labels
 from tools.io import read_image, read_label_png, save_cam
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
+from tests.scripts import run
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def flip_some(labels, n_labels, seed):
@@ -147,14 +144,6 @@ def test_labelled_confusion_and_coverage_by_hand():
 
 
 # ---- the stage script -------------------------------------------------------------------------------
-
-def run(script, *args, check=True):
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
 
 def synthetic_cams(root, cam_dir, seed=0):
     """CAM files of the toy train images from their ground truth: a blurred one-hot of the mask

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.scripts import REPO
 from tools.io import read_label_png
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--toy-images", "8", "--toy-image-size", "64",
         "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
         "--make-cam", "--scales 1.0 --num-workers 0",

@@ -25,20 +25,12 @@ from tools.io import (PipelineError, atomic_path, check_cam, load_cam, read_imag
                       write_label_png)
 from tools.report import summarize, update_results
 from tools.train import load_checkpoint
+from tests.scripts import REPO, run
 
-REPO = Path(__file__).resolve().parents[1]
 # four steps (8 images, batch 2, one epoch)
 TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
          "64", "--batch-size", "2", "--epochs", "1"]
 STEPS = 4
-
-
-def run(script, *args, check=True, preexec_fn=None):
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, preexec_fn=preexec_fn)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 def assert_error(result, path, problem):

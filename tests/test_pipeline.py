@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,18 +9,10 @@ import torch
 
 from data.toy import generate
 from tools.io import read_image
+from tests.scripts import REPO, run
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
               "--resize-long", "48", "64", "--batch-size", "4", "--log-every", "1"]
-
-
-def run(script, *args, check=True):
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@ on labels copied from the ground truth, make_seg_labels with synthetic CAMs (out
 no-affinity mode, a sanity bound on easy input) and their errors on bad input."""
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,22 +13,14 @@ from data.datasets import build_source
 from data.palette import voc_palette
 from data.toy import generate
 from tools.io import load_cam, read_image, read_label_png, save_cam
+from tests.scripts import run
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(workers=0):
     """Flags of a three-step CPU training run (6 images, batch 2, one epoch)."""
     return ["--pretrained", "none", "--device", "cpu", "--num-workers", str(workers), "--resize-long", "48", "64",
             "--batch-size", "2", "--epochs", "1", "--log-every", "1"]
-
-
-def run(script, *args, check=True):
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 def data_args(root, work, split="train"):

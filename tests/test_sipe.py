@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.baselines import broadcast_structure_seeds
+from bench.baselines import broadcast_structure_seeds, grouped_conv_pamr
 from net.backbone import ResNet50, resnet50
 from net.pamr import PAMR
 from net.sipe import SIPENet, multiscale_maps, prototypes, reactivate, structure_seeds
@@ -95,6 +95,14 @@ def test_pamr_matches_loop_form():
     ours = PAMR(num_iter=3, dilations=dilations)(image, mask)
     expected = pamr_loop(image, mask, dilations, 3)
     assert np.allclose(ours[0].numpy(), expected, atol=1e-10)
+
+
+def test_pamr_matches_grouped_convolution_form():
+    gen = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 3, 12, 10, generator=gen, dtype=torch.float64)
+    mask = torch.rand(2, 3, 4, 5, generator=gen, dtype=torch.float64)
+    ours = PAMR(num_iter=4, dilations=(1, 2, 5))(image, mask)
+    assert torch.allclose(ours, grouped_conv_pamr(image, mask, 4, (1, 2, 5)), atol=1e-10)
 
 
 def test_pamr_resizes_mask_and_keeps_mass():

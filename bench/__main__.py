@@ -1,0 +1,57 @@
+"""``python -m bench [NAME ...]``: run the benchmarks and print one combined table.
+
+NAME is any of structure_seeds, pamr, random_walk, confusion, crf (default: all, in that
+order).  Each row gives the component, the device, the input size, the baseline's and
+our time / peak extra memory, their ratios and a check that both give the same result.
+GPU rows are added when CUDA is available.  Timings are only meaningful on an otherwise
+idle machine: the load average is printed before and after.
+"""
+import argparse
+import os
+
+import torch
+
+from bench import confusion, crf, pamr, random_walk, structure_seeds
+from bench.measure import COLUMNS, devices, table
+
+
+def _random_walk_rows():
+    """The random-walk cases (large dense case estimated) on every device, as combined rows."""
+    return [random_walk.combined_row(row, device) for device in devices()
+            for row in random_walk.run(device.type)]
+
+
+BENCHMARKS = {"structure_seeds": structure_seeds.run, "pamr": pamr.run, "random_walk": _random_walk_rows,
+              "confusion": confusion.run, "crf": crf.run}
+
+
+def machine():
+    """One line on the machine: CPUs, torch version and threads, GPU."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads, {gpu}")
+
+
+def load():
+    """The 1, 5 and 15-minute load averages as text."""
+    return "load average " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def main(argv=None):
+    """Run the named benchmarks (all by default) and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    names = parser.parse_args(argv).names or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    print(machine())
+    print(f"before: {load()}")
+    rows = [row for name in names for row in BENCHMARKS[name]()]
+    print(table(rows, COLUMNS))
+    print(f"after: {load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Running the stage scripts as a user would, from the tests."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, check=True, preexec_fn=None, timeout=600):
+    """``python SCRIPT ARGS`` in the repository; fails the test on a non-zero exit when ``check``."""
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout, preexec_fn=preexec_fn)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
