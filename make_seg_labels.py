@@ -79,7 +79,7 @@ def main(argv=None):
     todo = [n for n in dist.shard(names, info) if not all((d / f"{n}.png").exists() for d in out_dirs)]
     log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
              info.rank, arch, beta, args.steps)
-    pool = multiprocessing.get_context("spawn").Pool(args.crf_workers) if args.crf else None
+    pool = multiprocessing.get_context("spawn").Pool(args.crf_workers) if args.crf and todo else None
     pending = []
     for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
         image_path = source.image_path(name)

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 from data.datasets import AffinityDataset, build_source
 from data.transforms import TrainTransform
-from net.affinity import ARCHS, affinity_losses, build_affinity_net
+from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from tools import dist, stage
 from tools.io import PipelineError
-from tools.random_walk import affinity_labels
+from tools.random_walk import affinity_labels, pairs_within_radius
 from tools.train import add_training_args, train, unwrap
 
 # SPEC 9 training constants per architecture (flags left unset take these).
@@ -61,6 +61,10 @@ def main(argv=None):
     if missing:
         raise PipelineError(f"{label_dir}: no affinity labels for {len(missing)} images of {args.split} "
                             f"(e.g. {missing[0]}.png); run make_affinity_labels.py first")
+    side = -(-args.crop_size // STRIDE[args.arch])
+    if pairs_within_radius(args.radius, (side, side))[0].numel() == 0:
+        raise PipelineError(f"--crop-size {args.crop_size}: the {side}x{side} map of {args.arch} at stride "
+                            f"{STRIDE[args.arch]} has no pixel pairs within radius {args.radius}; use a larger crop")
     transform = TrainTransform(tuple(args.resize_long), args.crop_size)
     dataset = AffinityDataset(source, args.split, label_dir, transform, seed=args.seed)
     model = build_affinity_net(args.arch, args.pretrained).to(info.device)

@@ -232,3 +232,14 @@ def test_train_affinity_names_a_corrupt_label_png(toy, tmp_path, workers):
     assert re.fullmatch(rf"error: {re.escape(str(bad))}: cannot read label PNG.*", last), last
     assert "Traceback" not in result.stderr
     assert not (work / "ckpt" / "affinity.pth").exists()
+
+
+def test_train_affinity_refuses_a_crop_without_pixel_pairs(toy, tmp_path):
+    work = tmp_path / "run"
+    gt_affinity_labels(toy, work)
+    # stride 8: a 64 crop gives an 8x8 map, too narrow for a pair of radius 5 (it needs 9 columns)
+    result = run("train_affinity.py", *data_args(toy, work), "--arch", "affinitynet", "--crop-size", "64",
+                 *tiny(0), check=False)
+    assert result.returncode == 2
+    assert "--crop-size 64: the 8x8 map of affinitynet at stride 8 has no pixel pairs" in result.stderr
+    assert not (work / "ckpt").exists()
