@@ -51,8 +51,7 @@ def structure_seeds(cam, feature, valid, bg_scale=0.5):
     union = similarity.sum(dim=2).unsqueeze(1) + m.sum(dim=2, keepdim=True) - inter
     iou = inter / union.clamp_min(1e-12)
     iou[:, 0] *= bg_scale
-    seeds = F.one_hot(iou.argmax(dim=1), c).transpose(1, 2).reshape(n, c, h, w)
-    return seeds.to(cam.dtype) * valid
+    return one_hot_argmax(iou.view(n, c, h, w), valid).to(cam.dtype)
 
 
 def prototypes(seeds, feature):
@@ -76,9 +75,10 @@ def reactivate(prototypes, feature, eps=1e-8):
 
 
 def one_hot_argmax(maps, valid):
-    """Seeds from the argmax over classes of ``maps``, masked by ``valid`` (SPEC 6.3)."""
-    seeds = F.one_hot(maps.argmax(dim=1), maps.shape[1]).permute(0, 3, 1, 2)
-    return seeds.to(maps.dtype) * valid
+    """Seeds from the argmax over classes of ``maps`` [N,C,h,w], masked by ``valid``
+    (SPEC 5.4, 6.3).  A scatter, not F.one_hot, which waits for the GPU to check its input."""
+    seeds = torch.zeros_like(maps).scatter_(1, maps.argmax(dim=1, keepdim=True), 1)
+    return seeds * valid
 
 
 def gsc_loss(cam, is_cam):
