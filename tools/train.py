@@ -181,16 +181,7 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
         for batch in loader:
             set_poly_lr(optimizer, base_lrs, step, max_step)
             batch = to_device(batch, info.device, args.channels_last)
-            with stage.autocast(info.device, args.amp):
-                losses = loss_fn(train_model, batch)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(train_model.parameters(), args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            losses, loss = train_step(train_model, batch, loss_fn, optimizer, scaler, args.clip_grad, args.amp)
             step += 1
             bar.update(1)
             logging_step = step % args.log_every == 0 or step == max_step
@@ -212,6 +203,22 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
     save(final_path, with_optimizer=False)
     log.info("saved %s", final_path)
     dist.barrier(info)
+
+
+def train_step(model, batch, loss_fn, optimizer, scaler, clip_grad, amp):
+    """One optimisation step with no host synchronisation; returns (named losses, total)."""
+    device = next(model.parameters()).device
+    with stage.autocast(device, amp):
+        losses = loss_fn(model, batch)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return losses, loss
 
 
 def to_device(batch, device, channels_last=False):
