@@ -9,7 +9,7 @@ from data.datasets import build_source
 from data.palette import voc_palette
 from tools import dist, stage
 from tools.affinity_labels import confident_labels, psa_labels
-from tools.io import check_cam, load_cam, read_image, remove_stale_temporaries, write_label_png
+from tools.io import check_cam, load_cam, read_image, write_label_png
 
 log = stage.log
 
@@ -63,15 +63,11 @@ def main(argv=None):
     info = dist.init_distributed("cpu")
     stage.prepare_run(args, "make_affinity_labels", info.is_main)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if info.is_main:
-        remove_stale_temporaries(out_dir)
-    dist.barrier(info)
+    stage.prepare_output_dirs([out_dir], info)
 
     source = build_source(args.dataset, args.data_root)
     names = source.ids(args.split)
-    # shard first, then skip: the shards do not depend on when each rank looks at the folder
-    todo = [n for n in dist.shard(names, info) if not (out_dir / f"{n}.png").exists()]
+    todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
     log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes)", out_dir, len(todo), len(names),
              info.rank, args.mode, args.workers)
     work = functools.partial(label_image, args=args, num_classes=source.num_classes)

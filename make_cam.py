@@ -8,7 +8,7 @@ from data.datasets import InferenceDataset, build_source
 from data.transforms import normalize
 from net.sipe import SIPENet, multiscale_maps
 from tools import dist, stage
-from tools.io import remove_stale_temporaries, save_cam, write_image
+from tools.io import save_cam, write_image
 from tools.train import load_checkpoint
 from tools.visualize import cam_panel
 
@@ -40,10 +40,7 @@ def main(argv=None):
     info = dist.init_distributed(args.device)
     work_dir = stage.prepare_run(args, "make_cam", info.is_main)
     out_dir = Path(args.out_dir or work_dir / "cam")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if info.is_main:
-        remove_stale_temporaries(out_dir)
-    dist.barrier(info)
+    stage.prepare_output_dirs([out_dir], info)
 
     source = build_source(args.dataset, args.data_root)
     source.check_split(args.split)
@@ -55,8 +52,7 @@ def main(argv=None):
     final_map = FINAL_MAP[checkpoint["method"]]
 
     names = source.ids(args.split)
-    # shard first, then skip: the shards do not depend on when each rank looks at the folder
-    todo = [n for n in dist.shard(names, info) if not (out_dir / f"{n}.npy").exists()]
+    todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
     log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
     loader = DataLoader(InferenceDataset(source, args.split, ids=todo), batch_size=1, collate_fn=single,
                         num_workers=args.num_workers)

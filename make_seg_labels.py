@@ -13,8 +13,7 @@ from data.transforms import normalize
 from net.affinity import build_affinity_net, walk_affinitynet, walk_irn
 from tools import dist, stage
 from tools.crf import crf_labels
-from tools.io import (check_cam, load_cam, read_image, remove_stale_temporaries, write_image,
-                      write_label_png)
+from tools.io import check_cam, load_cam, read_image, write_image, write_label_png
 from tools.train import load_checkpoint
 from tools.visualize import label_panel
 
@@ -58,11 +57,7 @@ def main(argv=None):
     work_dir = stage.prepare_run(args, "make_seg_labels", info.is_main)
     cam_dir = Path(args.cam_dir or work_dir / "cam")
     out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
-    for folder in out_dirs:
-        folder.mkdir(parents=True, exist_ok=True)
-        if info.is_main:
-            remove_stale_temporaries(folder)
-    dist.barrier(info)
+    stage.prepare_output_dirs(out_dirs, info)
 
     if args.no_affinity:
         arch, beta, model = "none", 0, None
@@ -76,7 +71,7 @@ def main(argv=None):
 
     source = build_source(args.dataset, args.data_root)
     names = source.ids(args.split)
-    todo = [n for n in dist.shard(names, info) if not all((d / f"{n}.png").exists() for d in out_dirs)]
+    todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
     log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
              info.rank, arch, beta, args.steps)
     pool = multiprocessing.get_context("spawn").Pool(args.crf_workers) if args.crf and todo else None

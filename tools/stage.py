@@ -9,7 +9,8 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import DATASETS
-from tools.io import PipelineError, write_json
+from tools import dist
+from tools.io import PipelineError, remove_stale_temporaries, write_json
 
 log = logging.getLogger("wsss")
 
@@ -60,6 +61,23 @@ def prepare_run(args, stage, is_main=True):
         log.addHandler(handler)
     log.propagate = False
     return work_dir
+
+
+def prepare_output_dirs(folders, info):
+    """Create an inference stage's output folders; the main process removes the temporary
+    files a killed run left there, before any process writes (SPEC 2)."""
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            remove_stale_temporaries(folder)
+    dist.barrier(info)
+
+
+def images_to_do(names, info, outputs):
+    """This process's share of ``names`` whose outputs (``outputs(name)``: paths) are not all
+    complete.  Split by rank first, then skipped: the shares do not depend on when each
+    process looks at the folders."""
+    return [name for name in dist.shard(names, info) if not all(p.exists() for p in outputs(name))]
 
 
 def progress(iterable, is_main=True, **kwargs):
