@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from data.datasets import build_source
-from tools import stage
+from tools import dist, stage
 from tools.io import PipelineError, check_cam, image_size, load_cam, read_label_png
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
@@ -33,7 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--sweep", action="store_true",
                         help=f"try the constant background thresholds {SWEEP[0]}..{SWEEP[-1]} and keep the best")
     parser.add_argument("--tag", help="row name in results.md (default: the map name or the label folder)")
-    parser.add_argument("--num-workers", type=int, default=4, help="processes that read the files")
+    parser.add_argument("--num-workers", type=int, default=dist.cpus_per_process(),
+                        help="processes that read the files; the default is the CPUs available")
     args = parser.parse_args(argv)
     if args.confident and not args.label_dir:
         parser.error("--confident needs --label-dir")

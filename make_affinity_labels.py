@@ -1,7 +1,6 @@
 """Stage 4: confident foreground / background / unsure labels from the CAMs by dense CRF
 -> affinity_labels/<name>.png (SPEC 2, 8)."""
 import functools
-import os
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -12,11 +11,6 @@ from tools.affinity_labels import confident_labels, psa_labels
 from tools.io import check_cam, load_cam, read_image, write_label_png
 
 log = stage.log
-
-
-def default_workers():
-    """The CPUs this process may use, shared among the torchrun processes of this machine."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def parse_args(argv=None):
@@ -34,7 +28,7 @@ def parse_args(argv=None):
     parser.add_argument("--low-alpha", type=float, default=4, help="psa mode: power of the confident-foreground CRF")
     parser.add_argument("--high-alpha", type=float, default=32,
                         help="psa mode: power of the confident-background CRF")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("--workers", type=int, default=dist.cpus_per_process(),
                         help="CRF processes; the default is the CPUs available, divided among torchrun processes")
     args = parser.parse_args(argv)
     if args.workers < 1:

@@ -37,7 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=float, default=16, help="affinitynet: background (1 - max fg) ** alpha")
     parser.add_argument("--power", type=float, default=1.5, help="irn: the CAM is raised to this power")
     parser.add_argument("--crf", action="store_true", help="also write CRF-refined labels to pseudo_labels_crf/")
-    parser.add_argument("--crf-workers", type=int, default=2, help="processes for the CRF")
+    parser.add_argument("--crf-workers", type=int, default=dist.cpus_per_process(),
+                        help="processes for the CRF; the default is the CPUs available, divided among torchrun processes")
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
     return parser.parse_args(argv)

@@ -1,9 +1,11 @@
 """``python -m bench [NAME ...]``: run the benchmarks and print one combined table.
 
-NAME is any of structure_seeds, pamr, random_walk, confusion, crf (default: all, in that
-order).  Each row gives the component, the device, the input size, the baseline's and
-our time / peak extra memory, their ratios and a check that both give the same result.
-GPU rows are added when CUDA is available.  Timings are only meaningful on an otherwise
+NAME is any of structure_seeds, pamr, random_walk, confusion, crf, loading, throughput
+(default: all, in that order).  Each row of the first table gives the component, the
+device, the input size, the baseline's and our time / peak extra memory, their ratios
+and a check that both give the same result; the worker-process rows (crf, loading) set
+each process count against one process.  The second table (throughput) gives training
+and make_cam images per second.  GPU rows are added when CUDA is available.  Timings are only meaningful on an otherwise
 idle machine: the load average is printed before and after.
 """
 import argparse
@@ -11,7 +13,7 @@ import os
 
 import torch
 
-from bench import confusion, crf, pamr, random_walk, structure_seeds
+from bench import confusion, crf, loading, pamr, random_walk, structure_seeds, throughput
 from bench.measure import COLUMNS, devices, table
 
 
@@ -21,8 +23,11 @@ def _random_walk_rows():
             for row in random_walk.run(device.type)]
 
 
-BENCHMARKS = {"structure_seeds": structure_seeds.run, "pamr": pamr.run, "random_walk": _random_walk_rows,
-              "confusion": confusion.run, "crf": crf.run}
+# name: (rows, the columns of the table they go into)
+BENCHMARKS = {"structure_seeds": (structure_seeds.run, COLUMNS), "pamr": (pamr.run, COLUMNS),
+              "random_walk": (_random_walk_rows, COLUMNS), "confusion": (confusion.run, COLUMNS),
+              "crf": (crf.run, COLUMNS), "loading": (loading.run, COLUMNS),
+              "throughput": (throughput.run, throughput.COLUMNS)}
 
 
 def machine():
@@ -48,8 +53,11 @@ def main(argv=None):
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     print(machine())
     print(f"before: {load()}")
-    rows = [row for name in names for row in BENCHMARKS[name]()]
-    print(table(rows, COLUMNS))
+    tables = {}
+    for name in names:
+        run, columns = BENCHMARKS[name]
+        tables.setdefault(columns, []).extend(run())
+    print("\n\n".join(table(rows, columns) for columns, rows in tables.items()))
     print(f"after: {load()}")
 
 

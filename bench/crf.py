@@ -3,10 +3,10 @@
 ``python -m bench.crf`` runs ``tools.affinity_labels.confident_labels`` (two label CRFs
 per image, ``tools.crf.crf_labels``) over 40 synthetic images of half VOC size
 (188x250, a background and two classes) through a ``multiprocessing.Pool`` as
-``make_affinity_labels.py`` does, once with one process and once with each larger count,
-and prints the wall time and images per second of each.  Each worker makes its image
-and CAM from the image's index (where the stage reads files).  CPU only; memory is not
-measured (it is spread over the worker processes).
+``make_affinity_labels.py`` does, with 1, 2, 4, ... processes up to the usable CPUs, and
+prints the wall time and images per second of each.  Each worker makes its image and CAM
+from the image's index (where the stage reads files).  CPU only; memory is not measured
+(it is spread over the worker processes).
 """
 import os
 import time
@@ -14,7 +14,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from bench.measure import COLUMNS, cost, ratio, table
+from bench.measure import COLUMNS, scaling_rows, table, worker_counts
 from tools.affinity_labels import confident_labels
 
 CASE = {"images": 40, "size": (188, 250), "classes": 2, "bg_conf_scale": 0.8}
@@ -48,21 +48,17 @@ def _timed_pool(workers, case):
     return time.perf_counter() - start, labels
 
 
-def run(case=CASE, workers=(1, 2)):
-    """One row per worker count after the first, against the first (one process)."""
+def run(case=CASE, workers=None):
+    """One row per worker count (default: 1, 2, 4, ... up to the usable CPUs) after the
+    first, against the first."""
     size = f"{case['images']} images {case['size'][0]}x{case['size'][1]}, {case['classes'] + 1} labels"
-    base_seconds, base_labels = _timed_pool(workers[0], case)
-    rows = []
-    for count in workers[1:]:
-        seconds, labels = _timed_pool(count, case)
-        same = all(np.array_equal(a, b) for a, b in zip(base_labels, labels, strict=True))
-        rows.append({"component": "CRF affinity labels (2 CRFs/image)", "device": "cpu", "input": size,
-                     "baseline": f"{workers[0]} process: {cost(base_seconds)}, "
-                                 f"{case['images'] / base_seconds:.3g} img/s",
-                     "ours": f"{count} processes: {cost(seconds)}, {case['images'] / seconds:.3g} img/s",
-                     "time ratio": ratio(base_seconds, seconds), "memory ratio": "-",
-                     "check": "same labels" if same else "labels DIFFER"})
-    return rows
+    seconds, labels = {}, {}
+    for count in workers or worker_counts():
+        seconds[count], labels[count] = _timed_pool(count, case)
+    first, *others = labels.values()
+    same = all(np.array_equal(a, b) for other in others for a, b in zip(first, other, strict=True))
+    return scaling_rows("CRF affinity labels (2 CRFs/image)", size, case["images"], seconds,
+                        "same labels" if same else "labels DIFFER")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import ctypes
 import ctypes.util
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -116,6 +117,25 @@ def comparison_row(component, device, size, baseline, ours, check):
             "baseline": cost(*baseline), "ours": cost(*ours),
             "time ratio": ratio(baseline[0], ours[0]), "memory ratio": ratio(baseline[1], ours[1]),
             "check": check}
+
+
+def worker_counts():
+    """1, 2, 4, ... worker processes, up to and including the CPUs this process may use."""
+    usable = len(os.sched_getaffinity(0))
+    counts = [1 << k for k in range(usable.bit_length()) if 1 << k < usable]
+    return counts + [usable]
+
+
+def scaling_rows(component, size, items, seconds, check):
+    """Rows of a throughput against worker processes: ``seconds`` maps each worker count to
+    the time taken for ``items`` items; every count after the first is set against the first."""
+    (first, first_seconds), *others = seconds.items()
+
+    def rate(count, took):
+        return f"{count} {'process' if count == 1 else 'processes'}: {cost(took)}, {items / took:.3g} img/s"
+    return [{"component": component, "device": "cpu", "input": size, "baseline": rate(first, first_seconds),
+             "ours": rate(count, took), "time ratio": ratio(first_seconds, took), "memory ratio": "-",
+             "check": check} for count, took in others]
 
 
 def devices():

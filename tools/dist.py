@@ -22,6 +22,14 @@ class DistInfo:
         return self.world_size > 1
 
 
+def cpus_per_process(limit=None):
+    """This process's share of the usable CPUs among torchrun's processes on this machine
+    (``LOCAL_WORLD_SIZE``), at least 1 and at most ``limit``: the default number of worker
+    processes of the stages."""
+    share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return share if limit is None else min(limit, share)
+
+
 def init_distributed(device="auto"):
     """Start the process group when launched by torchrun; pick this process's device.
 

@@ -29,7 +29,8 @@ def add_runtime_args(parser):
     group.add_argument("--work-dir", required=True, help="run directory that holds everything this run writes")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: CUDA when present (one GPU per torchrun process), else the CPU")
-    group.add_argument("--num-workers", type=int, default=4, help="data-loading processes")
+    group.add_argument("--num-workers", type=int, default=dist.cpus_per_process(limit=8),
+                       help="data-loading processes; the default is this process's share of the CPUs, at most 8")
     group.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
 
 

@@ -138,8 +138,7 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
         remove_stale_temporaries(final_path.parent, (final_path.stem, last_path.stem))
         # the old network must not outlive an overwriting run that stops before its end
         final_path.unlink(missing_ok=True)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(model, info.device, args.channels_last)
     optimizer, base_lrs = build_optimizer(model, args)
     steps_per_epoch = len(dataset) // args.batch_size
     max_step = steps_per_epoch * args.epochs
@@ -203,6 +202,13 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
     save(final_path, with_optimizer=False)
     log.info("saved %s", final_path)
     dist.barrier(info)
+
+
+def prepare_model(model, device, channels_last):
+    """The model in channels-last format on request; on CUDA, cuDNN picks its fastest
+    kernels for the fixed training crop size (autotuning)."""
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def train_step(model, batch, loss_fn, optimizer, scaler, clip_grad, amp):
