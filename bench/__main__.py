@@ -15,6 +15,7 @@ import torch
 
 from bench import confusion, crf, loading, pamr, random_walk, structure_seeds, throughput
 from bench.measure import COLUMNS, devices, table
+from tools.dist import usable_cpus
 
 
 def _random_walk_rows():
@@ -33,7 +34,7 @@ BENCHMARKS = {"structure_seeds": (structure_seeds.run, COLUMNS), "pamr": (pamr.r
 def machine():
     """One line on the machine: CPUs, torch version and threads, GPU."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), torch {torch.__version__}, "
+    return (f"{os.cpu_count()} CPUs ({usable_cpus()} usable), torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads, {gpu}")
 
 

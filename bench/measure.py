@@ -2,11 +2,12 @@
 import ctypes
 import ctypes.util
 import functools
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from tools.dist import usable_cpus
 
 COLUMNS = ("component", "device", "input", "baseline", "ours", "time ratio", "memory ratio", "check")
 
@@ -121,7 +122,7 @@ def comparison_row(component, device, size, baseline, ours, check):
 
 def worker_counts():
     """1, 2, 4, ... worker processes, up to and including the CPUs this process may use."""
-    usable = len(os.sched_getaffinity(0))
+    usable = usable_cpus()
     counts = [1 << k for k in range(usable.bit_length()) if 1 << k < usable]
     return counts + [usable]
 

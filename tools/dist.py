@@ -22,11 +22,18 @@ class DistInfo:
         return self.world_size > 1
 
 
+def usable_cpus():
+    """The CPUs this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpus_per_process(limit=None):
     """This process's share of the usable CPUs among torchrun's processes on this machine
     (``LOCAL_WORLD_SIZE``), at least 1 and at most ``limit``: the default number of worker
     processes of the stages."""
-    share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return share if limit is None else min(limit, share)
 
 
