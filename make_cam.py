@@ -48,7 +48,7 @@ def main(argv=None):
                                  {"kind": "cam", "num_classes": source.num_classes})
     model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none")
     model.load_state_dict(checkpoint["model"])
-    model.to(info.device).eval()
+    model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
     final_map = FINAL_MAP[checkpoint["method"]]
 
     names = source.ids(args.split)

@@ -38,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--power", type=float, default=1.5, help="irn: the CAM is raised to this power")
     parser.add_argument("--crf", action="store_true", help="also write CRF-refined labels to pseudo_labels_crf/")
     parser.add_argument("--crf-workers", type=int, default=dist.cpus_per_process(),
-                        help="processes for the CRF; the default is the CPUs available, divided among torchrun processes")
+                        help="processes for the CRF; the default is the CPUs, divided among torchrun processes")
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
     return parser.parse_args(argv)
@@ -68,7 +68,7 @@ def main(argv=None):
         beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
         model = build_affinity_net(arch, pretrained="none")
         model.load_state_dict(checkpoint["model"])
-        model.to(info.device).eval()
+        model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
 
     source = build_source(args.dataset, args.data_root)
     names = source.ids(args.split)

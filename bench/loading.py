@@ -45,7 +45,8 @@ def run(case=CASE, workers=None):
         dataset = ClassificationDataset(CustomSource(root), "train", TrainTransform(crop_size=case["crop"]))
         samples = Subset(dataset, [i % case["files"] for i in range(case["samples"])])
         seconds = {count: _steady_seconds(samples, count, case) for count in workers or worker_counts()}
-    size = f"{case['files']} JPEGs {case['sides'][0]}-{case['sides'][1]} px, {case['crop']} crops, batch {case['batch']}"
+    size = (f"{case['files']} JPEGs {case['sides'][0]}-{case['sides'][1]} px, {case['crop']} crops, "
+            f"batch {case['batch']}")
     return scaling_rows("training data loading (decode + augment)", size, case["samples"] - case["batch"],
                         seconds, f"{case['crop']}x{case['crop']} batches")
 

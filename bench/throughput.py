@@ -2,9 +2,9 @@
 
 ``python -m bench.throughput`` times training steps of train_cam (SIPE and AE-SIPE: batch
 16 of 512x512 crops on a GPU, 2 on the CPU) through the training loop's own step, and
-make_cam's multi-scale + flip inference of one 500x375 image, in fp32 and, on CUDA,
-with ``--amp`` (bf16 where supported) and channels-last.  On the CPU there is no AMP.
-It prints AMP's training speed-up over fp32 and AE-SIPE's step time over SIPE's.
+make_cam's multi-scale + flip inference of one 500x375 image, in fp32 and with ``--amp``
+(bf16; fp16 on GPUs without it), both with ``--channels-last``.  It prints AMP's
+training speed-up over fp32 and AE-SIPE's step time over SIPE's.
 Random weights and data: BatchNorm trains, as with ``--pretrained none``.
 """
 import argparse
@@ -39,15 +39,14 @@ def _images_per_second(fn, images_per_call, device, calls):
 def training_rate(method, device, amp, batch, calls):
     """Training images per second of one configuration, on random data."""
     gen = torch.Generator().manual_seed(0)
-    channels_last = device.type == "cuda"
-    model = prepare_model(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).train(), device, channels_last)
+    model = prepare_model(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).train(), device, True)
     backbone, new = model.param_groups()
     optimizer = torch.optim.SGD([{"params": backbone}, {"params": new}], lr=1e-3)
     scaler = stage.grad_scaler(device, amp)
     labels = (torch.rand(batch, VOC_CLASSES - 1, generator=gen) < 0.15).float()
     labels[:, 0] = 1
     batch_dict = to_device({"image": torch.randn(batch, 3, 512, 512, generator=gen), "label": labels,
-                            "valid": torch.ones(batch, 512, 512)}, device, channels_last)
+                            "valid": torch.ones(batch, 512, 512)}, device, True)
     return _images_per_second(lambda: train_step(model, batch_dict, classifier_losses, optimizer, scaler, 1.0, amp),
                               batch, device, calls)
 
@@ -55,7 +54,7 @@ def training_rate(method, device, amp, batch, calls):
 def inference_rate(method, device, amp, calls):
     """make_cam images per second (four scales, each with its flip) on a 500x375 image."""
     torch.backends.cudnn.benchmark = False  # as in make_cam: every scale of every image has its own size
-    model = SIPENet(VOC_CLASSES, method, pretrained="none").to(device).eval()
+    model = stage.channels_last(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).eval(), True)
     image = torch.randn(1, 3, 375, 500, generator=torch.Generator().manual_seed(0)).to(device)
     keys = torch.tensor([0, 3, 15], device=device)
 
@@ -79,7 +78,7 @@ def run(calls=None):
         train_calls, infer_calls = (calls, calls) if calls else ((20, 20) if gpu else (4, 2))
         rates = {}
         for method in METHODS:
-            for amp in ((False, True) if gpu else (False,)):
+            for amp in (False, True):
                 rate = rates[method, amp] = training_rate(method, device, amp, batch, train_calls)
                 rows.append({"device": device.type, "method": method, "precision": "amp" if amp else "fp32",
                              "train img/s": f"{rate:.3g} (batch {batch})", "step time": cost(batch / rate),

@@ -12,8 +12,8 @@ def test_worker_counts_are_powers_of_two_up_to_the_usable_cpus(monkeypatch, cpus
     assert worker_counts() == expected
 
 
-@pytest.mark.parametrize("cpus, local_world, limit, expected",
-                         [(16, None, None, 16), (16, "4", None, 4), (16, None, 8, 8), (2, "8", None, 1), (6, "2", 8, 3)])
+@pytest.mark.parametrize("cpus, local_world, limit, expected", [
+    (16, None, None, 16), (16, "4", None, 4), (16, None, 8, 8), (2, "8", None, 1), (6, "2", 8, 3)])
 def test_cpus_per_process_shares_the_cpus_among_local_processes(monkeypatch, cpus, local_world, limit, expected):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
     if local_world is None:

@@ -69,6 +69,22 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
 
+def test_amp_and_channels_last_on_the_cpu(toy, tmp_path):
+    work = tmp_path / "amp"
+    run("train_cam.py", *data_args(toy), "--work-dir", work, "--method", "ae_sipe", "--epochs", "1", "--amp",
+        "--channels-last", *TINY_TRAIN)
+    weights = torch.load(work / "ckpt" / "cam.pth", weights_only=False)["model"]
+    floats = [w for w in weights.values() if w.is_floating_point()]
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in floats)
+    run("make_cam.py", *data_args(toy), "--work-dir", work, "--device", "cpu", "--num-workers", "0",
+        "--scales", "1.0", "--amp", "--channels-last")
+    for path in sorted((work / "cam").glob("*.npy")):
+        record = np.load(path, allow_pickle=True).item()
+        height, width = read_image(toy / "JPEGImages" / f"{path.stem}.jpg").shape[:2]
+        assert record["cam"].shape == (len(record["keys"]), height, width)
+        assert np.isfinite(record["cam"]).all() and record["cam"].min() >= 0 and record["cam"].max() <= 1
+
+
 def test_torchrun_two_processes_train_and_split_inference(toy, tmp_path):
     work = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from bench.baselines import broadcast_structure_seeds, grouped_conv_pamr
 from net.backbone import ResNet50, resnet50
 from net.pamr import PAMR
-from net.sipe import SIPENet, multiscale_maps, prototypes, reactivate, structure_seeds
+from net.sipe import (SIPENet, label_mask, multiscale_maps, normalized_cam, prototypes, reactivate,
+                      structure_seeds)
+from tools import stage
 from tools.io import PipelineError
 
 
@@ -160,6 +162,19 @@ def test_training_pass_gives_finite_losses_and_gradients(method):
     loss.backward()
     assert model.classifier.weight.grad.abs().sum() > 0
     assert model.side[0].weight.grad.abs().sum() > 0
+
+
+def test_amp_runs_the_backbone_in_bf16_and_the_prototype_branch_in_fp32():
+    torch.manual_seed(0)
+    model = SIPENet(4, "ae_sipe", pretrained="none").train()
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    with stage.autocast(torch.device("cpu"), True):
+        raw_cam, hierarchy, x4 = model.extract(images)
+        cam = F.interpolate(normalized_cam(raw_cam), hierarchy.shape[-2:], mode="bilinear", align_corners=True)
+        is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy, x4, label_mask(labels), images)
+    assert raw_cam.dtype == x4.dtype == torch.bfloat16
+    assert is_cam.dtype == ae_is_cam.dtype == torch.float32
+    assert torch.isfinite(is_cam).all() and torch.isfinite(ae_is_cam).all()
 
 
 @pytest.mark.parametrize("method", ["sipe", "ae_sipe"])

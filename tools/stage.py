@@ -31,7 +31,11 @@ def add_runtime_args(parser):
                        help="auto: CUDA when present (one GPU per torchrun process), else the CPU")
     group.add_argument("--num-workers", type=int, default=dist.cpus_per_process(limit=8),
                        help="data-loading processes; the default is this process's share of the CPUs, at most 8")
-    group.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
+    group.add_argument("--channels-last", action="store_true",
+                       help="channels-last memory format (faster convolutions, on GPUs and CPUs)")
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision: bf16 (fp16 on GPUs without bf16); fast on GPUs and on CPUs with "
+                            "bf16 instructions (avx512_bf16, AMX)")
 
 
 class LogFile(logging.FileHandler):
@@ -86,17 +90,25 @@ def progress(iterable, is_main=True, **kwargs):
     return tqdm(iterable, disable=not is_main, dynamic_ncols=True, **kwargs)
 
 
+def channels_last(model, enabled):
+    """``model`` in channels-last memory format when ``enabled`` (``--channels-last``)."""
+    return model.to(memory_format=torch.channels_last) if enabled else model
+
+
 def amp_dtype(device, enabled):
-    """The mixed-precision type on CUDA when ``enabled`` (bf16 where supported, else fp16), or None."""
-    if not enabled or device.type != "cuda":
+    """The mixed-precision type when ``enabled``, else None: bf16, or fp16 on a GPU
+    without bf16."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def autocast(device, enabled):
-    """Mixed precision on CUDA when ``enabled``; a no-op elsewhere."""
+    """Mixed precision on ``device`` when ``enabled`` (``amp_dtype``); else a no-op."""
     dtype = amp_dtype(device, enabled)
-    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def grad_scaler(device, enabled):

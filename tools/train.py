@@ -103,7 +103,6 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     parser.add_argument("--resize-long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"),
                         help="range of the random long-side resize")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
     parser.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
     parser.add_argument("--log-every", type=int, default=20, help="steps between loss log lines")
     parser.add_argument("--resume", action="store_true", help="continue from the *_last.pth checkpoint")
@@ -208,7 +207,7 @@ def prepare_model(model, device, channels_last):
     """The model in channels-last format on request; on CUDA, cuDNN picks its fastest
     kernels for the fixed training crop size (autotuning)."""
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return stage.channels_last(model, channels_last)
 
 
 def train_step(model, batch, loss_fn, optimizer, scaler, clip_grad, amp):
