@@ -1,12 +1,13 @@
-"""``python -m bench [NAME ...]``: run the benchmarks and print one combined table.
+"""``python -m bench [NAME ...]``: run the benchmarks and print their tables.
 
 NAME is any of structure_seeds, pamr, random_walk, confusion, crf, loading, throughput
 (default: all, in that order).  Each row of the first table gives the component, the
 device, the input size, the baseline's and our time / peak extra memory, their ratios
 and a check that both give the same result; the worker-process rows (crf, loading) set
 each process count against one process.  The second table (throughput) gives training
-and make_cam images per second.  GPU rows are added when CUDA is available.  Timings are only meaningful on an otherwise
-idle machine: the load average is printed before and after.
+and make_cam images per second.  GPU rows are added when CUDA is available.  Timings
+are only meaningful on an otherwise idle machine: the load average is printed before
+and after.
 """
 import argparse
 import os
