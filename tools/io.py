@@ -55,30 +55,38 @@ def remove_stale_temporaries(folder, stems=("*",)):
                 tmp.unlink()
 
 
+@contextlib.contextmanager
+def _opened_image(path, kind, name):
+    """The loaded PIL image of ``path``: a missing file is "<kind> file not found", any
+    failure to decode it or to convert it in the ``with`` block "cannot read <name>"."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: {kind} file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            yield img
+    except PipelineError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise PipelineError(f"{path}: cannot read {name} ({exc})") from exc
+
+
 def read_image(path):
     """Read an image file as uint8 RGB [H, W, 3].
 
     Grayscale, palette, CMYK, RGBA and 16-bit images are converted to 8-bit RGB.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                canvas = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(canvas, img)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except PipelineError:
-        raise
-    except Exception as exc:  # PIL raises many types for corrupt files
-        raise PipelineError(f"{path}: cannot read image ({exc})") from exc
+    with _opened_image(path, "image", "image") as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if arr.max() > 255 else 255.0
+            img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            canvas = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(canvas, img)
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(rgb)
 
 
@@ -94,19 +102,10 @@ def image_size(path):
 def read_label_png(path, num_classes=None):
     """Read a label map (palette or grayscale PNG) as uint8 [H, W] of class ids; with
     ``num_classes``, every value must be a class id below it or 255 (ignore / unsure)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: label file not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("P", "L"):
-                raise PipelineError(f"{path}: label PNG must be palette or grayscale, not {img.mode}")
-            labels = np.array(img, dtype=np.uint8)
-    except PipelineError:
-        raise
-    except Exception as exc:
-        raise PipelineError(f"{path}: cannot read label PNG ({exc})") from exc
+    with _opened_image(path, "label", "label PNG") as img:
+        if img.mode not in ("P", "L"):
+            raise PipelineError(f"{path}: label PNG must be palette or grayscale, not {img.mode}")
+        labels = np.array(img, dtype=np.uint8)
     if num_classes is not None:
         bad = np.unique(labels[(labels >= num_classes) & (labels != 255)])
         if bad.size:
