@@ -59,38 +59,53 @@ def _release_free_heap():
         libc.malloc_trim(0)
 
 
-def measure(fn, device, repeat=3):
-    """Run ``fn()`` ``repeat`` times; return (best seconds, peak extra bytes of one call).
+def synchronize(device):
+    """Wait for the work queued on ``device`` (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_once(fn, device):
+    """Run ``fn()`` once; return (seconds, peak extra bytes, its result).
 
     Peak extra memory is the CUDA allocator's peak above the memory in use before the call
     on a GPU, and the growth of the process's peak RSS on the CPU (Linux only), with the
-    C heap's free pages released before.  The C allocator's thresholds are fixed before
-    anything runs (see ``_settle_allocator``): results do not depend on what ran before.
+    C heap's free pages released before.
+    """
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _release_free_heap()
+        before = _rss_bytes("VmRSS")
+        _reset_peak_rss()
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes("VmHWM")
+    return seconds, peak - before, result
+
+
+def measure(fn, device, repeat=3):
+    """Run ``fn()`` ``repeat`` times; return (best seconds, peak extra bytes of one call,
+    as ``measure_once`` reads it).
+
+    The C allocator's thresholds are fixed before anything runs (see
+    ``_settle_allocator``): results do not depend on what ran before.
     """
     _settle_allocator()
     fn()  # warm-up: lazy initialisation, allocator caches
     best = float("inf")
     for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        _release_free_heap()
-        before = _rss_bytes("VmRSS")
-        _reset_peak_rss()
-        fn()
-        peak = _rss_bytes("VmHWM") - before
+    _, peak, _ = measure_once(fn, device)
     return best, peak
 
 

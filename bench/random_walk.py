@@ -13,14 +13,12 @@ import argparse
 import math
 import multiprocessing
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.measure import cost, ratio
+from bench.measure import cost, measure_once, ratio
 from tools.random_walk import (directions, pairs_within_radius, path_max_affinity,
                                propagate_with_boundary, random_walk)
 
@@ -93,39 +91,6 @@ def _dense(case, cam, guide, squarings):
     return None
 
 
-def _rss_kib(field):
-    """A ``Vm*`` field of /proc/self/status in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _measure(fn, device):
-    """Run ``fn()`` once: ``(seconds, peak growth in MB or None, result)``."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            base = _rss_kib("VmRSS") * 1024
-        except OSError:
-            base = None
-    start = time.perf_counter()
-    result = fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        peak = None if base is None else _rss_kib("VmHWM") * 1024 - base
-    return seconds, None if peak is None else peak / 2**20, result
-
-
 def _method(case, squarings, device):
     """A callable running ours (``squarings`` None) or the dense form on seeded inputs."""
     cam, guide = _inputs(case, device)
@@ -148,10 +113,10 @@ def _child(case_index, squarings, device, repeat, threads):
     with torch.no_grad():
         _method(dict(case, size=(12, 12)), squarings, device)()
         fn = _method(case, squarings, device)
-        cold = _measure(fn, device)
-        runs = [_measure(fn, device) for _ in range(repeat)] or [cold]
+        cold = measure_once(fn, torch.device(device))
+        runs = [measure_once(fn, torch.device(device)) for _ in range(repeat)] or [cold]
     seconds, _, result = min(runs, key=lambda r: r[0])
-    return seconds, cold[1], None if result is None else result.cpu()
+    return seconds, cold[1] / 2**20, None if result is None else result.cpu()
 
 
 def _isolated(context, *args):

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from bench.measure import cost, devices, ratio, table
+from bench.measure import cost, devices, ratio, synchronize, table
 from net.sipe import METHODS, SIPENet, multiscale_maps
 from tools import stage
 from tools.train import prepare_model, to_device, train_step
@@ -21,18 +21,13 @@ from train_cam import classifier_losses
 VOC_CLASSES = 21
 
 
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _images_per_second(fn, images_per_call, device, calls):
     fn()  # warm-up
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(calls):
         fn()
-    _synchronize(device)
+    synchronize(device)
     return images_per_call * calls / (time.perf_counter() - start)
 
 
