@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.datasets import build_source
+from data.datasets import CROWD_MODES, build_source
 from tools import dist, stage
 from tools.io import PipelineError, check_cam, image_size, load_cam, read_label_png
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
@@ -33,6 +33,10 @@ def parse_args(argv=None):
     parser.add_argument("--sweep", action="store_true",
                         help=f"try the constant background thresholds {SWEEP[0]}..{SWEEP[-1]} and keep the best")
     parser.add_argument("--tag", help="row name in results.md (default: the map name or the label folder)")
+    parser.add_argument("--note", help="text added to the row's note column (e.g. which checkpoint made the maps)")
+    parser.add_argument("--coco-crowd", choices=CROWD_MODES, default="background",
+                        help="COCO ground truth: crowd regions are background (0, as the published masks) "
+                             "or ignored (255)")
     parser.add_argument("--num-workers", type=int, default=dist.cpus_per_process(),
                         help="processes that read the files; the default is the CPUs available")
     args = parser.parse_args(argv)
@@ -84,7 +88,7 @@ def main(argv=None):
     work_dir = stage.prepare_run(args, "eval_cam")
     if not args.label_dir:
         args.cam_dir = args.cam_dir or str(work_dir / "cam")
-    source = build_source(args.dataset, args.data_root)
+    source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
     names = source.ids(args.split)
     if args.sweep:
         backgrounds = [("const", t) for t in SWEEP]
@@ -112,6 +116,8 @@ def main(argv=None):
     else:
         tag = args.tag or args.map
         entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"
+    if args.note:
+        entry["note"] = f"{entry['note']}; {args.note}"
     if args.sweep:
         entry["sweep"] = {str(t): e["miou"] for (_, t), e in zip(backgrounds, entries)}
         for (_, t), e in zip(backgrounds, entries):

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import InferenceDataset, build_source
-from data.transforms import normalize
+from data.transforms import scaled_images
 from net.sipe import SIPENet, multiscale_maps
 from tools import dist, stage
 from tools.io import save_cam, write_image
@@ -46,7 +46,8 @@ def main(argv=None):
     source.check_split(args.split)
     checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",
                                  {"kind": "cam", "num_classes": source.num_classes})
-    model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none")
+    model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none",
+                    backbone=checkpoint.get("backbone", "resnet50"))
     model.load_state_dict(checkpoint["model"])
     model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
     final_map = FINAL_MAP[checkpoint["method"]]
@@ -57,10 +58,10 @@ def main(argv=None):
     loader = DataLoader(InferenceDataset(source, args.split, ids=todo), batch_size=1, collate_fn=single,
                         num_workers=args.num_workers)
     for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
-        image = normalize(item["image"])[None].to(info.device)
+        images = [scaled.to(info.device) for scaled in scaled_images(item["image"], args.scales)]
         keys = torch.as_tensor(item["keys"], device=info.device)
         with stage.autocast(info.device, args.amp):
-            maps = multiscale_maps(model, image, keys, tuple(args.scales))
+            maps = multiscale_maps(model, images, keys, item["image"].shape[:2])
         maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
         extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
         save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], method=checkpoint["method"],

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from data.datasets import build_source
 from data.palette import voc_palette
 from data.transforms import normalize
-from net.affinity import build_affinity_net, walk_affinitynet, walk_irn
+from net.affinity import WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
 from tools import dist, stage
 from tools.crf import crf_labels
 from tools.io import check_cam, load_cam, read_image, write_image, write_label_png
@@ -32,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--bg-scale", type=float, default=1.0, help="--no-affinity: factor on the background")
     parser.add_argument("--cam-dir", help="CAM files of stage 2 (default: WORK_DIR/cam)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files to propagate")
+    parser.add_argument("--radius", type=int, default=WALK_RADIUS,
+                        help="random-walk pairs within this radius, whatever radius the network trained at")
     parser.add_argument("--beta", type=float, help="affinity power (default: 8 for affinitynet, 10 for irn)")
     parser.add_argument("--steps", type=int, default=256, help="random-walk steps t (2^8)")
     parser.add_argument("--alpha", type=float, default=16, help="affinitynet: background (1 - max fg) ** alpha")
@@ -42,6 +44,18 @@ def parse_args(argv=None):
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
     return parser.parse_args(argv)
+
+
+def walk(model, arch, image, cam, beta, args):
+    """The random walk's label indices [H, W] of one image from its CAM [K, H, W] (SPEC 10)."""
+    pixels = normalize(image)[None].to(cam.device)
+    with torch.no_grad(), stage.autocast(cam.device, args.amp):
+        if arch == "irn":
+            walked = walk_irn(boundary_map(model, pixels), cam, args.radius, beta, args.steps, args.power)
+        else:
+            walked = walk_affinitynet(model(pixels).float(), cam, args.radius, beta, args.steps, args.alpha)
+            walked = F.interpolate(walked[None], image.shape[:2], mode="bilinear", align_corners=False)[0]
+    return walked.argmax(dim=0)
 
 
 def crf_refine(image_path, label_index, keys, out_path):
@@ -64,9 +78,9 @@ def main(argv=None):
         arch, beta, model = "none", 0, None
     else:
         checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
-        arch, radius = checkpoint["arch"], checkpoint["radius"]
+        arch = checkpoint["arch"]
         beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
-        model = build_affinity_net(arch, pretrained="none")
+        model = build_affinity_net(arch, pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
         model.load_state_dict(checkpoint["model"])
         model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
 
@@ -87,15 +101,7 @@ def main(argv=None):
             cam[0] *= args.bg_scale
             label_index = cam.argmax(axis=0)
         else:
-            with torch.no_grad(), stage.autocast(info.device, args.amp):
-                output = model(normalize(image)[None].to(info.device))
-            cam = torch.from_numpy(cam).to(info.device)
-            if arch == "affinitynet":
-                walked = walk_affinitynet(output.float(), cam, radius, beta, args.steps, args.alpha)
-            else:
-                walked = walk_irn(output, cam, radius, beta, args.steps, args.power)
-            walked = F.interpolate(walked[None], image.shape[:2], mode="bilinear", align_corners=False)[0]
-            label_index = walked.argmax(dim=0).cpu().numpy()
+            label_index = walk(model, arch, image, torch.from_numpy(cam).to(info.device), beta, args).cpu().numpy()
         labels = keys[label_index].astype(np.uint8)
         write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
         shown = (name, image, labels) if index < args.visualize else None

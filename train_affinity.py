@@ -8,16 +8,22 @@ import torch.nn.functional as F
 from data.datasets import AffinityDataset, build_source
 from data.transforms import TrainTransform
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
+from net.backbone import BACKBONES
 from tools import dist, stage
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
 from tools.train import add_training_args, train, unwrap
 
-# SPEC 9 training constants per architecture (flags left unset take these).
+# SPEC 9 training constants per architecture (flags left unset take these).  IRN trains its
+# pairs at radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5.
 ARCH_DEFAULTS = {
-    "affinitynet": {"epochs": 8, "crop_size": 448, "batch_size": 8, "lr": 0.1, "new_layer_lr_mult": 10.0},
-    "irn": {"epochs": 3, "crop_size": 512, "batch_size": 32, "lr": 0.1, "new_layer_lr_mult": 1.0},
+    "affinitynet": {"epochs": 8, "crop_size": 448, "batch_size": 8, "lr": 0.1, "new_layer_lr_mult": 10.0,
+                    "radius": 5, "scale_range": None},
+    "irn": {"epochs": 3, "crop_size": 512, "batch_size": 32, "lr": 0.1, "new_layer_lr_mult": 1.0,
+            "radius": 10, "scale_range": (0.5, 1.5)},
 }
+# How the label maps reach the network's output size: PIL's nearest for IRN (SPEC 9).
+LABEL_RESIZE = {"affinitynet": "nearest", "irn": "nearest-exact"}
 
 
 def parse_args(argv=None):
@@ -26,10 +32,14 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
     parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
-    parser.add_argument("--radius", type=int, default=5, help="pairs within this radius (SPEC 9)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
+    parser.add_argument("--radius", type=int, help="training pairs within this radius (SPEC 9)")
+    parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="rescale the image by a factor in this range instead of --resize-long")
     add_training_args(parser, batch_size=None, epochs=None, lr=None, crop_size=None, new_layer_lr_mult=None)
-    parser.epilog = "Unset --epochs, --crop-size, --batch-size, --lr, --new-layer-lr-mult take the values of --arch: " + \
-        "; ".join(f"{arch}: {values}" for arch, values in ARCH_DEFAULTS.items())
+    parser.epilog = ("Unset --epochs, --crop-size, --batch-size, --lr, --new-layer-lr-mult, --radius, --scale-range "
+                     "take the values of --arch: " + "; ".join(f"{arch}: {values}" for arch, values in
+                                                               ARCH_DEFAULTS.items()))
     args = parser.parse_args(argv)
     for key, value in ARCH_DEFAULTS[args.arch].items():
         if getattr(args, key) is None:
@@ -37,13 +47,13 @@ def parse_args(argv=None):
     return args
 
 
-def pair_losses(radius):
+def pair_losses(radius, label_resize="nearest"):
     """The loss function of one batch: network output -> pair affinities against the pair
-    labels of the label maps resized (nearest) to the output size (SPEC 9)."""
+    labels of the label maps resized (``label_resize``) to the output size (SPEC 9)."""
     def losses(model, batch):
         output = model(batch["image"])
         affinity = unwrap(model).affinity_of(output, radius)
-        labels = F.interpolate(batch["labels"][:, None].float(), output.shape[-2:], mode="nearest")[:, 0].long()
+        labels = F.interpolate(batch["labels"][:, None].float(), output.shape[-2:], mode=label_resize)[:, 0].long()
         pair_labels = [torch.stack(affinity_labels(label_map, radius)) for label_map in labels]
         bg_pos, fg_pos, neg = torch.stack(pair_labels, dim=1)
         return affinity_losses(affinity, bg_pos, fg_pos, neg)
@@ -65,12 +75,13 @@ def main(argv=None):
     if pairs_within_radius(args.radius, (side, side))[0].numel() == 0:
         raise PipelineError(f"--crop-size {args.crop_size}: the {side}x{side} map of {args.arch} at stride "
                             f"{STRIDE[args.arch]} has no pixel pairs within radius {args.radius}; use a larger crop")
-    transform = TrainTransform(tuple(args.resize_long), args.crop_size)
+    transform = TrainTransform(tuple(args.resize_long), args.crop_size, scale_range=args.scale_range)
     dataset = AffinityDataset(source, args.split, label_dir, transform, seed=args.seed)
-    model = build_affinity_net(args.arch, args.pretrained).to(info.device)
-    meta = {"kind": "affinity", "arch": args.arch, "radius": args.radius}
+    model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
+    meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius}
     try:
-        train(model, dataset, pair_losses(args.radius), args, info, work_dir, "affinity", meta)
+        train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), args, info, work_dir, "affinity",
+              meta)
     finally:
         dist.shutdown(info)
 

@@ -3,6 +3,7 @@ import torch
 
 from data.datasets import ClassificationDataset, build_source
 from data.transforms import TrainTransform
+from net.backbone import BACKBONES
 from net.sipe import METHODS, SIPENet
 from tools import dist, stage
 from tools.train import add_training_args, train
@@ -13,6 +14,7 @@ def parse_args(argv=None):
     stage.add_dataset_args(parser, split_default="train_aug")
     stage.add_runtime_args(parser)
     parser.add_argument("--method", choices=METHODS, default="sipe", help="sipe, or ae_sipe (PAMR-refined seeds)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
     parser.add_argument("--bg-scale", type=float, default=0.5, help="background IoU factor of the structure seeds")
     add_training_args(parser, batch_size=16, epochs=5, lr=0.1, crop_size=512, new_layer_lr_mult=10.0,
                       clip_grad=1.0)
@@ -34,8 +36,8 @@ def main(argv=None):
     source.check_split(args.split)
     dataset = ClassificationDataset(source, args.split, TrainTransform(tuple(args.resize_long), args.crop_size),
                                     seed=args.seed)
-    model = SIPENet(source.num_classes, args.method, args.pretrained, args.bg_scale).to(info.device)
-    meta = {"kind": "cam", "method": args.method, "num_classes": source.num_classes}
+    model = SIPENet(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale).to(info.device)
+    meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes}
     try:
         train(model, dataset, classifier_losses, args, info, work_dir, "cam", meta)
     finally:

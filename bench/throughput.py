@@ -10,9 +10,11 @@ Random weights and data: BatchNorm trains, as with ``--pretrained none``.
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from bench.measure import cost, devices, ratio, synchronize, table
+from data.transforms import scaled_images
 from net.sipe import METHODS, SIPENet, multiscale_maps
 from tools import stage
 from tools.train import prepare_model, to_device, train_step
@@ -47,15 +49,17 @@ def training_rate(method, device, amp, batch, calls):
 
 
 def inference_rate(method, device, amp, calls):
-    """make_cam images per second (four scales, each with its flip) on a 500x375 image."""
+    """make_cam images per second (four scales, each with its flip, resized as make_cam does
+    from the uint8 image) on a 500x375 image."""
     torch.backends.cudnn.benchmark = False  # as in make_cam: every scale of every image has its own size
     model = stage.channels_last(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).eval(), True)
-    image = torch.randn(1, 3, 375, 500, generator=torch.Generator().manual_seed(0)).to(device)
+    image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
     keys = torch.tensor([0, 3, 15], device=device)
 
     def infer():
+        scaled = [x.to(device) for x in scaled_images(image, (1.0, 0.5, 1.5, 2.0))]
         with stage.autocast(device, amp):
-            multiscale_maps(model, image, keys)
+            multiscale_maps(model, scaled, keys, image.shape[:2])
     return _images_per_second(infer, 1, device, calls)
 
 

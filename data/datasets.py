@@ -21,6 +21,7 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
 IGNORE = 255
+CROWD_MODES = ("background", "ignore")  # COCO crowd regions in the masks: 0 (as published) or 255
 VOC_HINT = ("VOCdevkit/VOC2012 with JPEGImages/, SegmentationClass/, Annotations/ and ImageSets/Segmentation/ "
             "(get VOCtrainval_11-May-2012.tar, plus SBD's SegmentationClassAug in VOC2012/ for train_aug)")
 COCO_HINT = ("train2014/, val2014/ and annotations/instances_{train,val}2014.json (get train2014.zip, "
@@ -246,20 +247,26 @@ class COCOSource(Source):
 
     The categories map to contiguous ids 1..K in ascending category-id order.  A split holds
     the images with at least one non-crowd annotation; labels are the classes of those
-    annotations.  Semantic masks are rendered on first request (larger instances first,
-    crowd regions 255) and cached as PNGs in ``cache_dir/<split>2014/``
-    (default ``cache_dir``: ``root/semantic_masks``).  Annotation files load on first use.
+    annotations.  Semantic masks are rendered on first request as the published ones
+    (non-crowd instances painted in annotation order, crowd regions 0; with
+    ``crowd="ignore"`` crowd regions that no instance covers are 255) and cached as PNGs in
+    ``cache_dir/<split>2014/`` (default ``cache_dir``: ``root/semantic_masks``, or
+    ``root/semantic_masks_crowd_ignore``).  Annotation files load on first use.
     """
 
     name = "coco"
     ID_PATTERN = re.compile(r"COCO_(train|val)2014_\d+")
 
-    def __init__(self, root, cache_dir=None):
+    def __init__(self, root, cache_dir=None, crowd="background"):
         super().__init__(root)
         if not (self.root / "annotations").is_dir():
             what = "folder not found" if not self.root.is_dir() else "no annotations/ folder"
             raise PipelineError(f"{self.root}: COCO 2014 {what}; expected {COCO_HINT}")
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "semantic_masks"
+        if crowd not in CROWD_MODES:
+            raise PipelineError(f"unknown COCO crowd mode {crowd!r} (choose from {', '.join(CROWD_MODES)})")
+        self.crowd = crowd
+        default_cache = "semantic_masks" if crowd == "background" else "semantic_masks_crowd_ignore"
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / default_cache
         self._apis = {}
         self._class_of_category = None
         self._class_names = None
@@ -328,13 +335,21 @@ class COCOSource(Source):
         return np.array(classes, dtype=np.int64)
 
     def render_mask(self, image_id):
-        """Semantic uint8 mask of an image from its instances: larger first, crowd = 255."""
+        """Semantic uint8 mask of an image (SPEC 3): the non-crowd instances painted in
+        annotation order (a later one over an earlier one), crowd regions 0, or 255 where
+        no instance covers them when ``crowd == "ignore"``."""
         api, number = self._image_record(image_id)
         info = api.imgs[number]
         mask = np.zeros((info["height"], info["width"]), dtype=np.uint8)
-        instances = [(api.annToMask(a).astype(bool), a) for a in api.imgToAnns[number]]
-        for region, ann in sorted(instances, key=lambda item: -int(item[0].sum())):
-            mask[region] = IGNORE if ann.get("iscrowd", 0) else self._class_of_category[ann["category_id"]]
+        crowd = np.zeros(mask.shape, dtype=bool)
+        for ann in api.imgToAnns[number]:
+            region = api.annToMask(ann).astype(bool)
+            if ann.get("iscrowd", 0):
+                crowd |= region
+            else:
+                mask[region] = self._class_of_category[ann["category_id"]]
+        if self.crowd == "ignore":
+            mask[crowd & (mask == 0)] = IGNORE
         return mask
 
     def mask_path(self, image_id):
@@ -348,10 +363,13 @@ SOURCES = {"voc": VOCSource, "coco": COCOSource, "custom": CustomSource}
 DATASETS = tuple(SOURCES)
 
 
-def build_source(dataset, root, **kw):
-    """The source of a dataset by name (one of DATASETS); ``kw`` go to its constructor."""
+def build_source(dataset, root, coco_crowd="background", **kw):
+    """The source of a dataset by name (one of DATASETS); ``kw`` go to its constructor,
+    ``coco_crowd`` (how COCO masks treat crowd regions) to COCO's only."""
     if dataset not in SOURCES:
         raise PipelineError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+    if dataset == "coco":
+        kw["crowd"] = coco_crowd
     return SOURCES[dataset](root, **kw)
 
 

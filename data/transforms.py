@@ -1,10 +1,12 @@
 """Image transforms for training and inference (SPEC 3).
 
-Training: resize so that the long side is a uniform random integer in ``resize_long``
-(bilinear), random horizontal flip, ImageNet normalisation, random square crop padded
-with 0 (after normalisation) plus the crop's valid-pixel mask.  All randomness comes from
-the ``numpy.random.Generator`` passed in, drawn in this order: long side, flip, crop
-offset along y, crop offset along x.
+Every resize of an image is PIL's bicubic on the uint8 image, as the published loaders do
+it (label maps: PIL's nearest).  Training: resize so that the long side is a uniform random
+integer in ``resize_long`` (or, IRN's augmentation, by a factor uniform in ``scale_range``),
+random horizontal flip, ImageNet normalisation, random square crop padded with 0 (after
+normalisation) plus the crop's valid-pixel mask.  All randomness comes from the
+``numpy.random.Generator`` passed in, drawn in this order: long side (or factor), flip,
+crop offset along y, crop offset along x.
 """
 import numpy as np
 import torch
@@ -33,14 +35,28 @@ def denormalize(images):
     return (images * std + mean).clamp(0.0, 1.0)
 
 
-def resize_long(image, long_side):
-    """Bilinearly resize uint8 [H, W, 3] so that its longer side is ``long_side``."""
-    h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    size_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size_wh == (w, h):
+def resize_to(image, size_hw, resample=Image.BICUBIC):
+    """PIL resize of a uint8 image (or label map) to ``(h, w)``; unchanged if already that size."""
+    if tuple(size_hw) == image.shape[:2]:
         return image
-    return np.asarray(Image.fromarray(image).resize(size_wh, Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), resample))
+
+
+def rescale(image, scale, resample=Image.BICUBIC):
+    """PIL resize by ``scale``: the size is ``(round(h * scale), round(w * scale))``."""
+    h, w = image.shape[:2]
+    return resize_to(image, (max(1, round(h * scale)), max(1, round(w * scale))), resample)
+
+
+def resize_long(image, long_side):
+    """Resize uint8 [H, W, 3] (PIL bicubic) so that its longer side is ``long_side``."""
+    return rescale(image, long_side / max(image.shape[:2]))
+
+
+def scaled_images(image, scales):
+    """The scales of inference (SPEC 5.9): for each scale the uint8 image resized by PIL's
+    bicubic, then normalised -> [1, 3, h, w] tensors."""
+    return [normalize(image if scale == 1.0 else rescale(image, scale))[None] for scale in scales]
 
 
 def crop_axis(length, crop_size, rng):
@@ -68,13 +84,18 @@ def apply_crop(array, window, crop_size, fill=0):
 
 
 class TrainTransform:
-    """Training augmentation of SPEC 3; ``(image, rng) -> (image [3,S,S], valid [S,S])``."""
+    """Training augmentation of SPEC 3 and 9; ``(image, rng) -> (image [3,S,S], valid [S,S])``.
 
-    def __init__(self, resize_long=(320, 640), crop_size=512, flip=True):
-        lo, hi = resize_long
+    ``scale_range`` (IRN's augmentation) replaces the long-side resize by a rescale by a
+    factor uniform in that range.
+    """
+
+    def __init__(self, resize_long=(320, 640), crop_size=512, flip=True, scale_range=None):
+        lo, hi = scale_range or resize_long
         if not 0 < lo <= hi:
-            raise ValueError(f"resize_long must satisfy 0 < lo <= hi, got {resize_long}")
-        self.resize_long = (int(lo), int(hi))
+            raise ValueError(f"resize range must satisfy 0 < lo <= hi, got {(lo, hi)}")
+        self.resize_long = (int(lo), int(hi)) if scale_range is None else None
+        self.scale_range = (float(lo), float(hi)) if scale_range is not None else None
         self.crop_size = int(crop_size)
         self.flip = flip
 
@@ -85,12 +106,12 @@ class TrainTransform:
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), torch.from_numpy(valid)
 
     def with_labels(self, image, labels, rng, ignore_index=255):
-        """The same augmentation applied to an image and its label map (nearest resize,
+        """The same augmentation applied to an image and its label map (PIL nearest resize,
         padding ``ignore_index``): ``-> (image [3,S,S], labels int64 [S,S])`` (SPEC 9)."""
         if labels.shape != image.shape[:2]:
             raise ValueError(f"label map {labels.shape} and image {image.shape[:2]} differ in size")
         image, window, flipped = self._resize_flip(image, rng, with_flip=True)
-        labels = np.asarray(Image.fromarray(labels).resize(image.shape[1::-1], Image.NEAREST))
+        labels = resize_to(labels, image.shape[:2], Image.NEAREST)
         if flipped:
             labels = labels[:, ::-1]
         pixels = apply_crop(normalize_array(image), window, self.crop_size)
@@ -100,7 +121,10 @@ class TrainTransform:
 
     def _resize_flip(self, image, rng, with_flip=False):
         """Resize and maybe flip ``image`` and draw its crop window, in the documented rng order."""
-        image = resize_long(image, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
+        if self.scale_range is None:
+            image = resize_long(image, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
+        else:
+            image = rescale(image, float(rng.uniform(*self.scale_range)))
         flipped = bool(self.flip and rng.random() < 0.5)
         if flipped:
             image = image[:, ::-1]

@@ -3,22 +3,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import resnet50
+from net.backbone import CHANNELS, STEM_CHANNELS, build_backbone, freeze, stage_outputs
 from net.precision import full_precision
 from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_with_boundary, random_walk
 
 ARCHS = ("affinitynet", "irn")
 STRIDE = {"affinitynet": 8, "irn": 4}
+WALK_RADIUS = 5  # the random walk's pairs, whatever radius the network trained at (SPEC 10)
+IRN_CROP = 512  # IRN inference pads the image to its training crop (SPEC 9)
 
 
 class AffinityNet(nn.Module):
     """Stride-8 pixel embeddings; the affinity of a pair is ``exp(-mean_c |f_i - f_j|)``."""
 
-    def __init__(self, pretrained="imagenet"):
+    def __init__(self, pretrained="imagenet", backbone="resnet50"):
         super().__init__()
-        self.backbone = resnet50(pretrained)
+        self.backbone = build_backbone(backbone, pretrained)
+        self.frozen_stages = 0 if pretrained == "none" else 1  # the stem keeps its ImageNet weights
+        if self.frozen_stages:
+            freeze(self.backbone.conv1, self.backbone.bn1)
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
-                                  for cin, cout in zip(self.backbone.channels[1:], (64, 128, 256)))
+                                  for cin, cout in zip(CHANNELS[1:], (64, 128, 256)))
         self.fuse = nn.Conv2d(448, 448, 1, bias=False)
         for conv in (*self.side, self.fuse):
             nn.init.kaiming_normal_(conv.weight)
@@ -29,7 +34,7 @@ class AffinityNet(nn.Module):
 
     def forward(self, images):
         """Embeddings [N, 448, H/8, W/8]."""
-        _, x2, x3, x4 = self.backbone(images)
+        _, _, x2, x3, x4 = stage_outputs(self.backbone, images, self.frozen_stages)
         size = x2.shape[-2:]
         parts = [F.interpolate(F.elu(side(x)), size, mode="bilinear", align_corners=False)
                  for side, x in zip(self.side, (x2, x3, x4))]
@@ -52,21 +57,28 @@ def embedding_affinity(features, radius=5):
     return torch.exp(-(source - target).abs().mean(dim=1))
 
 
+def edge_branch(width, upsample=1):
+    """One of IRN's per-stage edge branches: 1x1 conv to 32, GroupNorm(4, 32), the
+    bilinear upsampling of the deeper stages (before the ReLU, as published), ReLU."""
+    layers = [nn.Conv2d(width, 32, 1, bias=False), nn.GroupNorm(4, 32)]
+    if upsample > 1:
+        layers.append(nn.Upsample(scale_factor=upsample, mode="bilinear", align_corners=False))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
+
+
 class BoundaryNet(nn.Module):
-    """IRN's class-boundary branch: a stride-4 map B in [0, 1] from the five backbone
-    stages of a frozen backbone (SPEC 9)."""
+    """IRN's class-boundary branch: a stride-4 map B in [0, 1] from the five stages
+    (stem, layer1..layer4) of a frozen backbone (SPEC 9)."""
 
-    widths = (64, 256, 512, 1024, 2048)
+    upsampling = (1, 1, 2, 4, 4)  # stem, layer1 at stride 4; layer2 at 8; layer3, layer4 at 16
 
-    def __init__(self, pretrained="imagenet"):
+    def __init__(self, pretrained="imagenet", backbone="resnet50"):
         super().__init__()
-        self.backbone = resnet50(pretrained)
-        for param in self.backbone.parameters():
-            param.requires_grad_(False)
-        self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, 32, 1, bias=False), nn.GroupNorm(4, 32), nn.ReLU(inplace=True))
-            for width in self.widths)
-        self.head = nn.Conv2d(32 * len(self.widths), 1, 1, bias=True)
+        self.backbone = build_backbone(backbone, pretrained)
+        freeze(self.backbone)
+        self.branches = nn.ModuleList(edge_branch(width, up) for width, up in
+                                      zip((STEM_CHANNELS, *CHANNELS), self.upsampling))
+        self.head = nn.Conv2d(32 * len(self.branches), 1, 1, bias=True)
 
     def param_groups(self):
         return [], [*self.branches.parameters(), *self.head.parameters()]
@@ -76,17 +88,16 @@ class BoundaryNet(nn.Module):
         self.backbone.eval()  # frozen: BatchNorm statistics included
         return self
 
+    def logits(self, images):
+        """Boundary logits [N, 1, h, w] at the stem's stride-4 size, before the sigmoid."""
+        features = stage_outputs(self.backbone, images, detach_until=5)
+        h, w = features[0].shape[-2:]
+        parts = [branch(x)[..., :h, :w] for branch, x in zip(self.branches, features)]
+        return self.head(torch.cat(parts, dim=1))
+
     def forward(self, images):
-        """Boundary map B [N, 1, H/4, W/4] in [0, 1]."""
-        with torch.no_grad():
-            stem, *layers = self.backbone.stages()
-            features = [stem(images)]
-            for layer in layers:
-                features.append(layer(features[-1]))
-        size = features[0].shape[-2:]
-        parts = [F.interpolate(branch(x.detach()), size, mode="bilinear", align_corners=False)
-                 for branch, x in zip(self.branches, features)]
-        return torch.sigmoid(self.head(torch.cat(parts, dim=1)))
+        """Boundary map B [N, 1, h, w] in [0, 1] (SPEC 9)."""
+        return torch.sigmoid(self.logits(images))
 
     @staticmethod
     def affinity_of(boundary, radius=5):
@@ -95,11 +106,30 @@ class BoundaryNet(nn.Module):
         return path_max_affinity(full_precision(boundary)[:, 0], radius)
 
 
-def build_affinity_net(arch, pretrained="imagenet"):
+def padded_size(length, crop_size=IRN_CROP):
+    """The crop size, or the next multiple of 16 above a longer side (SPEC 9)."""
+    return crop_size if length <= crop_size else -(-length // 16) * 16
+
+
+@torch.no_grad()
+def boundary_map(model, image, crop_size=IRN_CROP):
+    """IRN inference (SPEC 9): image [1, 3, H, W] normalised -> B [ceil(H/4), ceil(W/4)].
+
+    The image and its flip are zero-padded right and bottom to ``crop_size`` (as in
+    training), their logits cropped, averaged (flip undone) and passed through the sigmoid.
+    """
+    height, width = image.shape[-2:]
+    pair = torch.cat([image, image.flip(-1)])
+    pair = F.pad(pair, (0, padded_size(width, crop_size) - width, 0, padded_size(height, crop_size) - height))
+    logits = full_precision(model.logits(pair))[:, 0, :-(-height // 4), :-(-width // 4)]
+    return torch.sigmoid((logits[0] + logits[1].flip(-1)) / 2)
+
+
+def build_affinity_net(arch, pretrained="imagenet", backbone="resnet50"):
     if arch == "affinitynet":
-        return AffinityNet(pretrained)
+        return AffinityNet(pretrained, backbone)
     if arch == "irn":
-        return BoundaryNet(pretrained)
+        return BoundaryNet(pretrained, backbone)
     raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
 
 
@@ -132,10 +162,13 @@ def walk_affinitynet(embeddings, cam, radius=5, beta=8, t=256, alpha=16):
     return random_walk(pooled.flatten(1), affinity, tuple(size), radius, beta, t).view(pooled.shape)
 
 
-def walk_irn(boundary, cam, radius=5, beta=10, t=256, power=1.5):
-    """IRN's walk (SPEC 10): ``cam`` [K, H, W] average-pooled to the boundary size,
-    raised to ``power`` and multiplied by ``1 - B``, propagated along ``boundary``
-    [1, 1, h, w]; returns [K, h, w]."""
-    boundary = full_precision(boundary)[0, 0]
-    pooled = F.adaptive_avg_pool2d(cam[None], boundary.shape)[0]
-    return propagate_with_boundary(pooled ** power * (1 - boundary), boundary, radius, beta, t)
+def walk_irn(boundary, cam, radius=WALK_RADIUS, beta=10, t=256, power=1.5):
+    """IRN's walk (SPEC 10): ``cam`` [K, H, W] at the image size, bilinearly resized to the
+    size of ``boundary`` ([h, w] or [1, 1, h, w] from ``boundary_map``), raised to
+    ``power`` and multiplied by ``1 - B``, propagated along B, then upsampled x4
+    (bilinear) and cropped to H x W.  Returns the walked maps [K, H, W]."""
+    boundary = full_precision(boundary).reshape(boundary.shape[-2:])
+    height, width = cam.shape[-2:]
+    small = F.interpolate(full_precision(cam)[None], boundary.shape, mode="bilinear", align_corners=False)[0]
+    walked = propagate_with_boundary(small ** power * (1 - boundary), boundary, radius, beta, t)
+    return F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :height, :width]

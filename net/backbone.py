@@ -1,142 +1,133 @@
-"""ResNet-50 backbone at output stride 16 (SPEC 4).
+"""torchvision ResNet backbones at output stride 16 (SPEC 4).
 
-The architecture and parameter names are those of torchvision's ``resnet50`` so that its
-``IMAGENET1K_V1`` weights load unchanged; it is defined here because the torchvision
-wheels do not import against the CPU build of torch (README, "Backbone").
+The network is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
+parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
+torchvision's weights API.  What this module adds is only what torchvision does not do:
+the stride change of ``layer4``, BatchNorm that keeps its ImageNet statistics, the
+frozen early stages and the stage outputs.
 """
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision import models
 
 from tools.io import PipelineError
 
-IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-IMAGENET_WEIGHTS_FILE = IMAGENET_WEIGHTS_URL.rsplit("/", 1)[1]
+ARCHITECTURES = {
+    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
+}
+BACKBONES = tuple(ARCHITECTURES)
+CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4
+STEM_CHANNELS = 64
 
 
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, in_channels, width, stride=1, downsample=None):
-        super().__init__()
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics and never updates
+    them, in training too; its affine parameters still train (SPEC 4)."""
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
-def _make_layer(in_channels, width, blocks, stride):
-    out_channels = width * Bottleneck.expansion
-    downsample = None
-    if stride != 1 or in_channels != out_channels:
-        downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                   nn.BatchNorm2d(out_channels))
-    layers = [Bottleneck(in_channels, width, stride, downsample)]
-    layers += [Bottleneck(out_channels, width) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
+def hub_weights_path(backbone):
+    """Where the torch hub cache keeps the ImageNet weights of ``backbone``."""
+    url = ARCHITECTURES[backbone][1].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
 
 
-class ResNet50(nn.Module):
-    """ResNet-50 returning the outputs of layer1..layer4 (strides 4, 8, 16, 16).
+def read_weights(pretrained, backbone):
+    """The state dict of ``--pretrained`` (``imagenet``, ``none`` or a file), or None.
 
-    ``frozen_bn``: BatchNorm keeps its running statistics in training too, and the stem
-    (``conv1``, ``bn1``) does not train (SPEC 4, with ImageNet weights).
+    ``imagenet`` goes through torchvision's weights API, offline: the file must be in the
+    torch hub cache.  A file may be a torchvision state dict or a checkpoint of this
+    pipeline (its ``backbone.*`` tensors).
     """
-
-    channels = (256, 512, 1024, 2048)
-
-    def __init__(self, frozen_bn=True):
-        super().__init__()
-        self.frozen_bn = frozen_bn
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = _make_layer(64, 64, 3, 1)
-        self.layer2 = _make_layer(256, 128, 4, 2)
-        self.layer3 = _make_layer(512, 256, 6, 2)
-        self.layer4 = _make_layer(1024, 512, 3, 1)  # stride 1, no dilation: output stride 16
-        if frozen_bn:
-            for param in (*self.conv1.parameters(), *self.bn1.parameters()):
-                param.requires_grad_(False)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x1 = self.layer1(x)
-        x2 = self.layer2(x1)
-        x3 = self.layer3(x2)
-        x4 = self.layer4(x3)
-        return x1, x2, x3, x4
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.frozen_bn:
-            for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.eval()
-        return self
-
-    def stages(self):
-        """The five stages (stem, layer1..4), for heads that tap all of them (IRN)."""
-        return (nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool),
-                self.layer1, self.layer2, self.layer3, self.layer4)
-
-
-def resolve_weights(pretrained):
-    """Path of the weights for ``--pretrained`` (``imagenet``, ``none`` or a file); None for none."""
     if pretrained == "none":
         return None
     if pretrained == "imagenet":
-        path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS_FILE
+        path = hub_weights_path(backbone)
         if not path.is_file():
-            raise PipelineError(
-                f"{path}: ImageNet weights not found (offline). Download {IMAGENET_WEIGHTS_URL} "
-                f"to that path, or pass --pretrained /path/to/{IMAGENET_WEIGHTS_FILE}")
-        return path
+            url = ARCHITECTURES[backbone][1].url
+            raise PipelineError(f"{path}: ImageNet weights not found (offline). Download {url} to that path, "
+                                f"or pass --pretrained /path/to/{path.name}")
+        return ARCHITECTURES[backbone][1].get_state_dict(progress=False)
     path = Path(pretrained)
     if not path.is_file():
         raise PipelineError(f"{path}: weights file not found (--pretrained takes imagenet, none or a path)")
-    return path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PipelineError(f"{path}: cannot read weights ({exc})") from exc
+    return backbone_state(state, path)
 
 
-def backbone_state(state):
-    """The ResNet-50 parameters of a weights file: torchvision's (``fc`` dropped), or the
-    backbone of one of this pipeline's checkpoints (``{"model": {"backbone.*": ...}}``)."""
-    if not isinstance(state, dict):
-        return {}
-    if isinstance(state.get("model"), dict):
+def backbone_state(state, path):
+    """The ResNet tensors of a weights file: torchvision's, or the backbone of one of this
+    pipeline's checkpoints (``{"model": {"backbone.*": ...}}``)."""
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
         prefix = "backbone."
         return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if not isinstance(state, dict):
+        raise PipelineError(f"{path}: not a state dict of ResNet weights")
+    return state
 
 
-def resnet50(pretrained="imagenet"):
-    """The backbone with ``--pretrained`` weights; without weights BatchNorm trains normally."""
-    path = resolve_weights(pretrained)
-    model = ResNet50(frozen_bn=path is not None)
-    if path is not None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise PipelineError(f"{path}: cannot read weights ({exc})") from exc
-        state = backbone_state(state)
-        expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-        wrong = sorted(k for k in expected if k not in state or getattr(state[k], "shape", None) != expected[k])
-        if wrong:
-            raise PipelineError(f"{path}: not ResNet-50 weights ({len(wrong)} parameters missing or of "
-                                f"another shape, e.g. {wrong[0]})")
-        model.load_state_dict(state, strict=False)
+def build_backbone(backbone="resnet50", pretrained="imagenet"):
+    """torchvision's ResNet with ``layer4`` at stride 1 without dilation (output stride 16,
+    strides 2, 2, 2, 1 as the published code) and no classification head.
+
+    With weights (``pretrained`` not ``none``) BatchNorm keeps the loaded statistics;
+    without, it trains normally.
+    """
+    if backbone not in ARCHITECTURES:
+        raise PipelineError(f"unknown backbone {backbone!r} (choose from {', '.join(BACKBONES)})")
+    state = read_weights(pretrained, backbone)
+    norm_layer = nn.BatchNorm2d if state is None else FrozenStatsBatchNorm2d
+    model = ARCHITECTURES[backbone][0](weights=None, norm_layer=norm_layer)
+    first = model.layer4[0]
+    first.conv2.stride = (1, 1)
+    first.downsample[0].stride = (1, 1)
+    model.fc = nn.Identity()
+    if state is not None:
+        load_backbone(model, state, pretrained)
     return model
+
+
+def load_backbone(model, state, source):
+    """Load the ResNet tensors of ``state`` (``fc`` ignored); a missing or misshapen one is an error."""
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    wrong = sorted(k for k in expected if getattr(state.get(k), "shape", None) != expected[k])
+    if wrong:
+        raise PipelineError(f"{source}: not weights of this backbone ({len(wrong)} tensors missing or of "
+                            f"another shape, e.g. {wrong[0]})")
+    model.load_state_dict({k: state[k] for k in expected}, strict=False)
+
+
+def stem(model):
+    """The stem of a torchvision ResNet: conv1, bn1, ReLU, max pool (stride 4)."""
+    return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+
+
+def freeze(*modules):
+    """No gradient for the parameters of ``modules``."""
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(False)
+
+
+def stage_outputs(model, images, detach_until=0):
+    """The outputs of the stem and layer1..layer4 of a torchvision ResNet.
+
+    The first ``detach_until`` of those five stages run without autograd (the published
+    SIPE detaches after ``layer2``: ``detach_until=3``; IRN after ``layer4``: 5).
+    """
+    stages = (stem(model), model.layer1, model.layer2, model.layer3, model.layer4)
+    outputs, x = [], images
+    for index, stage in enumerate(stages):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and index >= detach_until):
+            x = stage(x)
+        outputs.append(x)
+    return outputs

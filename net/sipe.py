@@ -4,12 +4,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.transforms import denormalize
-from net.backbone import resnet50
+from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
 from net.pamr import PAMR
 from net.precision import full_precision
 
 METHODS = ("sipe", "ae_sipe")
 SIDE_CHANNELS = (128, 128, 256, 256)
+FROZEN_STAGES = 3  # stem, layer1, layer2: the published forward is detached after layer2 (SPEC 4)
 
 
 def l2_normalize(x, dim=1, eps=1e-5):
@@ -74,11 +75,11 @@ def reactivate(prototypes, feature, eps=1e-8):
     return F.relu(torch.einsum("ncd,ndhw->nchw", p, f))
 
 
-def one_hot_argmax(maps, valid):
-    """Seeds from the argmax over classes of ``maps`` [N,C,h,w], masked by ``valid``
-    (SPEC 5.4, 6.3).  A scatter, not F.one_hot, which waits for the GPU to check its input."""
+def one_hot_argmax(maps, valid=None):
+    """Seeds from the argmax over classes of ``maps`` [N,C,h,w], masked by ``valid`` if
+    given (SPEC 5.4, 6.3).  A scatter, not F.one_hot, which waits for the GPU to check its input."""
     seeds = torch.zeros_like(maps).scatter_(1, maps.argmax(dim=1, keepdim=True), 1)
-    return seeds * valid
+    return seeds if valid is None else seeds * valid
 
 
 def gsc_loss(cam, is_cam):
@@ -93,20 +94,24 @@ def quarter_size(image):
 
 
 class SIPENet(nn.Module):
-    """ResNet-50 classifier with the SIPE (or AE-SIPE) prototype branch."""
+    """ResNet classifier with the SIPE (or AE-SIPE) prototype branch (SPEC 4-6).
 
-    def __init__(self, num_classes, method="sipe", pretrained="imagenet", bg_scale=0.5):
+    With pretrained weights the stem, ``layer1`` and ``layer2`` are frozen and run without
+    autograd; without (``pretrained="none"``) every layer trains.
+    """
+
+    def __init__(self, num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", bg_scale=0.5):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         self.method = method
         self.bg_scale = bg_scale
-        self.backbone = resnet50(pretrained)
-        self.classifier = nn.Conv2d(2048, num_classes - 1, 1, bias=False)
-        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
-                                  for cin, cout in zip(self.backbone.channels, SIDE_CHANNELS))
-        for conv in (self.classifier, *self.side):
-            nn.init.xavier_uniform_(conv.weight)
+        self.backbone = build_backbone(backbone, pretrained)
+        self.frozen_stages = 0 if pretrained == "none" else FROZEN_STAGES
+        if self.frozen_stages:
+            freeze(self.backbone.conv1, self.backbone.bn1, self.backbone.layer1, self.backbone.layer2)
+        self.classifier = nn.Conv2d(CHANNELS[-1], num_classes - 1, 1, bias=False)
+        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(CHANNELS, SIDE_CHANNELS))
         self.pamr = PAMR() if method == "ae_sipe" else None
 
     def param_groups(self):
@@ -116,35 +121,32 @@ class SIPENet(nn.Module):
         return backbone, new
 
     def extract(self, images):
-        """Backbone pass: (raw CAM [N,C-1,h,w], hierarchical features [N,768,h,w], x4)."""
-        x1, x2, x3, x4 = self.backbone(images)
+        """Backbone pass: (raw CAM [N,C-1,h,w], hierarchical features [N,768,h,w], x4) (SPEC 5.1, 5.3)."""
+        _, x1, x2, x3, x4 = stage_outputs(self.backbone, images, self.frozen_stages)
         size = x3.shape[-2:]
-        hierarchy = [F.interpolate(l2_normalize(side(x.detach())), size, mode="bilinear", align_corners=True)
+        hierarchy = [F.interpolate(l2_normalize(side(x.detach())), size, mode="bilinear", align_corners=False)
                      for side, x in zip(self.side, (x1, x2, x3, x4))]
         return self.classifier(x4), torch.cat(hierarchy, dim=1), x4
 
-    def seed_feature(self, hierarchy, x4):
-        """SIPE's seeds come from the last stage, AE-SIPE's from the hierarchy (SPEC 6.1)."""
-        return hierarchy if self.method == "ae_sipe" else x4.detach()
-
-    def prototype_maps(self, cam, hierarchy, x4, valid, images):
+    def prototype_maps(self, cam, hierarchy, seed_feature, valid, images):
         """IS-CAM and, for AE-SIPE, the max-normalised AE-IS-CAM (SPEC 5.4-5.6, 6.2-6.3).
 
-        cam is the normalised CAM with background [N,C,h,w]; images the normalised input.
+        cam is the normalised CAM with background [N,C,h,w]; seeds come from
+        ``seed_feature`` masked by ``valid``; images are the normalised input.
         Computed in full precision, also under AMP: the seeds are an argmax of small differences.
         """
         with torch.autocast(cam.device.type, enabled=False):
-            return self._prototype_maps(full_precision(cam), full_precision(hierarchy), full_precision(x4),
-                                        valid, images)
+            return self._prototype_maps(full_precision(cam), full_precision(hierarchy),
+                                        full_precision(seed_feature), valid, images)
 
-    def _prototype_maps(self, cam, hierarchy, x4, valid, images):
-        seeds = structure_seeds(cam, self.seed_feature(hierarchy, x4), valid, self.bg_scale)
+    def _prototype_maps(self, cam, hierarchy, seed_feature, valid, images):
+        seeds = structure_seeds(cam, seed_feature, valid, self.bg_scale)
         is_cam = reactivate(prototypes(seeds, hierarchy), hierarchy)
         if self.pamr is None:
             return is_cam, None
         refined = self.pamr(quarter_size(denormalize(images.float())), is_cam.detach())
         refined = F.interpolate(refined, is_cam.shape[-2:], mode="bilinear", align_corners=True)
-        ae_seeds = one_hot_argmax(refined, valid)
+        ae_seeds = one_hot_argmax(refined)  # not masked, as published (SPEC 6.3)
         ae_is_cam = max_normalize(reactivate(prototypes(ae_seeds, hierarchy), hierarchy))
         return is_cam, ae_is_cam
 
@@ -152,16 +154,19 @@ class SIPENet(nn.Module):
         """Training pass (SPEC 5.1-5.7): the classification and GSC losses and the scores.
 
         images [N,3,H,W] normalised, labels [N,C-1] multi-hot, valid_pixels [N,H,W].
+        SIPE's training seeds come from ``x4``, AE-SIPE's from the hierarchical features;
+        the CAM and the seeds are masked by the labels and the crop's valid pixels.
         """
         raw_cam, hierarchy, x4 = self.extract(images)
         score = raw_cam.mean(dim=(2, 3))
         cls_loss = F.multilabel_soft_margin_loss(score, labels)
         size = hierarchy.shape[-2:]
         cam = F.interpolate(normalized_cam(raw_cam), size, mode="bilinear", align_corners=True)
-        valid = label_mask(labels)
         pixels = F.interpolate(valid_pixels[:, None].float(), size, mode="nearest")
-        cam = cam * valid * pixels
-        is_cam, ae_is_cam = self.prototype_maps(cam, hierarchy, x4, valid, images)
+        valid = label_mask(labels) * pixels
+        cam = cam * valid
+        seed_feature = hierarchy if self.method == "ae_sipe" else x4.detach()
+        is_cam, ae_is_cam = self.prototype_maps(cam, hierarchy, seed_feature, valid, images)
         target = ae_is_cam if ae_is_cam is not None else is_cam
         return {"cls_loss": cls_loss, "gsc_loss": gsc_loss(cam, target), "score": score}
 
@@ -170,14 +175,17 @@ class SIPENet(nn.Module):
 def scale_maps(model, image, valid):
     """The maps of one scale (SPEC 5.9): image [1,3,H,W] normalised, fused with its flip.
 
+    The CAMs and hierarchical features of the image and its flip are summed (flip undone);
+    the seeds come from the hierarchical features, for SIPE too, masked by ``valid``
+    (the labels) while the CAM is not; AE-SIPE's PAMR sees the unflipped image.
     Returns a dict of [1,C,h,w] maps: ``plain_cam`` (foreground channels only),
     ``is_cam`` and, for AE-SIPE, ``ae_is_cam``.
     """
-    outputs = model.extract(torch.cat([image, image.flip(-1)]))
-    raw_cam, hierarchy, x4 = (x[:1] + x[1:].flip(-1) for x in outputs)
+    raw_cam, hierarchy, _ = model.extract(torch.cat([image, image.flip(-1)]))
+    raw_cam, hierarchy = (x[:1] + x[1:].flip(-1) for x in (raw_cam, hierarchy))
     cam = F.interpolate(normalized_cam(full_precision(raw_cam)), hierarchy.shape[-2:], mode="bilinear",
                         align_corners=True)
-    is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy, x4, valid, image)
+    is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy, hierarchy, valid, image)
     maps = {"plain_cam": cam[:, 1:], "is_cam": is_cam}
     if ae_is_cam is not None:
         maps["ae_is_cam"] = ae_is_cam
@@ -185,23 +193,22 @@ def scale_maps(model, image, valid):
 
 
 @torch.no_grad()
-def multiscale_maps(model, image, keys, scales=(1.0, 0.5, 1.5, 2.0)):
+def multiscale_maps(model, scaled_images, keys, size):
     """Multi-scale + flip inference (SPEC 5.9) for one image.
 
-    image [1,3,H,W] normalised; keys int64 [K] (0 first, then the image's classes).
-    Returns {name: float32 [K,H,W]} for ``plain_cam``, ``is_cam`` (and ``ae_is_cam``),
-    each in [0,1], background first.
+    scaled_images: the image at each scale, normalised [1,3,h,w] tensors (the resizing,
+    PIL's bicubic on the uint8 image, is ``data.transforms.scaled_images``); keys int64 [K]
+    (0 first, then the image's classes); size the image's (H, W).  Each scale's maps are
+    resized to ``size`` (bilinear) and summed.  Returns {name: float32 [K,H,W]} for
+    ``plain_cam``, ``is_cam`` (and ``ae_is_cam``), each in [0,1], background first.
     """
-    height, width = image.shape[-2:]
     num_classes = model.classifier.out_channels + 1
-    valid = torch.zeros(1, num_classes, 1, 1, device=image.device)
+    valid = torch.zeros(1, num_classes, 1, 1, device=keys.device)
     valid[0, keys] = 1
     summed = {}
-    for scale in scales:
-        scaled = image if scale == 1.0 else F.interpolate(
-            image, (round(height * scale), round(width * scale)), mode="bicubic", align_corners=False)
+    for scaled in scaled_images:
         for name, value in scale_maps(model, scaled, valid).items():
-            value = F.interpolate(value, (height, width), mode="bilinear", align_corners=False)
+            value = F.interpolate(value, tuple(size), mode="bilinear", align_corners=False)
             summed[name] = summed[name] + value if name in summed else value
     foreground = max_normalize(summed.pop("plain_cam")[0, keys[1:] - 1])
     plain = torch.cat([1 - foreground.amax(dim=0, keepdim=True), foreground])

@@ -19,7 +19,8 @@ usage: $0 [options]
   --data-root DIR       dataset folder (default: $DATA_ROOT)
   --work-dir DIR        run directory (default: runs/<dataset>_<method>, runs/toy with --toy)
   --method M            sipe or ae_sipe (default: $METHOD)
-  --affinity A          irn, affinitynet (PSA) or none (CAM + CRF only) (default: $AFFINITY)
+  --affinity A          irn, affinitynet (PSA) or none (the CRF labels of stage 4 are the pseudo-labels)
+                        (default: $AFFINITY)
   --gpus N              processes per machine for torchrun (default: 1: plain python)
   --nnodes N            machines; with --nnodes > 1 also set RDZV_ENDPOINT=host:port on every machine
   --STAGE "FLAGS"       extra flags for one stage, quoted, e.g. --train-cam "--amp --channels-last";
@@ -117,6 +118,9 @@ run_pipeline() {
     if [ "$METHOD" = ae_sipe ]; then bg_scale=0.8; bg_conf_scale=0.8; fi
     mkdir -p "$WORK_DIR"
     local evaluate=(python eval_cam.py "${data[@]}" --split "$EVAL_SPLIT" $(extra eval_cam))
+    # AE-SIPE's published VOC figure (65.78) is of the checkpoint with the best train mIoU
+    local checkpoint_note=()
+    [ "$DATASET" = voc ] && checkpoint_note=(--note "final checkpoint; the published 65.78 used best.pth")
 
     train_stage train_cam.py cam "${data[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
     echo "== make_cam"
@@ -124,18 +128,18 @@ run_pipeline() {
     echo "== eval_cam"
     "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
     "${evaluate[@]}" --map is_cam --tag "IS-CAM"
-    [ "$METHOD" = ae_sipe ] && "${evaluate[@]}" --map cam --bg-scale "$bg_scale" --tag "AE-IS-CAM"
+    if [ "$METHOD" = ae_sipe ]; then
+        "${evaluate[@]}" --map cam --bg-scale "$bg_scale" --tag "AE-IS-CAM" "${checkpoint_note[@]}"
+    fi
 
+    local mode=(--bg-conf-scale "$bg_conf_scale")
+    [ "$AFFINITY" = affinitynet ] && mode=(--mode psa)
+    echo "== make_affinity_labels"
+    launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" $(extra make_affinity_labels)
     if [ "$AFFINITY" = none ]; then
-        echo "== make_seg_labels (CAM + CRF, no affinity network)"
-        launch make_seg_labels.py "${data[@]}" --split "$CAM_SPLIT" --no-affinity --bg-scale "$bg_scale" --crf \
-            $(extra make_seg_labels)
-        "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels_crf" --tag "CAM + CRF"
+        # SIPE's COCO route: the CRF labels of stage 4 are the pseudo-labels (255 where unsure)
+        "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels (pseudo-labels)"
     else
-        local mode=(--bg-conf-scale "$bg_conf_scale")
-        [ "$AFFINITY" = affinitynet ] && mode=(--mode psa)
-        echo "== make_affinity_labels"
-        launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" $(extra make_affinity_labels)
         "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels"
         train_stage train_affinity.py affinity "${data[@]}" --split "$CAM_SPLIT" --arch "$AFFINITY"
         echo "== make_seg_labels"

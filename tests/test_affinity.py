@@ -12,8 +12,12 @@ from torch import nn
 from data.datasets import AffinityDataset, build_source
 from data.toy import generate
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, resize_long
-from net.affinity import (AffinityNet, BoundaryNet, affinity_losses, embedding_affinity, walk_affinitynet,
-                          walk_irn)
+from PIL import Image
+
+import train_affinity
+from net.affinity import (AffinityNet, BoundaryNet, affinity_losses, boundary_map, embedding_affinity,
+                          walk_affinitynet, walk_irn)
+from net.backbone import stage_outputs
 from tools.io import PipelineError, read_image, write_label_png
 from tools.random_walk import (directions, pairs_within_radius, path_max_affinity, path_offsets,
                                propagate_with_boundary, random_walk)
@@ -190,23 +194,112 @@ def test_walk_affinitynet_uses_one_minus_max_foreground_background():
                                random_walk(pooled16.flatten(1), affinity, (h, w), 5, 8, 256).view(3, h, w))
 
 
-def test_walk_irn_matches_propagate_with_boundary():
+def test_walk_irn_resizes_walks_upsamples_and_crops():
     generator = torch.Generator().manual_seed(6)
-    h, w, big_h, big_w = 11, 14, 45, 57
+    h, w, big_h, big_w = 11, 14, 43, 55  # ceil(43 / 4) = 11, ceil(55 / 4) = 14: not multiples of 4
     boundary = torch.rand(1, 1, h, w, dtype=torch.float64, generator=generator) * 0.7
     cam = torch.rand(3, big_h, big_w, dtype=torch.float64, generator=generator)
     power, beta, t = 2.0, 4, 9
     got = walk_irn(boundary, cam, beta=beta, t=t, power=power)
-    assert got.shape == (3, h, w)
-    pooled = F.adaptive_avg_pool2d(cam[None], (h, w))[0]
-    b = boundary[0, 0]
-    want = propagate_with_boundary(pooled ** power * (1 - b), b, 5, beta, t)
-    torch.testing.assert_close(got, want)
-    # the defaults are SPEC 10's: power 1.5, beta 10, t 256; the CAM's background is kept
-    torch.testing.assert_close(walk_irn(boundary, cam), propagate_with_boundary(pooled ** 1.5 * (1 - b), b, 5, 10, 256))
+    assert got.shape == (3, big_h, big_w)  # at the image size (SPEC 12)
+
+    def direct(power, beta, t):
+        """SPEC 10: CAM bilinearly resized to B's size, ** power, * (1 - B), walked at radius 5,
+        upsampled x4 (bilinear) and cropped."""
+        small = F.interpolate(cam[None], (h, w), mode="bilinear", align_corners=False)[0]
+        b = boundary[0, 0]
+        walked = propagate_with_boundary(small ** power * (1 - b), b, 5, beta, t)
+        return F.interpolate(walked[None], (4 * h, 4 * w), mode="bilinear", align_corners=False)[0, :, :big_h, :big_w]
+
+    torch.testing.assert_close(got, direct(power, beta, t))
+    torch.testing.assert_close(walk_irn(boundary[0, 0], cam, beta=beta, t=t, power=power), got)  # [h, w] too
+    # the defaults are SPEC 10's: radius 5, power 1.5, beta 10, t 256; the CAM's background is kept
+    torch.testing.assert_close(walk_irn(boundary, cam), direct(1.5, 10, 256))
     other = cam.clone()
     other[0] *= 0.5
     assert not torch.allclose(walk_irn(boundary, other, beta=beta, t=t, power=power)[0], got[0])
+
+
+# ---- IRN inference and training as published -------------------------------------------------------
+
+def test_boundary_branches_upsample_before_relu_and_crop():
+    torch.manual_seed(0)
+    model = BoundaryNet(pretrained="none").eval()
+    with torch.no_grad():
+        for branch in model.branches:
+            branch[1].bias.normal_()  # GroupNorm bias: negative values show where the ReLU comes
+        images = torch.randn(1, 3, 70, 90)  # stem 18 x 23; layer2 9 x 12 -> 18 x 24; layer3 5 x 6 -> 20 x 24
+        features = stage_outputs(model.backbone, images)
+        size = features[0].shape[-2:]
+        parts = []
+        for branch, x, factor in zip(model.branches, features, (1, 1, 2, 4, 4)):
+            conv, norm = branch[0], branch[1]
+            y = norm(conv(x))
+            if factor > 1:
+                y = F.interpolate(y, scale_factor=factor, mode="bilinear", align_corners=False)
+            parts.append(F.relu(y)[..., :size[0], :size[1]])
+        want = model.head(torch.cat(parts, dim=1))
+        torch.testing.assert_close(model.logits(images), want)
+        torch.testing.assert_close(model(images), torch.sigmoid(want))
+
+
+@pytest.mark.parametrize("size", [(50, 38), (45, 39)])
+def test_boundary_map_pads_and_averages_image_and_flip_logits(size):
+    torch.manual_seed(1)
+    model = BoundaryNet(pretrained="none").eval()
+    image = torch.randn(1, 3, *size)
+    crop = 64
+    with torch.no_grad():
+        got = boundary_map(model, image, crop_size=crop)
+        h, w = -(-size[0] // 4), -(-size[1] // 4)
+        plain = model.logits(F.pad(image, (0, crop - size[1], 0, crop - size[0])))[0, 0, :h, :w]
+        flipped = model.logits(F.pad(image.flip(-1), (0, crop - size[1], 0, crop - size[0])))[0, 0, :h, :w]
+        want = torch.sigmoid((plain + flipped.flip(-1)) / 2)
+    assert got.shape == (h, w)
+    torch.testing.assert_close(got, want)
+    # an image larger than the crop is padded to the next multiple of 16
+    pad = (0, -(-size[1] // 16) * 16 - size[1], 0, -(-size[0] // 16) * 16 - size[0])
+    with torch.no_grad():
+        big = boundary_map(model, image, crop_size=32)
+        padded = model.logits(F.pad(image, pad))[0, 0, :h, :w]
+        padded_flip = model.logits(F.pad(image.flip(-1), pad))[0, 0, :h, :w]
+    torch.testing.assert_close(big, torch.sigmoid((padded + padded_flip.flip(-1)) / 2))
+
+
+@pytest.mark.parametrize("radius", [5, 10])
+def test_pairs_match_a_brute_force_enumeration(radius):
+    h, w = 23, 27
+    got_from, got_to = pairs_within_radius(radius, (h, w))
+    offsets = [(dy, dx) for dy in range(radius) for dx in range(-radius + 1, radius)
+               if dx * dx + dy * dy < radius * radius and (dy > 0 or dx > 0)]
+    offsets.sort(key=lambda o: (o[0] > 0, o[0], o[1]))  # (0, 1..r-1), then row by row (SPEC 9)
+    sources = [(y, x) for y in range(h) for x in range(w)
+               if all(0 <= y + dy < h and 0 <= x + dx < w for dy, dx in offsets)]
+    assert got_from.tolist() == [y * w + x for y, x in sources]
+    assert got_to.tolist() == [[(y + dy) * w + x + dx for y, x in sources] for dy, dx in offsets]
+    if radius == 5:
+        assert len(offsets) == 34
+
+
+def test_train_affinity_defaults_per_architecture(tmp_path):
+    irn = train_affinity.parse_args(["--arch", "irn", "--data-root", str(tmp_path), "--work-dir", str(tmp_path)])
+    assert irn.radius == 10 and irn.scale_range == (0.5, 1.5) and irn.crop_size == 512 and irn.batch_size == 32
+    psa = train_affinity.parse_args(["--arch", "affinitynet", "--data-root", str(tmp_path), "--work-dir",
+                                     str(tmp_path)])
+    assert psa.radius == 5 and psa.scale_range is None and psa.crop_size == 448
+    mine = train_affinity.parse_args(["--arch", "irn", "--radius", "7", "--data-root", str(tmp_path),
+                                      "--work-dir", str(tmp_path)])
+    assert mine.radius == 7
+
+
+@pytest.mark.parametrize("size", [(512, 512), (96, 128), (64, 40)])
+def test_irn_labels_reach_stride_4_as_pils_nearest(size):
+    labels = np.random.default_rng(0).integers(0, 21, size).astype(np.uint8)
+    quarter = (size[0] // 4, size[1] // 4)
+    pil = np.asarray(Image.fromarray(labels).resize(quarter[::-1], Image.NEAREST))
+    ours = F.interpolate(torch.from_numpy(labels)[None, None].float(), quarter,
+                         mode=train_affinity.LABEL_RESIZE["irn"])[0, 0]
+    assert np.array_equal(ours.numpy().astype(np.uint8), pil)
 
 
 # ---- joint augmentation ----------------------------------------------------------------------------
@@ -277,7 +370,7 @@ def test_with_labels_keeps_image_and_labels_aligned(long_range):
         if long_range[0] == long_range[1] == max(image.shape[:2]):
             check = inside  # no resize: exact everywhere
         else:
-            # resized: bilinear (image) and nearest (labels) may disagree next to a label edge,
+            # resized: bicubic (image) and nearest (labels) may disagree next to a label edge,
             # so only pixels whose 3 x 3 neighbourhood has one label are checked
             lab = labels.clone()
             lab[padded] = -1

@@ -12,7 +12,7 @@ from data import toy
 from data.datasets import (DATASETS, ClassificationDataset, InferenceDataset, PipelineError, VOC_CLASSES,
                            build_source)
 from data.palette import voc_palette
-from data.transforms import TrainTransform, denormalize, normalize
+from data.transforms import TrainTransform, denormalize, normalize, scaled_images
 
 
 def file_bytes(root):
@@ -300,6 +300,48 @@ def test_train_transform_resize_flip_crop():
     assert valid.all()
 
 
+def pil(image, size_hw, resample=Image.BICUBIC):
+    return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), resample))
+
+
+def test_train_resize_is_pil_bicubic_of_the_uint8_image():
+    image = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    out, valid = TrainTransform(resize_long=(52, 52), crop_size=64, flip=False)(image, np.random.default_rng(0))
+    y0, x0 = (int(v) for v in torch.nonzero(valid)[0])
+    # long side 52: (round(30 * 52 / 40), 52) = (39, 52), PIL's bicubic then normalisation (SPEC 3)
+    assert valid.sum() == 39 * 52
+    assert torch.equal(out[:, y0:y0 + 39, x0:x0 + 52], normalize(pil(image, (39, 52))))
+
+
+def test_scale_range_rescales_image_bicubic_and_labels_nearest():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, (40, 60)).astype(np.uint8)
+    transform = TrainTransform(crop_size=96, flip=False, scale_range=(0.5, 1.5))
+    factors = set()
+    for seed in range(6):
+        factor = np.random.default_rng(seed).uniform(0.5, 1.5)  # the first draw (SPEC 9: IRN's rescale)
+        size = (round(40 * factor), round(60 * factor))
+        out, out_labels = transform.with_labels(image, labels, np.random.default_rng(seed))
+        valid = out_labels != 255
+        y0, x0 = (int(v) for v in torch.nonzero(valid)[0])
+        assert int(valid.sum()) == size[0] * size[1]
+        assert torch.equal(out[:, y0:y0 + size[0], x0:x0 + size[1]], normalize(pil(image, size)))
+        expected = pil(labels, size, Image.NEAREST).astype(np.int64)
+        assert np.array_equal(out_labels[y0:y0 + size[0], x0:x0 + size[1]].numpy(), expected)
+        factors.add(size)
+    assert len(factors) > 3
+
+
+def test_scaled_images_are_pil_bicubic_per_scale():
+    image = np.random.default_rng(6).integers(0, 256, (25, 33, 3), dtype=np.uint8)
+    scaled = scaled_images(image, (1.0, 0.5, 1.5, 2.0))
+    assert torch.equal(scaled[0][0], normalize(image))
+    for tensor, scale in zip(scaled[1:], (0.5, 1.5, 2.0)):
+        size = (round(25 * scale), round(33 * scale))
+        assert torch.equal(tensor[0], normalize(pil(image, size)))
+
+
 def test_train_transform_deterministic():
     image = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     transform = TrainTransform(resize_long=(40, 80), crop_size=48)
@@ -365,12 +407,28 @@ def test_coco_ids_labels_masks(coco_root):
         assert img.mode == "P"
         mask = np.array(img)
     assert mask.shape == (40, 50)
-    assert mask[25, 10] == 1 and mask[15, 25] == 3  # the small dog stays on top of the person
-    assert mask[7, 42] == 255 and mask[2, 48] == 255  # crowd region
+    # annotation order, as the published masks: the person (annotated after the dog) covers it
+    assert mask[25, 10] == 1 and mask[15, 25] == 1
+    assert mask[7, 42] == 1 and mask[2, 48] == 0  # crowd region: background by default
     assert mask[38, 2] == 0
-    assert set(np.unique(mask).tolist()) == {0, 1, 3, 255}
+    assert set(np.unique(mask).tolist()) == {0, 1}
     Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(path)
     assert not np.array(Image.open(source.mask_path("COCO_val2014_000000000042"))).any()  # cached, not redrawn
+
+
+def test_coco_crowd_ignore_marks_uncovered_crowd_pixels_255(coco_root):
+    pytest.importorskip("pycocotools")
+    source = build_source("coco", coco_root, coco_crowd="ignore")
+    path = source.mask_path("COCO_val2014_000000000042")
+    assert path.parent.parent.name == "semantic_masks_crowd_ignore"  # not the published masks' cache
+    mask = np.array(Image.open(path))
+    published = build_source("coco", coco_root).render_mask("COCO_val2014_000000000042")
+    crowd = np.zeros((40, 50), dtype=bool)
+    crowd[0:10, 40:50] = True
+    expected = np.where(crowd & (published == 0), 255, published)
+    assert np.array_equal(mask, expected) and mask[2, 48] == 255 and mask[7, 42] == 1
+    with pytest.raises(PipelineError, match="crowd mode"):
+        build_source("coco", coco_root, coco_crowd="drop")
 
 
 def test_coco_cache_dir_and_missing_split(coco_root, tmp_path):

@@ -13,7 +13,7 @@ from tools.io import read_label_png
 TINY = ["--toy-images", "8", "--toy-image-size", "64",
         "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
         "--make-cam", "--scales 1.0 --num-workers 0",
-        "--train-affinity", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0"]
+        "--train-affinity", "--epochs 1 --crop-size 80 --resize-long 48 64 --batch-size 4 --num-workers 0"]
 
 
 def drive(script, work_dir, *args):
@@ -52,9 +52,12 @@ def test_run_voc_toy_goes_through_every_stage_and_skips_finished_ones(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
 
 
-def test_run_coco_toy_defaults_to_cam_and_crf(tmp_path):
+def test_run_coco_toy_defaults_to_sipe_and_the_crf_labels_as_pseudo_labels(tmp_path):
     work = tmp_path / "coco"
-    drive("run_coco.sh", work, "--method", "sipe")
+    drive("run_coco.sh", work)
     results = json.loads((work / "results.json").read_text())
-    assert list(results) == ["CAM", "IS-CAM", "CAM + CRF"]
-    assert not (work / "ckpt" / "affinity.pth").exists()
+    assert list(results) == ["CAM", "IS-CAM", "affinity labels (pseudo-labels)"]
+    assert json.loads((work / "args" / "train_cam.json").read_text())["method"] == "sipe"
+    assert not (work / "ckpt" / "affinity.pth").exists() and not (work / "pseudo_labels").exists()
+    labels = read_label_png(next((work / "affinity_labels").glob("*.png")))
+    assert 255 in labels  # unsure pixels stay unlabelled

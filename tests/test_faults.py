@@ -90,7 +90,8 @@ STAGES = {
                                              "--num-workers", "0", "--scales", "1.0"]),
     "make_affinity_labels": Stage("make_affinity_labels.py", "affinity_labels", ["--cam-dir", "REF/cam",
                                                                                  "--workers", "1"]),
-    "train_affinity": Stage("train_affinity.py", "ckpt", [*TRAIN, "--arch", "irn", "--label-dir",
+    # crop 80: IRN's stride-4 map of 20 x 20 has pairs at its training radius 10
+    "train_affinity": Stage("train_affinity.py", "ckpt", [*TRAIN, "--crop-size", "80", "--arch", "irn", "--label-dir",
                                                           "REF/affinity_labels"], checkpoint="affinity"),
     "make_seg_labels": Stage("make_seg_labels.py", "pseudo_labels", ["--checkpoint", "REF/ckpt/affinity.pth",
                                                                      "--cam-dir", "REF/cam", "--device", "cpu"]),

@@ -57,7 +57,8 @@ def irn_run(toy, tmp_path_factory):
     """A run directory with an IRN checkpoint trained three steps on ground-truth labels."""
     work = tmp_path_factory.mktemp("irn")
     gt_affinity_labels(toy, work)
-    run("train_affinity.py", *data_args(toy, work), "--arch", "irn", "--crop-size", "64", *tiny())
+    # crop 80: the stride-4 map is 20 x 20 and has pairs of IRN's training radius 10
+    run("train_affinity.py", *data_args(toy, work), "--arch", "irn", "--crop-size", "80", *tiny())
     return work
 
 
@@ -68,7 +69,7 @@ def logged_losses(work):
 
 def test_train_affinity_irn_checkpoint(irn_run):
     checkpoint = torch.load(irn_run / "ckpt" / "affinity.pth", weights_only=False)
-    assert checkpoint["kind"] == "affinity" and checkpoint["arch"] == "irn" and checkpoint["radius"] == 5
+    assert checkpoint["kind"] == "affinity" and checkpoint["arch"] == "irn" and checkpoint["radius"] == 10
     assert checkpoint["step"] == 3  # 6 images, batch 2, one epoch
     assert any(key.startswith("branches.") for key in checkpoint["model"])
     assert (irn_run / "ckpt" / "affinity_last.pth").is_file()
@@ -224,7 +225,7 @@ def test_train_affinity_names_a_corrupt_label_png(toy, tmp_path, workers):
     gt_affinity_labels(toy, work)
     bad = work / "affinity_labels" / f"{build_source('custom', toy).ids('train')[3]}.png"
     bad.write_bytes(b"\x89PNG not really")
-    result = run("train_affinity.py", *data_args(toy, work), "--arch", "irn", "--crop-size", "64", *tiny(workers),
+    result = run("train_affinity.py", *data_args(toy, work), "--arch", "irn", "--crop-size", "80", *tiny(workers),
                  check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]

@@ -5,10 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.baselines import broadcast_structure_seeds, grouped_conv_pamr
-from net.backbone import ResNet50, resnet50
+import torchvision
+
+import net.sipe
+from data.transforms import scaled_images
+from net.backbone import FrozenStatsBatchNorm2d, build_backbone, hub_weights_path, stage_outputs, stem
 from net.pamr import PAMR
-from net.sipe import (SIPENet, label_mask, multiscale_maps, normalized_cam, prototypes, reactivate,
-                      structure_seeds)
+from net.sipe import (SIPENet, l2_normalize, label_mask, multiscale_maps, normalized_cam, prototypes, reactivate,
+                      scale_maps, structure_seeds)
 from tools import stage
 from tools.io import PipelineError
 
@@ -117,35 +121,148 @@ def test_pamr_resizes_mask_and_keeps_mass():
     assert torch.allclose(out.sum(1), torch.ones(2, 16, 20), atol=1e-5)
 
 
-def test_backbone_output_stride_16_and_frozen_batchnorm():
-    model = ResNet50(frozen_bn=True).train()
-    shapes = [x.shape for x in model(torch.randn(1, 3, 65, 97))]
-    assert [s[1] for s in shapes] == [256, 512, 1024, 2048]
-    assert shapes[2][-2:] == shapes[3][-2:] == (5, 7)
-    assert all(not m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert not any(p.requires_grad for p in (*model.conv1.parameters(), *model.bn1.parameters()))
-    assert all(p.requires_grad for p in model.layer1.parameters())
-    scratch = ResNet50(frozen_bn=False).train()
-    assert all(m.training for m in scratch.modules() if isinstance(m, torch.nn.BatchNorm2d))
+def weights_file(tmp_path, backbone="resnet50", seed=0):
+    """A torchvision-format weights file (fc included) of a randomly initialised ResNet."""
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, backbone)()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{backbone}.pth"
+    torch.save(model.state_dict(), path)
+    return path, model.state_dict()
+
+
+def test_backbone_is_torchvision_resnet_at_output_stride_16(tmp_path):
+    path, state = weights_file(tmp_path)
+    model = build_backbone("resnet50", str(path))
+    assert isinstance(model, torchvision.models.ResNet)
+    assert torch.equal(model.layer3[2].conv2.weight, state["layer3.2.conv2.weight"])
+    assert model.layer4[0].conv2.stride == (1, 1) and model.layer4[0].conv2.dilation == (1, 1)
+    assert model.layer4[0].downsample[0].stride == (1, 1)
+    outputs = stage_outputs(model, torch.randn(1, 3, 65, 97))
+    assert [x.shape[1] for x in outputs] == [64, 256, 512, 1024, 2048]
+    assert outputs[3].shape[-2:] == outputs[4].shape[-2:] == (5, 7)  # strides 2, 2, 2, 1
+    deep = build_backbone("resnet101", "none")
+    assert len(deep.layer3) == 23 and deep.layer4[0].conv2.stride == (1, 1)
+
+
+def test_loaded_batchnorm_keeps_its_statistics_in_training(tmp_path):
+    path, _ = weights_file(tmp_path)
+    model = build_backbone("resnet50", str(path)).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, FrozenStatsBatchNorm2d) for m in norms)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(2, 3, 64, 64)
+    train_out = model.layer1(stem(model)(images))
+    eval_out = model.eval().layer1(stem(model)(images))
+    assert torch.equal(train_out, eval_out)  # running statistics in training too
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    scratch = build_backbone("resnet50", "none").train()
+    assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in scratch.modules())
 
 
 def test_weights_from_a_path_and_clear_errors(tmp_path):
-    reference = ResNet50()
-    path = tmp_path / "r50.pth"
-    torch.save({**reference.state_dict(), "fc.weight": torch.zeros(1000, 2048)}, path)
-    loaded = resnet50(str(path))
-    assert torch.equal(loaded.layer3[2].conv2.weight, reference.layer3[2].conv2.weight)
     with pytest.raises(PipelineError, match="missing.pth: weights file not found"):
-        resnet50(str(tmp_path / "missing.pth"))
+        build_backbone("resnet50", str(tmp_path / "missing.pth"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(PipelineError, match="other.pth: not ResNet-50 weights"):
-        resnet50(str(tmp_path / "other.pth"))
+    with pytest.raises(PipelineError, match="other.pth: not weights of this backbone"):
+        build_backbone("resnet50", str(tmp_path / "other.pth"))
+    path, _ = weights_file(tmp_path)
+    with pytest.raises(PipelineError, match="resnet50.pth: not weights of this backbone"):
+        build_backbone("resnet101", str(path))
+    with pytest.raises(PipelineError, match="unknown backbone"):
+        build_backbone("vgg16", "none")
 
 
-def test_imagenet_weights_offline_error_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+def test_imagenet_weights_come_offline_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(PipelineError, match=r"resnet50-0676ba61.pth: ImageNet weights not found.*Download"):
-        resnet50("imagenet")
+        build_backbone("resnet50", "imagenet")
+    path, state = weights_file(tmp_path)
+    cached = hub_weights_path("resnet50")
+    cached.parent.mkdir(parents=True)
+    path.rename(cached)
+    model = build_backbone("resnet50", "imagenet")  # torchvision's weights API, from the cache
+    assert torch.equal(model.layer2[1].conv1.weight, state["layer2.1.conv1.weight"])
+
+
+def test_new_layers_keep_pytorchs_default_init():
+    torch.manual_seed(0)
+    model = SIPENet(21, "sipe", pretrained="none")
+    for conv in (model.classifier, *model.side):
+        bound = 1 / conv.weight[0].numel() ** 0.5  # kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), ..)
+        assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
+
+
+def test_training_step_leaves_stem_layer1_layer2_without_gradient(tmp_path):
+    path, _ = weights_file(tmp_path)
+    model = SIPENet(4, "sipe", pretrained=str(path)).train()
+    out = model(torch.randn(2, 3, 64, 64), torch.tensor([[1.0, 0, 1], [0, 1, 0]]), torch.ones(2, 64, 64))
+    (out["cls_loss"] + out["gsc_loss"]).backward()
+    backbone = model.backbone
+    for module in (backbone.conv1, backbone.bn1, backbone.layer1, backbone.layer2):
+        assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+    assert backbone.layer3[0].conv1.weight.grad.abs().sum() > 0
+    assert backbone.layer3[0].bn1.weight.grad.abs().sum() > 0  # BatchNorm's affine parameters train
+    trained, _ = model.param_groups()
+    assert {id(p) for p in trained} == {id(p) for p in (*backbone.layer3.parameters(),
+                                                        *backbone.layer4.parameters())}
+
+
+def test_hierarchical_features_resized_without_align_corners():
+    torch.manual_seed(0)
+    model = SIPENet(4, "sipe", pretrained="none").eval()
+    images = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        _, hierarchy, _ = model.extract(images)
+        xs = stage_outputs(model.backbone, images)[1:]
+        size = xs[2].shape[-2:]
+        expected = torch.cat([F.interpolate(l2_normalize(side(x)), size, mode="bilinear", align_corners=False)
+                              for side, x in zip(model.side, xs)], dim=1)
+    torch.testing.assert_close(hierarchy, expected)
+
+
+def record_seeds(monkeypatch):
+    """Record the (feature, seeds) of every structure_seeds call of net.sipe."""
+    calls = []
+
+    def recording(cam, feature, valid, bg_scale=0.5):
+        seeds = structure_seeds(cam, feature, valid, bg_scale)
+        calls.append((feature, seeds))
+        return seeds
+
+    monkeypatch.setattr(net.sipe, "structure_seeds", recording)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["sipe", "ae_sipe"])
+def test_training_seeds_never_on_padded_pixels(method, monkeypatch):
+    torch.manual_seed(0)
+    calls = record_seeds(monkeypatch)
+    model = SIPENet(4, method, pretrained="none").train()
+    valid = torch.ones(2, 64, 64)
+    valid[0, :, 40:] = 0  # right part of the first crop is padding
+    valid[1, 44:, :] = 0
+    model(torch.randn(2, 3, 64, 64), torch.tensor([[1.0, 0, 1], [0, 1, 0]]), valid)
+    (feature, seeds), = calls
+    assert feature.shape[1] == (2048 if method == "sipe" else 768)  # SIPE trains its seeds on x4
+    padded = F.interpolate(valid[:, None], seeds.shape[-2:], mode="nearest")[:, 0] == 0
+    assert padded.any() and seeds.sum(1)[padded].eq(0).all()
+    assert seeds.sum(1)[~padded].eq(1).all()  # every other pixel is a seed of a labelled class
+    assert seeds[0, 2].sum() == 0 and seeds[1, 1].sum() == 0 and seeds[1, 3].sum() == 0
+
+
+@pytest.mark.parametrize("method", ["sipe", "ae_sipe"])
+def test_inference_seeds_come_from_the_hierarchical_features(method, monkeypatch):
+    torch.manual_seed(0)
+    calls = record_seeds(monkeypatch)
+    model = SIPENet(4, method, pretrained="none").eval()
+    scale_maps(model, torch.randn(1, 3, 48, 64), label_mask(torch.tensor([[0.0, 1, 0]])))
+    (feature, seeds), = calls
+    assert feature.shape[1] == 768  # SIPE's published make_cam too (SPEC 5.4)
+    assert seeds[:, [1, 3]].sum() == 0
 
 
 @pytest.mark.parametrize("method", ["sipe", "ae_sipe"])
@@ -171,7 +288,7 @@ def test_amp_runs_the_backbone_in_bf16_and_the_prototype_branch_in_fp32():
     with stage.autocast(torch.device("cpu"), True):
         raw_cam, hierarchy, x4 = model.extract(images)
         cam = F.interpolate(normalized_cam(raw_cam), hierarchy.shape[-2:], mode="bilinear", align_corners=True)
-        is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy, x4, label_mask(labels), images)
+        is_cam, ae_is_cam = model.prototype_maps(cam, hierarchy, hierarchy, label_mask(labels), images)
     assert raw_cam.dtype == x4.dtype == torch.bfloat16
     assert is_cam.dtype == ae_is_cam.dtype == torch.float32
     assert torch.isfinite(is_cam).all() and torch.isfinite(ae_is_cam).all()
@@ -181,9 +298,9 @@ def test_amp_runs_the_backbone_in_bf16_and_the_prototype_branch_in_fp32():
 def test_multiscale_maps_shapes_and_range(method):
     torch.manual_seed(0)
     model = SIPENet(5, method, pretrained="none").eval()
-    image = torch.randn(1, 3, 50, 70)
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     keys = torch.tensor([0, 2, 4])
-    maps = multiscale_maps(model, image, keys, scales=(1.0, 0.5))
+    maps = multiscale_maps(model, scaled_images(image, (1.0, 0.5)), keys, (50, 70))
     expected = {"plain_cam", "is_cam"} | ({"ae_is_cam"} if method == "ae_sipe" else set())
     assert set(maps) == expected
     for value in maps.values():
