@@ -8,6 +8,7 @@ what="${1:-}"
 shift || true
 case "$what" in
     toy) exec bash run_voc.sh --toy "$@" ;;
-    test) exec python -m pytest -q "$@" ;;
+    # one pytest-xdist worker per CPU (at most 4), one torch thread each (tests/conftest.py)
+    test) exec python -m pytest -q -n auto --maxprocesses 4 --dist loadscope "$@" ;;
     *) echo "usage: bash scripts/quickstart.sh {toy|test} [args...]" >&2; exit 2 ;;
 esac

@@ -1,4 +1,5 @@
 """Running the stage scripts as a user would, from the tests."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,10 +7,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(script, *args, check=True, preexec_fn=None, timeout=600):
-    """``python SCRIPT ARGS`` in the repository; fails the test on a non-zero exit when ``check``."""
+def run(script, *args, check=True, preexec_fn=None, timeout=600, env=None):
+    """``python SCRIPT ARGS`` in the repository (``env``: variables added to the environment);
+    fails the test on a non-zero exit when ``check``."""
     result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, capture_output=True,
-                            text=True, timeout=timeout, preexec_fn=preexec_fn)
+                            text=True, timeout=timeout, preexec_fn=preexec_fn, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result

@@ -208,6 +208,10 @@ def test_stage_end_to_end_resume_and_eval(toy, tmp_path):
     assert 0 < entry["coverage"] <= 100 and entry["precision"] > 80
     assert entry["note"] == f"confident, coverage {entry['coverage']:.1f}%" and entry["note"] in result.stdout
     assert f"| {entry['note']} |" in (work / "results.md").read_text()
+    run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work, "--label-dir",
+        work / "affinity_labels", "--confident", "--num-workers", "1", "--tag", "noted", "--note", "final checkpoint")
+    noted = json.loads((work / "results.json").read_text())["noted"]
+    assert noted["note"] == f"{entry['note']}; final checkpoint" and noted["miou"] == entry["miou"]
 
     psa_dir = tmp_path / "psa"
     run("make_affinity_labels.py", *stage_args(toy, work, "--mode", "psa", "--out-dir", psa_dir))
