@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from data.datasets import build_source
 from data.palette import voc_palette
 from data.transforms import normalize
-from net.affinity import WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
+from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
 from tools import dist, stage
 from tools.crf import crf_labels
 from tools.io import check_cam, load_cam, read_image, write_image, write_label_png
@@ -46,12 +46,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def walk(model, arch, image, cam, beta, args):
-    """The random walk's label indices [H, W] of one image from its CAM [K, H, W] (SPEC 10)."""
+def walk(model, checkpoint, image, cam, beta, args):
+    """The random walk's label indices [H, W] of one image from its CAM [K, H, W] (SPEC 10).
+    IRN's image is padded to the crop size its network trained at (512 as published)."""
     pixels = normalize(image)[None].to(cam.device)
     with torch.no_grad(), stage.autocast(cam.device, args.amp):
-        if arch == "irn":
-            walked = walk_irn(boundary_map(model, pixels), cam, args.radius, beta, args.steps, args.power)
+        if checkpoint["arch"] == "irn":
+            boundary = boundary_map(model, pixels, checkpoint.get("crop_size", IRN_CROP))
+            walked = walk_irn(boundary, cam, args.radius, beta, args.steps, args.power)
         else:
             walked = walk_affinitynet(model(pixels).float(), cam, args.radius, beta, args.steps, args.alpha)
             walked = F.interpolate(walked[None], image.shape[:2], mode="bilinear", align_corners=False)[0]
@@ -101,7 +103,8 @@ def main(argv=None):
             cam[0] *= args.bg_scale
             label_index = cam.argmax(axis=0)
         else:
-            label_index = walk(model, arch, image, torch.from_numpy(cam).to(info.device), beta, args).cpu().numpy()
+            label_index = walk(model, checkpoint, image, torch.from_numpy(cam).to(info.device), beta,
+                               args).cpu().numpy()
         labels = keys[label_index].astype(np.uint8)
         write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
         shown = (name, image, labels) if index < args.visualize else None

@@ -78,7 +78,8 @@ def main(argv=None):
     transform = TrainTransform(tuple(args.resize_long), args.crop_size, scale_range=args.scale_range)
     dataset = AffinityDataset(source, args.split, label_dir, transform, seed=args.seed)
     model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
-    meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius}
+    meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
+            "crop_size": args.crop_size}
     try:
         train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), args, info, work_dir, "affinity",
               meta)
