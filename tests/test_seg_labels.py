@@ -70,6 +70,7 @@ def logged_losses(work):
 def test_train_affinity_irn_checkpoint(irn_run):
     checkpoint = torch.load(irn_run / "ckpt" / "affinity.pth", weights_only=False)
     assert checkpoint["kind"] == "affinity" and checkpoint["arch"] == "irn" and checkpoint["radius"] == 10
+    assert checkpoint["crop_size"] == 80  # make_seg_labels pads its images to it (boundary_map)
     assert checkpoint["step"] == 3  # 6 images, batch 2, one epoch
     assert any(key.startswith("branches.") for key in checkpoint["model"])
     assert (irn_run / "ckpt" / "affinity_last.pth").is_file()
