@@ -5,7 +5,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import InferenceDataset, build_source
-from data.transforms import scaled_images
 from net.sipe import SIPENet, multiscale_maps
 from tools import dist, stage
 from tools.io import save_cam, write_image
@@ -55,10 +54,10 @@ def main(argv=None):
     names = source.ids(args.split)
     todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
     log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
-    loader = DataLoader(InferenceDataset(source, args.split, ids=todo), batch_size=1, collate_fn=single,
-                        num_workers=args.num_workers)
+    loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), batch_size=1,
+                        collate_fn=single, num_workers=args.num_workers, pin_memory=info.device.type == "cuda")
     for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
-        images = [scaled.to(info.device) for scaled in scaled_images(item["image"], args.scales)]
+        images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
         keys = torch.as_tensor(item["keys"], device=info.device)
         with stage.autocast(info.device, args.amp):
             maps = multiscale_maps(model, images, keys, item["image"].shape[:2])

@@ -4,7 +4,9 @@
 16 of 512x512 crops on a GPU, 2 on the CPU) through the training loop's own step, and
 make_cam's multi-scale + flip inference of one 500x375 image, in fp32 and with ``--amp``
 (bf16; fp16 on GPUs without it), both with ``--channels-last``.  It prints AMP's
-training speed-up over fp32 and AE-SIPE's step time over SIPE's.
+training speed-up over fp32 and AE-SIPE's step time over SIPE's.  make_cam's resizing of
+the scales (PIL, in its loader's workers) is timed apart, in milliseconds per image for
+one worker: the network's rate holds when the workers keep up with it.
 Random weights and data: BatchNorm trains, as with ``--pretrained none``.
 """
 import argparse
@@ -48,29 +50,43 @@ def training_rate(method, device, amp, batch, calls):
                               batch, device, calls)
 
 
+SCALES = (1.0, 0.5, 1.5, 2.0)
+
+
+def _test_image():
+    return np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+
+
 def inference_rate(method, device, amp, calls):
-    """make_cam images per second (four scales, each with its flip, resized as make_cam does
-    from the uint8 image) on a 500x375 image."""
+    """make_cam images per second on a 500x375 image: four scales, each with its flip, from
+    the scaled images as make_cam's loader workers hand them over."""
     torch.backends.cudnn.benchmark = False  # as in make_cam: every scale of every image has its own size
     model = stage.channels_last(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).eval(), True)
-    image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    image = _test_image()
+    scaled = scaled_images(image, SCALES)
     keys = torch.tensor([0, 3, 15], device=device)
 
     def infer():
-        scaled = [x.to(device) for x in scaled_images(image, (1.0, 0.5, 1.5, 2.0))]
         with stage.autocast(device, amp):
-            multiscale_maps(model, scaled, keys, image.shape[:2])
+            multiscale_maps(model, [x.to(device) for x in scaled], keys, image.shape[:2])
     return _images_per_second(infer, 1, device, calls)
 
 
+def resize_seconds(calls=10):
+    """Seconds per image of make_cam's resizing in one loader worker (``scaled_images``)."""
+    image = _test_image()
+    return 1 / _images_per_second(lambda: scaled_images(image, SCALES), 1, torch.device("cpu"), calls)
+
+
 COLUMNS = ("device", "method", "precision", "train img/s", "step time", "AMP speed-up", "step time / SIPE's",
-           "make_cam img/s")
+           "make_cam img/s", "make_cam resize / img (1 worker)")
 
 
 def run(calls=None):
     """One row per device, method and precision, with AMP's training speed-up over fp32 and
     AE-SIPE's step time over SIPE's at the same precision."""
     rows = []
+    resize = cost(resize_seconds())
     for device in devices():
         gpu = device.type == "cuda"
         batch = 16 if gpu else 2
@@ -83,7 +99,8 @@ def run(calls=None):
                              "train img/s": f"{rate:.3g} (batch {batch})", "step time": cost(batch / rate),
                              "AMP speed-up": ratio(rate, rates[method, False]) if amp else "-",
                              "step time / SIPE's": ratio(rates["sipe", amp], rate) if method != "sipe" else "-",
-                             "make_cam img/s": f"{inference_rate(method, device, amp, infer_calls):.3g}"})
+                             "make_cam img/s": f"{inference_rate(method, device, amp, infer_calls):.3g}",
+                             "make_cam resize / img (1 worker)": resize})
     return rows
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from data.palette import voc_palette
+from data.transforms import scaled_images
 from tools.io import PipelineError, read_image, read_label_png, write_label_png
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -432,11 +433,17 @@ class AffinityDataset(AugmentedDataset):
 
 
 class InferenceDataset(torch.utils.data.Dataset):
-    """Full-size images with their class keys ``[0] + labels`` (SPEC 2, 5.9)."""
+    """Full-size images with their class keys ``[0] + labels`` (SPEC 2, 5.9).
 
-    def __init__(self, source, split, ids=None):
+    With ``scales``, each item also holds ``scaled``: the image at each scale of
+    inference (``data.transforms.scaled_images``), so that the PIL resizing runs in the
+    loader's workers, beside the network rather than before it.
+    """
+
+    def __init__(self, source, split, ids=None, scales=None):
         self.source = source
         self.ids = list(ids) if ids is not None else source.ids(split)
+        self.scales = scales
 
     def __len__(self):
         return len(self.ids)
@@ -444,4 +451,7 @@ class InferenceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         image_id = self.ids[index]
         keys = np.concatenate([[0], self.source.labels(image_id)]).astype(np.int64)
-        return {"name": image_id, "image": read_image(self.source.image_path(image_id)), "keys": keys}
+        item = {"name": image_id, "image": read_image(self.source.image_path(image_id)), "keys": keys}
+        if self.scales is not None:
+            item["scaled"] = scaled_images(item["image"], self.scales)
+        return item

@@ -123,6 +123,10 @@ def test_toy_loads_as_custom_source(toy_root):
     assert item["keys"][1:].tolist() == source.labels(item["name"]).tolist()
     assert item["image"].dtype == np.uint8 and item["image"].shape[2] == 3
     assert InferenceDataset(source, "val", ids=["toy_0050"])[0]["name"] == "toy_0050"
+    assert "scaled" not in item
+    scaled = InferenceDataset(source, "val", scales=(1.0, 0.5))[0]["scaled"]  # make_cam's, built in the worker
+    for got, want in zip(scaled, scaled_images(item["image"], (1.0, 0.5)), strict=True):
+        assert torch.equal(got, want)
 
 
 def test_classification_dataset(toy_root):
