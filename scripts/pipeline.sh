@@ -92,9 +92,10 @@ launch() {
     fi
 }
 
-# The extra flags of one stage as words.
+# The extra flags of one stage as words (all its lines: `read -d ''` reads to the end).
 extra() {
-    read -r -a words <<< "${STAGE_ARGS[$1]:-}"
+    local words=()
+    read -r -d '' -a words <<< "${STAGE_ARGS[$1]:-}" || true
     printf '%s\n' "${words[@]}"
 }
 
