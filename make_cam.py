@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from data.datasets import InferenceDataset, build_source
+from data.datasets import InferenceDataset, build_source, single
 from net.sipe import SIPENet, multiscale_maps
 from tools import dist, stage
 from tools.io import save_cam, write_image
@@ -27,11 +27,6 @@ def parse_args(argv=None):
     parser.add_argument("--all-maps", action="store_true",
                         help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map")
     return parser.parse_args(argv)
-
-
-def single(batch):
-    """DataLoader collate for batches of one image of any size."""
-    return batch[0]
 
 
 def main(argv=None):

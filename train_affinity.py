@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data.datasets import AffinityDataset, build_source
+from data.datasets import LabelMapDataset, build_source
 from data.transforms import TrainTransform
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
@@ -76,7 +76,7 @@ def main(argv=None):
         raise PipelineError(f"--crop-size {args.crop_size}: the {side}x{side} map of {args.arch} at stride "
                             f"{STRIDE[args.arch]} has no pixel pairs within radius {args.radius}; use a larger crop")
     transform = TrainTransform(tuple(args.resize_long), args.crop_size, scale_range=args.scale_range)
-    dataset = AffinityDataset(source, args.split, label_dir, transform, seed=args.seed)
+    dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
     model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
     meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
             "crop_size": args.crop_size}

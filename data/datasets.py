@@ -9,10 +9,12 @@ import contextlib
 import io
 import re
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from data.palette import voc_palette
 from data.transforms import scaled_images
@@ -413,9 +415,10 @@ class ClassificationDataset(AugmentedDataset):
         return {"name": image_id, "image": image, "label": torch.from_numpy(label), "valid": valid}
 
 
-class AffinityDataset(AugmentedDataset):
-    """Training images with their affinity-label maps (SPEC 9): ``label_dir/<id>.png``,
-    0 background, class ids, 255 unsure; both augmented together."""
+class LabelMapDataset(AugmentedDataset):
+    """Training images with a label map each, ``label_dir/<id>.png`` (0 background, class
+    ids, 255 unsure or ignored), both augmented together: the affinity labels of stage 5
+    (SPEC 9) or the pseudo-labels of stage 7 (SPEC 13)."""
 
     def __init__(self, source, split, label_dir, transform, seed=0):
         super().__init__(source, split, transform, seed)
@@ -432,6 +435,11 @@ class AffinityDataset(AugmentedDataset):
         return {"name": image_id, "image": image, "labels": labels}
 
 
+def single(batch):
+    """DataLoader collate for batches of one item (inference images of any size)."""
+    return batch[0]
+
+
 class InferenceDataset(torch.utils.data.Dataset):
     """Full-size images with their class keys ``[0] + labels`` (SPEC 2, 5.9).
 
@@ -440,18 +448,48 @@ class InferenceDataset(torch.utils.data.Dataset):
     loader's workers, beside the network rather than before it.
     """
 
-    def __init__(self, source, split, ids=None, scales=None):
+    def __init__(self, source, split, ids=None, scales=None, keys=True):
         self.source = source
         self.ids = list(ids) if ids is not None else source.ids(split)
         self.scales = scales
+        self.keys = keys  # False for images without labels (a test split)
 
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, index):
         image_id = self.ids[index]
-        keys = np.concatenate([[0], self.source.labels(image_id)]).astype(np.int64)
-        item = {"name": image_id, "image": read_image(self.source.image_path(image_id)), "keys": keys}
+        item = {"name": image_id, "image": read_image(self.source.image_path(image_id))}
+        if self.keys:
+            item["keys"] = np.concatenate([[0], self.source.labels(image_id)]).astype(np.int64)
         if self.scales is not None:
             item["scaled"] = scaled_images(item["image"], self.scales)
         return item
+
+
+def check_label_maps(source, split, label_dir, threads=8):
+    """Read every label map ``label_dir/<id>.png`` of a split before training on them: a
+    missing or corrupt PNG, a value that is no class id (nor 255), a size that is not its
+    image's, is a PipelineError naming the file."""
+    label_dir = Path(label_dir)
+    names = source.ids(split)
+    missing = [name for name in names if not (label_dir / f"{name}.png").is_file()]
+    if missing:
+        raise PipelineError(f"{label_dir}: no label PNG for {len(missing)} of the {len(names)} images of {split} "
+                            f"(e.g. {missing[0]}.png)")
+
+    def check(name):
+        path = label_dir / f"{name}.png"
+        shape = read_label_png(path, source.num_classes).shape
+        image_path = source.image_path(name)
+        try:
+            with Image.open(image_path) as image:  # the header only
+                size = image.size[::-1]
+        except Exception as exc:  # PIL raises many types for corrupt files
+            raise PipelineError(f"{image_path}: cannot read image ({exc})") from exc
+        if shape != size:
+            raise PipelineError(f"{path}: size {list(shape)} differs from its image {list(size)}")
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(check, names):
+            pass

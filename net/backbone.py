@@ -1,10 +1,11 @@
-"""torchvision ResNet backbones at output stride 16 (SPEC 4).
+"""torchvision ResNet backbones at output stride 16 (SPEC 4) or 8 (SPEC 13).
 
 The network is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
 parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
 torchvision's weights API.  What this module adds is only what torchvision does not do:
 the stride change of ``layer4``, BatchNorm that keeps its ImageNet statistics, the
-frozen early stages and the stage outputs.
+frozen early stages, the stage outputs and the refusal of weights learned from pixel
+labels.
 """
 from pathlib import Path
 
@@ -64,32 +65,53 @@ def read_weights(pretrained, backbone):
     return backbone_state(state, path)
 
 
+# The heads of torchvision's segmentation models (e.g. the COCO_WITH_VOC_LABELS weights).
+SEGMENTATION_HEADS = ("classifier.", "aux_classifier.")
+
+
 def backbone_state(state, path):
     """The ResNet tensors of a weights file: torchvision's, or the backbone of one of this
-    pipeline's checkpoints (``{"model": {"backbone.*": ...}}``)."""
+    pipeline's checkpoints (``{"model": {"backbone.*": ...}}``).
+
+    Weights of a segmentation network (this pipeline's stage 7, or torchvision's, trained
+    with pixel labels) are refused: the pipeline is weakly supervised (SPEC 13).
+    """
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        if state.get("kind") == "seg":
+            raise PipelineError(f"{path}: a segmentation network's checkpoint, trained with pixel labels; "
+                                "a weakly supervised run starts from classification (ImageNet) weights")
         prefix = "backbone."
         return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not isinstance(state, dict):
         raise PipelineError(f"{path}: not a state dict of ResNet weights")
+    if any(str(key).startswith(SEGMENTATION_HEADS) for key in state):
+        raise PipelineError(f"{path}: weights of a segmentation network trained with pixel labels (it has a "
+                            "segmentation head); a weakly supervised run starts from classification (ImageNet) "
+                            "weights")
     return state
 
 
-def build_backbone(backbone="resnet50", pretrained="imagenet"):
-    """torchvision's ResNet with ``layer4`` at stride 1 without dilation (output stride 16,
-    strides 2, 2, 2, 1 as the published code) and no classification head.
+def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16):
+    """torchvision's ResNet without classification head at ``output_stride``: 16 is
+    ``layer4`` at stride 1 without dilation (strides 2, 2, 2, 1 as the published SIPE and
+    IRN, SPEC 4); 8 is torchvision's dilation of ``layer3`` and ``layer4`` (2 and 4, the
+    DeepLab backbone of SPEC 13).
 
     With weights (``pretrained`` not ``none``) BatchNorm keeps the loaded statistics;
     without, it trains normally.
     """
     if backbone not in ARCHITECTURES:
         raise PipelineError(f"unknown backbone {backbone!r} (choose from {', '.join(BACKBONES)})")
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     state = read_weights(pretrained, backbone)
     norm_layer = nn.BatchNorm2d if state is None else FrozenStatsBatchNorm2d
-    model = ARCHITECTURES[backbone][0](weights=None, norm_layer=norm_layer)
-    first = model.layer4[0]
-    first.conv2.stride = (1, 1)
-    first.downsample[0].stride = (1, 1)
+    dilation = [False, True, True] if output_stride == 8 else None
+    model = ARCHITECTURES[backbone][0](weights=None, norm_layer=norm_layer, replace_stride_with_dilation=dilation)
+    if output_stride == 16:
+        first = model.layer4[0]
+        first.conv2.stride = (1, 1)
+        first.downsample[0].stride = (1, 1)
     model.fc = nn.Identity()
     if state is not None:
         load_backbone(model, state, pretrained)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.datasets import AffinityDataset, build_source
+from data.datasets import LabelMapDataset, build_source
 from data.toy import generate
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, resize_long
 from PIL import Image
@@ -400,7 +400,7 @@ def test_affinity_dataset_names_a_label_png_of_the_wrong_size(tmp_path):
     write_label_png(label_dir / f"{names[0]}.png", np.full(shape, 3, np.uint8))
     other = read_image(source.image_path(names[1])).shape[:2]
     write_label_png(label_dir / f"{names[1]}.png", np.zeros((other[0] + 3, other[1]), np.uint8))
-    dataset = AffinityDataset(source, "train", label_dir, TrainTransform((32, 40), 32))
+    dataset = LabelMapDataset(source, "train", label_dir, TrainTransform((32, 40), 32))
     item = dataset[0]
     assert item["name"] == names[0] and item["image"].shape == (3, 32, 32)
     assert item["labels"].dtype == torch.int64 and set(item["labels"].unique().tolist()) <= {3, 255}

@@ -65,6 +65,15 @@ def crf_labels(image_uint8, labels, n_labels, t=10, gt_prob=0.7):
     return np.argmax(q, axis=0)
 
 
+def _probs_unary(image, probs):
+    """``-log(max(p, 1e-5))`` of probabilities ``[C, H, W]`` of the image's size."""
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be [C, H, W], got {list(probs.shape)}")
+    _check_size(image, probs.shape[1:], "probs")
+    return unary_from_softmax(probs)
+
+
 def crf_probs(image_uint8, probs, t=10, scale_factor=1):
     """Refine class probabilities ``[C, H, W]`` with a dense CRF, PSA mode (SPEC 8).
 
@@ -73,10 +82,13 @@ def crf_probs(image_uint8, probs, t=10, scale_factor=1):
     probabilities (each pixel sums to 1) after ``t`` iterations.
     """
     image = _checked_image(image_uint8)
-    probs = np.asarray(probs)
-    if probs.ndim != 3:
-        raise ValueError(f"probs must be [C, H, W], got {list(probs.shape)}")
-    _check_size(image, probs.shape[1:], "probs")
-    unary = unary_from_softmax(probs)
-    return _infer(image, unary, t, gaussian=(3 / scale_factor, 3),
+    return _infer(image, _probs_unary(image, probs), t, gaussian=(3 / scale_factor, 3),
                   bilateral=(80 / scale_factor, 13, 10))
+
+
+def crf_segmentation(image_uint8, probs, t=10):
+    """The segmentation network's CRF (SPEC 13, DeepLab's settings): probabilities
+    ``[C, H, W]`` -> int64 ``[H, W]`` labels.  Unary ``-log(max(p, 1e-5))``; Gaussian sxy 1
+    compat 3; bilateral sxy 67 srgb 3 compat 4; ``t`` iterations."""
+    image = _checked_image(image_uint8)
+    return np.argmax(_infer(image, _probs_unary(image, probs), t, gaussian=(1, 3), bilateral=(67, 3, 4)), axis=0)

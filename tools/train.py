@@ -86,13 +86,18 @@ def unwrap(model):
 
 
 def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mult, momentum=0.0,
-                      weight_decay=1e-4, clip_grad=0.0):
-    """The flags every training stage has, with that stage's SPEC defaults."""
+                      weight_decay=1e-4, clip_grad=0.0, iterations=None):
+    """The flags every training stage has, with that stage's SPEC defaults; a stage that
+    counts its schedule in steps (``iterations`` given) has ``--iterations`` instead of
+    ``--epochs``."""
     parser.add_argument("--pretrained", default="imagenet",
                         help="backbone weights: imagenet (torch hub cache, offline), none, a ResNet-50 file, "
                              "or a checkpoint of this pipeline (its backbone)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step over all processes")
-    parser.add_argument("--epochs", type=int, default=epochs)
+    if iterations is None:
+        parser.add_argument("--epochs", type=int, default=epochs)
+    else:
+        parser.add_argument("--iterations", type=int, default=iterations, help="training steps")
     parser.add_argument("--lr", type=float, default=lr, help="backbone learning rate (poly schedule, power 0.9)")
     parser.add_argument("--new-layer-lr-mult", type=float, default=new_layer_lr_mult,
                         help="learning-rate factor of the new layers")
@@ -140,7 +145,9 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
     model = prepare_model(model, info.device, args.channels_last)
     optimizer, base_lrs = build_optimizer(model, args)
     steps_per_epoch = len(dataset) // args.batch_size
-    max_step = steps_per_epoch * args.epochs
+    if steps_per_epoch == 0:
+        raise PipelineError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}")
+    max_step = args.iterations if "iterations" in vars(args) else steps_per_epoch * args.epochs
     step = 0
     if args.resume and last_path.exists():
         state = load_checkpoint(last_path, meta)
@@ -174,7 +181,8 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
         epoch, skip = divmod(step, steps_per_epoch)
         dataset.set_epoch(epoch)
         batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch, info.rank, info.world_size)
-        loader = DataLoader(dataset, batch_sampler=batches[skip:], num_workers=args.num_workers,
+        # an --iterations schedule may end inside a pass over the split
+        loader = DataLoader(dataset, batch_sampler=batches[skip:skip + max_step - step], num_workers=args.num_workers,
                             pin_memory=info.device.type == "cuda")
         for batch in loader:
             set_poly_lr(optimizer, base_lrs, step, max_step)

@@ -1,0 +1,59 @@
+"""Stage 7: train the segmentation network (DeepLab-v2 or -v3, SPEC 13) on the pseudo-labels
+-> ckpt/seg.pth."""
+from pathlib import Path
+
+import torch
+
+from data.datasets import LabelMapDataset, build_source, check_label_maps
+from data.transforms import TrainTransform
+from net.backbone import BACKBONES
+from net.segmentation import ARCHS, build_segmentation_net, segmentation_loss
+from tools import dist, stage
+from tools.train import add_training_args, train
+
+log = stage.log
+
+
+def parse_args(argv=None):
+    parser = stage.parser_for(__doc__)
+    stage.add_dataset_args(parser, split_default="train_aug")
+    stage.add_runtime_args(parser)
+    parser.add_argument("--arch", choices=ARCHS, default="deeplabv2",
+                        help="deeplabv2 (ASPP 6/12/18/24 summed, the papers' standard) or deeplabv3")
+    parser.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="torchvision ResNet, stride 8")
+    parser.add_argument("--label-dir", help="pseudo-labels to learn from, 255 ignored "
+                                            "(default: WORK_DIR/pseudo_labels, stage 6's)")
+    parser.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
+                        help="random rescale of the image (bicubic) and its labels (nearest)")
+    add_training_args(parser, batch_size=10, epochs=None, lr=2.5e-4, crop_size=321, new_layer_lr_mult=10.0,
+                      momentum=0.9, weight_decay=5e-4, iterations=20000)
+    parser.epilog = "The published DeepLab-v2 runs: batch 10, crop 321, 20,000 iterations on VOC, 100,000 on COCO."
+    return parser.parse_args(argv)
+
+
+def pixel_losses(model, batch):
+    """The loss of one batch: cross-entropy of the logits against the labels, 255 ignored."""
+    return {"ce": segmentation_loss(model(batch["image"]), batch["labels"])}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = dist.init_distributed(args.device)
+    work_dir = stage.prepare_run(args, "train_seg", info.is_main)
+    torch.manual_seed(args.seed)
+    source = build_source(args.dataset, args.data_root)
+    label_dir = Path(args.label_dir) if args.label_dir else work_dir / "pseudo_labels"
+    log.info("checking the label maps of %s in %s", args.split, label_dir)
+    check_label_maps(source, args.split, label_dir)
+    transform = TrainTransform(crop_size=args.crop_size, scale_range=args.scale_range)
+    dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
+    model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
+    meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes}
+    try:
+        train(model, dataset, pixel_losses, args, info, work_dir, "seg", meta)
+    finally:
+        dist.shutdown(info)
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)
