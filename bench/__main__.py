@@ -1,20 +1,20 @@
 """``python -m bench [NAME ...]``: run the benchmarks and print their tables.
 
-NAME is any of structure_seeds, pamr, random_walk, confusion, crf, loading, throughput
-(default: all, in that order).  Each row of the first table gives the component, the
-device, the input size, the baseline's and our time / peak extra memory, their ratios
-and a check that both give the same result; the worker-process rows (crf, loading) set
-each process count against one process.  The second table (throughput) gives training
-and make_cam images per second.  GPU rows are added when CUDA is available.  Timings
-are only meaningful on an otherwise idle machine: the load average is printed before
-and after.
+NAME is any of structure_seeds, pamr, random_walk, confusion, crf, loading, throughput,
+segmentation (default: all, in that order).  Each row of the first table gives the
+component, the device, the input size, the baseline's and our time / peak extra memory,
+their ratios and a check that both give the same result; the worker-process rows (crf,
+loading) set each process count against one process.  The second table (throughput)
+gives training and make_cam images per second, the third (segmentation) train_seg's and
+infer_seg's.  GPU rows are added when CUDA is available.  Timings are only meaningful on
+an otherwise idle machine: the load average is printed before and after.
 """
 import argparse
 import os
 
 import torch
 
-from bench import confusion, crf, loading, pamr, random_walk, structure_seeds, throughput
+from bench import confusion, crf, loading, pamr, random_walk, segmentation, structure_seeds, throughput
 from bench.measure import COLUMNS, devices, table
 from tools.dist import usable_cpus
 
@@ -29,7 +29,8 @@ def _random_walk_rows():
 BENCHMARKS = {"structure_seeds": (structure_seeds.run, COLUMNS), "pamr": (pamr.run, COLUMNS),
               "random_walk": (_random_walk_rows, COLUMNS), "confusion": (confusion.run, COLUMNS),
               "crf": (crf.run, COLUMNS), "loading": (loading.run, COLUMNS),
-              "throughput": (throughput.run, throughput.COLUMNS)}
+              "throughput": (throughput.run, throughput.COLUMNS),
+              "segmentation": (segmentation.run, segmentation.COLUMNS)}
 
 
 def machine():

@@ -89,6 +89,18 @@ def measure_once(fn, device):
     return seconds, peak - before, result
 
 
+def images_per_second(fn, images_per_call, device, calls):
+    """Images per second of ``calls`` calls of ``fn`` (each of ``images_per_call`` images)
+    after one warm-up call."""
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return images_per_call * calls / (time.perf_counter() - start)
+
+
 def measure(fn, device, repeat=3):
     """Run ``fn()`` ``repeat`` times; return (best seconds, peak extra bytes of one call,
     as ``measure_once`` reads it).

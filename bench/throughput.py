@@ -10,12 +10,11 @@ one worker: the network's rate holds when the workers keep up with it.
 Random weights and data: BatchNorm trains, as with ``--pretrained none``.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
 
-from bench.measure import cost, devices, ratio, synchronize, table
+from bench.measure import cost, devices, images_per_second, ratio, table
 from data.transforms import scaled_images
 from net.sipe import METHODS, SIPENet, multiscale_maps
 from tools import stage
@@ -23,16 +22,6 @@ from tools.train import prepare_model, to_device, train_step
 from train_cam import classifier_losses
 
 VOC_CLASSES = 21
-
-
-def _images_per_second(fn, images_per_call, device, calls):
-    fn()  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    synchronize(device)
-    return images_per_call * calls / (time.perf_counter() - start)
 
 
 def training_rate(method, device, amp, batch, calls):
@@ -46,8 +35,8 @@ def training_rate(method, device, amp, batch, calls):
     labels[:, 0] = 1
     batch_dict = to_device({"image": torch.randn(batch, 3, 512, 512, generator=gen), "label": labels,
                             "valid": torch.ones(batch, 512, 512)}, device, True)
-    return _images_per_second(lambda: train_step(model, batch_dict, classifier_losses, optimizer, scaler, 1.0, amp),
-                              batch, device, calls)
+    return images_per_second(lambda: train_step(model, batch_dict, classifier_losses, optimizer, scaler, 1.0, amp),
+                             batch, device, calls)
 
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -69,13 +58,13 @@ def inference_rate(method, device, amp, calls):
     def infer():
         with stage.autocast(device, amp):
             multiscale_maps(model, [x.to(device) for x in scaled], keys, image.shape[:2])
-    return _images_per_second(infer, 1, device, calls)
+    return images_per_second(infer, 1, device, calls)
 
 
 def resize_seconds(calls=10):
     """Seconds per image of make_cam's resizing in one loader worker (``scaled_images``)."""
     image = _test_image()
-    return 1 / _images_per_second(lambda: scaled_images(image, SCALES), 1, torch.device("cpu"), calls)
+    return 1 / images_per_second(lambda: scaled_images(image, SCALES), 1, torch.device("cpu"), calls)
 
 
 COLUMNS = ("device", "method", "precision", "train img/s", "step time", "AMP speed-up", "step time / SIPE's",
