@@ -14,5 +14,6 @@ AFFINITY=none
 TRAIN_SPLIT=train
 CAM_SPLIT=train
 EVAL_SPLIT=train
+SEG_SPLIT=val
 source scripts/pipeline.sh
 drive "$@"

@@ -1,13 +1,14 @@
 # Sourced by run_voc.sh and run_coco.sh: flag parsing and the stage sequence they share.
-# Expects DATASET, DATA_ROOT, WORK_DIR, TOY_WORK_DIR, METHOD, AFFINITY, TRAIN_SPLIT, CAM_SPLIT and
-# EVAL_SPLIT to be set; the drivers then call `drive "$@"`.
+# Expects DATASET, DATA_ROOT, WORK_DIR, TOY_WORK_DIR, METHOD, AFFINITY, TRAIN_SPLIT, CAM_SPLIT,
+# EVAL_SPLIT and SEG_SPLIT to be set; the drivers then call `drive "$@"`.
 
 GPUS="${GPUS:-1}"
 NNODES="${NNODES:-1}"
 TOY=0
 TOY_IMAGES=160
 TOY_IMAGE_SIZE=128
-STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels)
+STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
+DATA_ROOT_GIVEN=0
 declare -A STAGE_ARGS=()
 
 driver_usage() {
@@ -16,6 +17,8 @@ usage: $0 [options]
   --toy                 run on the embedded toy dataset (generated into WORK_DIR/toy_data), CPU settings
   --toy-images N        training images of the toy dataset (default: $TOY_IMAGES)
   --toy-image-size PX   longest side of the toy images (default: $TOY_IMAGE_SIZE)
+  --dataset D           $DATASET, or custom: any folder in VOC layout with a class_names.txt (--data-root;
+                        its train split is learned from, its val split scores stage 7)
   --data-root DIR       dataset folder (default: $DATA_ROOT)
   --work-dir DIR        run directory (default: runs/<dataset>_<method>, runs/toy with --toy)
   --method M            sipe or ae_sipe (default: $METHOD)
@@ -35,7 +38,8 @@ parse_driver_args() {
             --toy) TOY=1 ;;
             --toy-images) TOY_IMAGES="$2"; shift ;;
             --toy-image-size) TOY_IMAGE_SIZE="$2"; shift ;;
-            --data-root) DATA_ROOT="$2"; shift ;;
+            --dataset) DATASET="$2"; shift ;;
+            --data-root) DATA_ROOT="$2"; DATA_ROOT_GIVEN=1; shift ;;
             --work-dir) WORK_DIR="$2"; shift ;;
             --method) METHOD="$2"; shift ;;
             --affinity) AFFINITY="$2"; shift ;;
@@ -57,6 +61,15 @@ parse_driver_args() {
     done
     case "$METHOD" in sipe|ae_sipe) ;; *) echo "error: --method must be sipe or ae_sipe" >&2; exit 2 ;; esac
     case "$AFFINITY" in irn|affinitynet|none) ;; *) echo "error: --affinity must be irn, affinitynet or none" >&2; exit 2 ;; esac
+    case "$DATASET" in
+        voc|coco) ;;
+        custom)
+            if [ "$DATA_ROOT_GIVEN" = 0 ] && [ "$TOY" = 0 ]; then
+                echo "error: --dataset custom needs --data-root DIR (a folder in VOC layout)" >&2; exit 2
+            fi
+            TRAIN_SPLIT=train CAM_SPLIT=train EVAL_SPLIT=train SEG_SPLIT=val ;;
+        *) echo "error: --dataset must be voc, coco or custom" >&2; exit 2 ;;
+    esac
 }
 
 # Toy settings for a 2-core CPU: small crops, few steps, no ImageNet weights.
@@ -80,6 +93,9 @@ use_toy_dataset() {
     STAGE_ARGS[train_affinity]="--pretrained $WORK_DIR/ckpt/cam.pth $cpu $crop --epochs 10 --save-every 50
         --log-every 10 ${STAGE_ARGS[train_affinity]:-}"
     STAGE_ARGS[make_seg_labels]="$cpu --crf-workers 2 ${STAGE_ARGS[make_seg_labels]:-}"
+    STAGE_ARGS[train_seg]="--pretrained $WORK_DIR/ckpt/cam.pth --arch deeplabv3 --backbone resnet50 $cpu --crop-size 128
+        --batch-size 8 --iterations 60 --lr 0.01 --save-every 50 --log-every 10 ${STAGE_ARGS[train_seg]:-}"
+    STAGE_ARGS[infer_seg]="$cpu --crf-workers 2 ${STAGE_ARGS[infer_seg]:-}"
 }
 
 # python, or torchrun with --gpus processes per machine (and --nnodes machines).
@@ -133,13 +149,14 @@ run_pipeline() {
         "${evaluate[@]}" --map cam --bg-scale "$bg_scale" --tag "AE-IS-CAM" "${checkpoint_note[@]}"
     fi
 
-    local mode=(--bg-conf-scale "$bg_conf_scale")
+    local mode=(--bg-conf-scale "$bg_conf_scale") pseudo_labels="$WORK_DIR/pseudo_labels"
     [ "$AFFINITY" = affinitynet ] && mode=(--mode psa)
     echo "== make_affinity_labels"
     launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" $(extra make_affinity_labels)
     if [ "$AFFINITY" = none ]; then
         # SIPE's COCO route: the CRF labels of stage 4 are the pseudo-labels (255 where unsure)
         "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels (pseudo-labels)"
+        pseudo_labels="$WORK_DIR/affinity_labels"
     else
         "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels"
         train_stage train_affinity.py affinity "${data[@]}" --split "$CAM_SPLIT" --arch "$AFFINITY"
@@ -148,8 +165,17 @@ run_pipeline() {
         "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels" --tag "random walk"
         "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels_crf" --tag "random walk + CRF"
     fi
+
+    # stage 7: the segmentation network on the pseudo-labels (255 ignored), scored on SEG_SPLIT
+    train_stage train_seg.py seg "${data[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
+    echo "== infer_seg"
+    launch infer_seg.py "${data[@]}" --split "$SEG_SPLIT" --crf $(extra infer_seg)
+    "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation/$SEG_SPLIT" \
+        --tag "segmentation ($SEG_SPLIT)"
+    "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation_crf/$SEG_SPLIT" \
+        --tag "segmentation + CRF ($SEG_SPLIT)"
     echo
-    echo "== mIoU of every stage ($EVAL_SPLIT split), $WORK_DIR/results.md"
+    echo "== mIoU of every stage ($EVAL_SPLIT split; stage 7: $SEG_SPLIT), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"
 }
 

@@ -13,7 +13,10 @@ from tools.io import read_label_png
 TINY = ["--toy-images", "8", "--toy-image-size", "64",
         "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
         "--make-cam", "--scales 1.0 --num-workers 0",
-        "--train-affinity", "--epochs 1 --crop-size 80 --resize-long 48 64 --batch-size 4 --num-workers 0"]
+        "--train-affinity", "--epochs 1 --crop-size 80 --resize-long 48 64 --batch-size 4 --num-workers 0",
+        "--train-seg", "--iterations 2 --crop-size 64 --batch-size 4 --num-workers 0",
+        "--infer-seg", "--scales 1.0 --num-workers 0"]
+SEGMENTATION_ROWS = ["segmentation (val)", "segmentation + CRF (val)"]
 
 
 def drive(script, work_dir, *args):
@@ -28,7 +31,8 @@ def test_run_voc_toy_goes_through_every_stage_and_skips_finished_ones(tmp_path):
     work = tmp_path / "voc"
     stdout = drive("run_voc.sh", work)
     results = json.loads((work / "results.json").read_text())
-    assert list(results) == ["CAM", "IS-CAM", "AE-IS-CAM", "affinity labels", "random walk", "random walk + CRF"]
+    assert list(results) == ["CAM", "IS-CAM", "AE-IS-CAM", "affinity labels", "random walk", "random walk + CRF",
+                             *SEGMENTATION_ROWS]
     assert 0 < results["affinity labels"]["coverage"] <= 100
     assert "| random walk + CRF |" in stdout  # the ladder is printed at the end
     names = (work / "toy_data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
@@ -40,15 +44,20 @@ def test_run_voc_toy_goes_through_every_stage_and_skips_finished_ones(tmp_path):
         gt = read_label_png(work / "toy_data" / "SegmentationClass" / f"{name}.png")
         labels = read_label_png(work / "pseudo_labels_crf" / f"{name}.png")
         assert labels.shape == gt.shape and set(np.unique(labels)) <= set(range(5))
+    val_names = (work / "toy_data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    for folder in ("segmentation/val", "segmentation_crf/val"):
+        assert sorted(p.stem for p in (work / folder).glob("*.png")) == sorted(val_names), folder
     for stage in ("train_cam", "make_cam", "eval_cam", "make_affinity_labels", "train_affinity",
-                  "make_seg_labels"):
+                  "make_seg_labels", "train_seg", "infer_seg"):
         assert (work / "args" / f"{stage}.json").is_file(), stage
+    # the flags given to the driver reach the stage, after the toy settings
+    assert json.loads((work / "args" / "train_seg.json").read_text())["iterations"] == 2
 
     outputs = sorted(p for p in work.rglob("*") if p.suffix in (".npy", ".png", ".pth"))
     before = {p: p.stat().st_mtime_ns for p in outputs}
     stdout = drive("run_voc.sh", work)
     assert "train_cam: " in stdout and "ckpt/cam.pth exists, skipped" in stdout
-    assert "ckpt/affinity.pth exists, skipped" in stdout
+    assert "ckpt/affinity.pth exists, skipped" in stdout and "ckpt/seg.pth exists, skipped" in stdout
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
 
 
@@ -56,8 +65,10 @@ def test_run_coco_toy_defaults_to_sipe_and_the_crf_labels_as_pseudo_labels(tmp_p
     work = tmp_path / "coco"
     drive("run_coco.sh", work)
     results = json.loads((work / "results.json").read_text())
-    assert list(results) == ["CAM", "IS-CAM", "affinity labels (pseudo-labels)"]
+    assert list(results) == ["CAM", "IS-CAM", "affinity labels (pseudo-labels)", *SEGMENTATION_ROWS]
     assert json.loads((work / "args" / "train_cam.json").read_text())["method"] == "sipe"
+    # stage 7 learns from the stage-4 labels
+    assert json.loads((work / "args" / "train_seg.json").read_text())["label_dir"] == str(work / "affinity_labels")
     assert not (work / "ckpt" / "affinity.pth").exists() and not (work / "pseudo_labels").exists()
     # scored as labels with unsure pixels (255): on their labelled pixels, with their coverage
     assert 0 < results["affinity labels (pseudo-labels)"]["coverage"] <= 100
