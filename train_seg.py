@@ -9,6 +9,7 @@ from data.transforms import TrainTransform
 from net.backbone import BACKBONES
 from net.segmentation import ARCHS, build_segmentation_net, segmentation_loss
 from tools import dist, stage
+from tools.io import PipelineError
 from tools.train import add_training_args, train
 
 log = stage.log
@@ -41,6 +42,9 @@ def main(argv=None):
     info = dist.init_distributed(args.device)
     work_dir = stage.prepare_run(args, "train_seg", info.is_main)
     torch.manual_seed(args.seed)
+    if args.arch == "deeplabv3" and args.batch_size < 2 * info.world_size:
+        raise PipelineError(f"--arch deeplabv3 trains BatchNorm on its image-pooling branch, which needs at least "
+                            f"2 images per process: --batch-size {args.batch_size} over {info.world_size} processes")
     source = build_source(args.dataset, args.data_root)
     label_dir = Path(args.label_dir) if args.label_dir else work_dir / "pseudo_labels"
     log.info("checking the label maps of %s in %s", args.split, label_dir)

@@ -212,3 +212,12 @@ def test_train_seg_refuses_pixel_supervised_weights(toy, tmp_path):
     flags[flags.index("none")] = str(tmp_path / "coco_with_voc_labels.pth")
     result = run("train_seg.py", *data_args(toy, tmp_path, "train"), *flags, check=False)
     assert result.returncode == 2 and "pixel labels" in result.stderr.strip().splitlines()[-1]
+
+
+def test_train_seg_deeplabv3_needs_two_images_per_process(toy, tmp_path):
+    shutil.copytree(toy / "SegmentationClass", tmp_path / "pseudo_labels")
+    flags = tiny_training()
+    flags[flags.index("--batch-size") + 1] = "1"
+    result = run("train_seg.py", *data_args(toy, tmp_path, "train"), *flags, "--arch", "deeplabv3", check=False)
+    assert result.returncode == 2
+    assert "at least 2 images per process: --batch-size 1 over 1 processes" in result.stderr.strip().splitlines()[-1]
