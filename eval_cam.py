@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from data.datasets import CROWD_MODES, build_source
-from tools import dist, stage
+from engine import stage
+from tools import dist
 from tools.io import PipelineError, check_cam, image_size, load_cam, read_label_png
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results

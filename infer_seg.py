@@ -7,12 +7,13 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from data.datasets import InferenceDataset, build_source, single
-from data.palette import voc_palette
+from engine import stage
+from engine.checkpoint import load_checkpoint
 from net.segmentation import build_segmentation_net, multiscale_probs
-from tools import dist, stage
+from tools import dist
 from tools.crf import crf_segmentation
 from tools.io import read_image, read_label_png, write_image, write_label_png
-from tools.train import load_checkpoint
+from tools.palette import voc_palette
 from tools.visualize import label_panel
 
 log = stage.log

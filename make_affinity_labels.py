@@ -5,10 +5,11 @@ from multiprocessing import Pool
 from pathlib import Path
 
 from data.datasets import build_source
-from data.palette import voc_palette
-from tools import dist, stage
+from engine import stage
+from tools import dist
 from tools.affinity_labels import confident_labels, psa_labels
 from tools.io import check_cam, load_cam, read_image, write_label_png
+from tools.palette import voc_palette
 
 log = stage.log
 

@@ -5,10 +5,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import InferenceDataset, build_source, single
+from engine import stage
+from engine.checkpoint import load_checkpoint
 from net.sipe import SIPENet, multiscale_maps
-from tools import dist, stage
+from tools import dist
 from tools.io import save_cam, write_image
-from tools.train import load_checkpoint
 from tools.visualize import cam_panel
 
 log = stage.log

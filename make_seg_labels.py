@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from data.datasets import build_source
-from data.palette import voc_palette
-from data.transforms import normalize
+from engine import stage
+from engine.checkpoint import load_checkpoint
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
-from tools import dist, stage
+from tools import dist
 from tools.crf import crf_labels
 from tools.io import check_cam, load_cam, read_image, write_image, write_label_png
-from tools.train import load_checkpoint
+from tools.normalization import normalize
+from tools.palette import voc_palette
 from tools.visualize import label_panel
 
 log = stage.log

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 
 from data.datasets import LabelMapDataset, build_source
 from data.transforms import TrainTransform
+from engine import stage
+from engine.train import add_training_args, train, unwrap
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
-from tools import dist, stage
+from tools import dist
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
-from tools.train import add_training_args, train, unwrap
 
 # SPEC 9 training constants per architecture (flags left unset take these).  IRN trains its
 # pairs at radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5.

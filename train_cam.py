@@ -3,10 +3,11 @@ import torch
 
 from data.datasets import ClassificationDataset, build_source
 from data.transforms import TrainTransform
+from engine import stage
+from engine.train import add_training_args, train
 from net.backbone import BACKBONES
-from net.sipe import METHODS, SIPENet
-from tools import dist, stage
-from tools.train import add_training_args, train
+from net.sipe import METHODS, SIPENet, classifier_losses
+from tools import dist
 
 
 def parse_args(argv=None):
@@ -19,12 +20,6 @@ def parse_args(argv=None):
     add_training_args(parser, batch_size=16, epochs=5, lr=0.1, crop_size=512, new_layer_lr_mult=10.0,
                       clip_grad=1.0)
     return parser.parse_args(argv)
-
-
-def classifier_losses(model, batch):
-    """Classification + GSC losses of one batch (SPEC 5.7)."""
-    out = model(batch["image"], batch["label"], batch["valid"])
-    return {"cls": out["cls_loss"], "gsc": out["gsc_loss"]}
 
 
 def main(argv=None):

@@ -6,11 +6,12 @@ import torch
 
 from data.datasets import LabelMapDataset, build_source, check_label_maps
 from data.transforms import TrainTransform
+from engine import stage
+from engine.train import add_training_args, train
 from net.backbone import BACKBONES
-from net.segmentation import ARCHS, build_segmentation_net, segmentation_loss
-from tools import dist, stage
+from net.segmentation import ARCHS, build_segmentation_net, pixel_losses
+from tools import dist
 from tools.io import PipelineError
-from tools.train import add_training_args, train
 
 log = stage.log
 
@@ -30,11 +31,6 @@ def parse_args(argv=None):
                       momentum=0.9, weight_decay=5e-4, iterations=20000)
     parser.epilog = "The published DeepLab-v2 runs: batch 10, crop 321, 20,000 iterations on VOC, 100,000 on COCO."
     return parser.parse_args(argv)
-
-
-def pixel_losses(model, batch):
-    """The loss of one batch: cross-entropy of the logits against the labels, 255 ignored."""
-    return {"ce": segmentation_loss(model(batch["image"]), batch["labels"])}
 
 
 def main(argv=None):

@@ -17,10 +17,10 @@ import torch
 
 from bench.measure import cost, devices, images_per_second, ratio, table
 from data.transforms import scaled_images
+from engine import stage
+from engine.train import build_optimizer, prepare_model, to_device, train_step
 from net.backbone import build_backbone
-from net.segmentation import ARCHS, build_segmentation_net, multiscale_probs, segmentation_loss
-from tools import stage
-from tools.train import build_optimizer, prepare_model, to_device, train_step
+from net.segmentation import ARCHS, build_segmentation_net, multiscale_probs, pixel_losses
 
 VOC_CLASSES = 21
 CROP = 321
@@ -43,10 +43,7 @@ def training_rate(arch, weights, device, amp, batch, calls):
     labels = torch.randint(0, VOC_CLASSES, (batch, CROP, CROP), generator=gen)
     batch_dict = to_device({"image": torch.randn(batch, 3, CROP, CROP, generator=gen), "labels": labels}, device,
                            True)
-
-    def loss_fn(model, batch):
-        return {"ce": segmentation_loss(model(batch["image"]), batch["labels"])}
-    return images_per_second(lambda: train_step(model, batch_dict, loss_fn, optimizer, scaler, 0.0, amp),
+    return images_per_second(lambda: train_step(model, batch_dict, pixel_losses, optimizer, scaler, 0.0, amp),
                              batch, device, calls)
 
 

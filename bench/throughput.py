@@ -16,10 +16,9 @@ import torch
 
 from bench.measure import cost, devices, images_per_second, ratio, table
 from data.transforms import scaled_images
-from net.sipe import METHODS, SIPENet, multiscale_maps
-from tools import stage
-from tools.train import prepare_model, to_device, train_step
-from train_cam import classifier_losses
+from engine import stage
+from engine.train import prepare_model, to_device, train_step
+from net.sipe import METHODS, SIPENet, classifier_losses, multiscale_maps
 
 VOC_CLASSES = 21
 

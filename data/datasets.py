@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.palette import voc_palette
 from data.transforms import scaled_images
 from tools.io import PipelineError, read_image, read_label_png, write_label_png
+from tools.palette import voc_palette
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",

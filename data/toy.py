@@ -30,8 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.palette import voc_palette
 from tools.io import write_image, write_label_png, write_text
+from tools.palette import voc_palette
 
 CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}

@@ -75,3 +75,8 @@ def segmentation_loss(logits, labels, ignore_index=255):
     nothing, and a batch with none labelled gives 0 rather than NaN."""
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
     return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+def pixel_losses(model, batch):
+    """The loss of one batch: cross-entropy of the logits against the labels, 255 ignored."""
+    return {"ce": segmentation_loss(model(batch["image"]), batch["labels"])}

@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.transforms import denormalize
 from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
 from net.pamr import PAMR
 from net.precision import full_precision
+from tools.normalization import denormalize
 
 METHODS = ("sipe", "ae_sipe")
 SIDE_CHANNELS = (128, 128, 256, 256)
@@ -216,3 +216,9 @@ def multiscale_maps(model, scaled_images, keys, size):
     for name, value in summed.items():
         maps[name] = max_normalize(value[0, keys])
     return maps
+
+
+def classifier_losses(model, batch):
+    """Classification + GSC losses of one batch (SPEC 5.7)."""
+    out = model(batch["image"], batch["label"], batch["valid"])
+    return {"cls": out["cls_loss"], "gsc": out["gsc_loss"]}

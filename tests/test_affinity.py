@@ -11,7 +11,7 @@ from torch import nn
 
 from data.datasets import LabelMapDataset, build_source
 from data.toy import generate
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, resize_long
+from data.transforms import TrainTransform, resize_long
 from PIL import Image
 
 import train_affinity
@@ -19,6 +19,7 @@ from net.affinity import (AffinityNet, BoundaryNet, affinity_losses, boundary_ma
                           walk_affinitynet, walk_irn)
 from net.backbone import stage_outputs
 from tools.io import PipelineError, read_image, write_label_png
+from tools.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tools.random_walk import (directions, pairs_within_radius, path_max_affinity, path_offsets,
                                propagate_with_boundary, random_walk)
 

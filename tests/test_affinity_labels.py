@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from data.datasets import build_source
-from data.palette import voc_palette
 from data.toy import generate
+from tests.scripts import run
 from tools.affinity_labels import confident_labels, psa_background, psa_labels
 from tools.io import read_image, read_label_png, save_cam
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
-from tests.scripts import run
+from tools.palette import voc_palette
 
 
 

@@ -11,8 +11,9 @@ from PIL import Image
 from data import toy
 from data.datasets import (DATASETS, ClassificationDataset, InferenceDataset, PipelineError, VOC_CLASSES,
                            build_source)
-from data.palette import voc_palette
-from data.transforms import TrainTransform, denormalize, normalize, scaled_images
+from data.transforms import TrainTransform, scaled_images
+from tools.normalization import denormalize, normalize
+from tools.palette import voc_palette
 
 
 def file_bytes(root):

@@ -23,9 +23,9 @@ from data.datasets import build_source
 from data.toy import generate
 from tools.io import (PipelineError, atomic_path, check_cam, load_cam, read_image, read_label_png, save_cam,
                       write_label_png)
-from tools.report import summarize, update_results
-from tools.train import load_checkpoint
+from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, run
+from tools.report import summarize, update_results
 
 # four steps (8 images, batch 2, one epoch)
 TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",

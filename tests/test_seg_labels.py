@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from data.datasets import build_source
-from data.palette import voc_palette
 from data.toy import generate
-from tools.io import load_cam, read_image, read_label_png, save_cam
 from tests.scripts import run
+from tools.io import load_cam, read_image, read_label_png, save_cam
+from tools.palette import voc_palette
 
 
 

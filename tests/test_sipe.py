@@ -13,7 +13,7 @@ from net.backbone import FrozenStatsBatchNorm2d, build_backbone, hub_weights_pat
 from net.pamr import PAMR
 from net.sipe import (SIPENet, l2_normalize, label_mask, multiscale_maps, normalized_cam, prototypes, reactivate,
                       scale_maps, structure_seeds)
-from tools import stage
+from engine import stage
 from tools.io import PipelineError
 
 

@@ -1,7 +1,7 @@
 """Pictures for a person to look at: CAM heat maps and colour label maps over the image."""
 import numpy as np
 
-from data.palette import voc_palette
+from tools.palette import voc_palette
 
 
 def heat_colours(values):

@@ -1,16 +1,15 @@
 """The training loop shared by the training stages: flags, sample order, schedule,
-checkpoints, resume (SPEC 2, 5.8, 9, 11)."""
-import io
+resume (SPEC 2, 5.8, 9, 11)."""
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from tools import dist, stage
-from tools.io import PipelineError, atomic_path, remove_stale_temporaries
+from engine import stage
+from engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from tools import dist
+from tools.io import PipelineError, remove_stale_temporaries
 
 log = stage.log
 
@@ -39,45 +38,6 @@ def poly_lr(base_lr, step, max_step, power=0.9):
 def set_poly_lr(optimizer, base_lrs, step, max_step):
     for group, base in zip(optimizer.param_groups, base_lrs):
         group["lr"] = poly_lr(base, step, max_step)
-
-
-def save_checkpoint(path, payload):
-    """torch.save through a temporary file: the checkpoint is whole or absent.
-
-    Serialised in memory first: torch's file writer turns a full disk into an opaque
-    RuntimeError, a plain write raises the OSError that atomic_path reports.
-    """
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
-
-
-def load_checkpoint(path, expect=None):
-    """Load a checkpoint dict; ``expect`` maps keys to required values (architecture,
-    number of classes, ...) and a mismatch is a PipelineError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PipelineError(f"{path}: cannot read checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise PipelineError(f"{path}: not a checkpoint of this pipeline")
-    for key, value in (expect or {}).items():
-        if payload.get(key) != value:
-            raise PipelineError(f"{path}: checkpoint has {key}={payload.get(key)!r}, this run needs {value!r}")
-    return payload
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-
-
-def restore_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
 
 
 def unwrap(model):

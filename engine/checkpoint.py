@@ -1,0 +1,48 @@
+"""Checkpoints of the training stages: written whole or not at all, read with a check of
+what they hold, and the random-number state that makes a resume exact (SPEC 2, 11)."""
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.io import PipelineError, atomic_path
+
+
+def save_checkpoint(path, payload):
+    """torch.save through a temporary file: the checkpoint is whole or absent.
+
+    Serialised in memory first: torch's file writer turns a full disk into an opaque
+    RuntimeError, a plain write raises the OSError that atomic_path reports.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def load_checkpoint(path, expect=None):
+    """Load a checkpoint dict; ``expect`` maps keys to required values (architecture,
+    number of classes, ...) and a mismatch is a PipelineError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PipelineError(f"{path}: cannot read checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline")
+    for key, value in (expect or {}).items():
+        if payload.get(key) != value:
+            raise PipelineError(f"{path}: checkpoint has {key}={payload.get(key)!r}, this run needs {value!r}")
+    return payload
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def restore_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
