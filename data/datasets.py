@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from data.transforms import scaled_images
-from tools.io import PipelineError, read_image, read_label_png, write_label_png
+from tools.io import PipelineError, image_size, read_image, read_label_png, write_label_png
 from tools.palette import voc_palette
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -481,12 +480,7 @@ def check_label_maps(source, split, label_dir, threads=8):
     def check(name):
         path = label_dir / f"{name}.png"
         shape = read_label_png(path, source.num_classes).shape
-        image_path = source.image_path(name)
-        try:
-            with Image.open(image_path) as image:  # the header only
-                size = image.size[::-1]
-        except Exception as exc:  # PIL raises many types for corrupt files
-            raise PipelineError(f"{image_path}: cannot read image ({exc})") from exc
+        size = image_size(source.image_path(name))
         if shape != size:
             raise PipelineError(f"{path}: size {list(shape)} differs from its image {list(size)}")
 

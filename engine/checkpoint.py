@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.io import PipelineError, atomic_path
+from tools.io import PipelineError, atomic_path, read_torch_file
 
 
 def save_checkpoint(path, payload):
@@ -25,12 +25,7 @@ def load_checkpoint(path, expect=None):
     """Load a checkpoint dict; ``expect`` maps keys to required values (architecture,
     number of classes, ...) and a mismatch is a PipelineError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PipelineError(f"{path}: cannot read checkpoint ({exc})") from exc
+    payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or "model" not in payload:
         raise PipelineError(f"{path}: not a checkpoint of this pipeline")
     for key, value in (expect or {}).items():

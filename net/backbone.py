@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from tools.io import PipelineError
+from tools.io import PipelineError, read_torch_file
 
 ARCHITECTURES = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
@@ -56,12 +56,8 @@ def read_weights(pretrained, backbone):
                                 f"or pass --pretrained /path/to/{path.name}")
         return ARCHITECTURES[backbone][1].get_state_dict(progress=False)
     path = Path(pretrained)
-    if not path.is_file():
-        raise PipelineError(f"{path}: weights file not found (--pretrained takes imagenet, none or a path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PipelineError(f"{path}: cannot read weights ({exc})") from exc
+    state = read_torch_file(path, "weights",
+                            not_found="weights file not found (--pretrained takes imagenet, none or a path)")
     return backbone_state(state, path)
 
 
