@@ -1,7 +1,6 @@
 """Stage 7: multi-scale + flip inference of the segmentation network (SPEC 13), optionally
 refined by the dense CRF -> segmentation/<split>/<name>.png (and segmentation_crf/<split>/);
 ``--split test`` also fills the VOC evaluation server's folder."""
-import multiprocessing
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -15,6 +14,7 @@ from tools.crf import crf_segmentation
 from tools.io import read_image, read_label_png, write_image, write_label_png
 from tools.palette import voc_palette
 from tools.visualize import label_panel
+from tools.workers import StreamingPool
 
 log = stage.log
 SERVER_DIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
@@ -47,61 +47,49 @@ def crf_refine(image_path, probs, out_paths):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed(args.device)
-    work_dir = stage.prepare_run(args, "infer_seg", info.is_main)
-    source = build_source(args.dataset, args.data_root)
-    checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "seg.pth",
-                                 {"kind": "seg", "num_classes": source.num_classes})
-    model = build_segmentation_net(checkpoint["arch"], source.num_classes, checkpoint["backbone"], pretrained="none")
-    model.load_state_dict(checkpoint["model"])
-    model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
+    with stage.opened(args, "infer_seg") as (info, work_dir):
+        source = build_source(args.dataset, args.data_root)
+        checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "seg.pth",
+                                     {"kind": "seg", "num_classes": source.num_classes})
+        model = build_segmentation_net(checkpoint["arch"], source.num_classes, checkpoint["backbone"],
+                                       pretrained="none")
+        model.load_state_dict(checkpoint["model"])
+        model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
 
-    plain_dir = work_dir / "segmentation" / args.split
-    crf_dir = work_dir / "segmentation_crf" / args.split
-    server_dir = work_dir / SERVER_DIR if args.split == "test" else None
-    out_dirs = [plain_dir] + ([crf_dir] if args.crf else []) + ([server_dir] if server_dir else [])
-    stage.prepare_output_dirs(out_dirs, info)
-    names = source.ids(args.split)
-    todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
-    log.info("%s: %d of %d images to do on rank %d", plain_dir, len(todo), len(names), info.rank)
-    loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False),
-                        batch_size=1, collate_fn=single, num_workers=args.num_workers,
-                        pin_memory=info.device.type == "cuda")
-    pool = multiprocessing.get_context("spawn").Pool(args.crf_workers) if args.crf and todo else None
-    pending = []  # CRF results in flight, at most two per worker: memory stays flat
-    for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="infer_seg")):
-        name, image = item["name"], item["image"]
-        images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
-        with stage.autocast(info.device, args.amp):
-            probs = multiscale_probs(model, images, image.shape[:2])
-        labels = probs.argmax(dim=0).byte().cpu().numpy()
-        write_label_png(plain_dir / f"{name}.png", labels, voc_palette())
-        if server_dir and not args.crf:
-            write_label_png(server_dir / f"{name}.png", labels, voc_palette())
-        shown = (name, image, labels) if index < args.visualize else None
-        if pool is None:
-            if shown:
-                show(work_dir, source, *shown)
-            continue
-        crf_paths = [crf_dir / f"{name}.png"] + ([server_dir / f"{name}.png"] if server_dir else [])
-        pending.append((shown, pool.apply_async(crf_refine, (str(source.image_path(name)),
-                                                             probs.cpu().numpy(), crf_paths))))
-        while len(pending) > 2 * args.crf_workers or (pending and pending[0][1].ready()):
-            finish(work_dir, source, *pending.pop(0))
-    while pending:
-        finish(work_dir, source, *pending.pop(0))
-    if pool is not None:
-        pool.close()
-        pool.join()
-    dist.barrier(info)
-    dist.shutdown(info)
-
-
-def finish(work_dir, source, shown, result):
-    """Wait for one CRF result (its error stops the stage) and draw it if asked."""
-    refined = result.get()
-    if shown:
-        show(work_dir, source, *shown, refined)
+        plain_dir = work_dir / "segmentation" / args.split
+        crf_dir = work_dir / "segmentation_crf" / args.split
+        server_dir = work_dir / SERVER_DIR if args.split == "test" else None
+        out_dirs = [plain_dir] + ([crf_dir] if args.crf else []) + ([server_dir] if server_dir else [])
+        stage.prepare_output_dirs(out_dirs, info)
+        names = source.ids(args.split)
+        todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
+        log.info("%s: %d of %d images to do on rank %d", plain_dir, len(todo), len(names), info.rank)
+        loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False),
+                            batch_size=1, collate_fn=single, num_workers=args.num_workers,
+                            pin_memory=info.device.type == "cuda")
+        with StreamingPool(args.crf_workers if args.crf and todo else 0) as pool:
+            for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="infer_seg")):
+                name, image = item["name"], item["image"]
+                images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
+                with stage.autocast(info.device, args.amp):
+                    probs = multiscale_probs(model, images, image.shape[:2])
+                labels = probs.argmax(dim=0).byte().cpu().numpy()
+                write_label_png(plain_dir / f"{name}.png", labels, voc_palette())
+                if server_dir and not args.crf:
+                    write_label_png(server_dir / f"{name}.png", labels, voc_palette())
+                shown = (name, image, labels) if index < args.visualize else None
+                if not pool:
+                    if shown:
+                        show(work_dir, source, *shown)
+                    continue
+                crf_paths = [crf_dir / f"{name}.png"] + ([server_dir / f"{name}.png"] if server_dir else [])
+                done = pool.submit(crf_refine, (str(source.image_path(name)), probs.cpu().numpy(), crf_paths), shown)
+                for shown, refined in done:
+                    if shown:
+                        show(work_dir, source, *shown, refined)
+            for shown, refined in pool.finish():
+                if shown:
+                    show(work_dir, source, *shown, refined)
 
 
 def show(work_dir, source, name, image, *predictions):

@@ -55,23 +55,21 @@ def label_image(item, args, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed("cpu")
-    stage.prepare_run(args, "make_affinity_labels", info.is_main)
-    out_dir = Path(args.out_dir)
-    stage.prepare_output_dirs([out_dir], info)
+    with stage.opened(args, "make_affinity_labels", device="cpu") as (info, _):
+        out_dir = Path(args.out_dir)
+        stage.prepare_output_dirs([out_dir], info)
 
-    source = build_source(args.dataset, args.data_root)
-    names = source.ids(args.split)
-    todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
-    log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes)", out_dir, len(todo), len(names),
-             info.rank, args.mode, args.workers)
-    work = functools.partial(label_image, args=args, num_classes=source.num_classes)
-    items = [(name, str(source.image_path(name))) for name in todo]
-    with Pool(args.workers) as pool:
-        for _ in stage.progress(pool.imap_unordered(work, items), info.is_main, total=len(items),
-                                desc="affinity labels"):
-            pass
-    dist.shutdown(info)
+        source = build_source(args.dataset, args.data_root)
+        names = source.ids(args.split)
+        todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
+        log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes)", out_dir, len(todo), len(names),
+                 info.rank, args.mode, args.workers)
+        work = functools.partial(label_image, args=args, num_classes=source.num_classes)
+        items = [(name, str(source.image_path(name))) for name in todo]
+        with Pool(args.workers) as pool:
+            for _ in stage.progress(pool.imap_unordered(work, items), info.is_main, total=len(items),
+                                    desc="affinity labels"):
+                pass
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from data.datasets import InferenceDataset, build_source, single
 from engine import stage
 from engine.checkpoint import load_checkpoint
 from net.sipe import SIPENet, multiscale_maps
-from tools import dist
 from tools.io import save_cam, write_image
 from tools.visualize import cam_panel
 
@@ -32,39 +31,36 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed(args.device)
-    work_dir = stage.prepare_run(args, "make_cam", info.is_main)
-    out_dir = Path(args.out_dir or work_dir / "cam")
-    stage.prepare_output_dirs([out_dir], info)
+    with stage.opened(args, "make_cam") as (info, work_dir):
+        out_dir = Path(args.out_dir or work_dir / "cam")
+        stage.prepare_output_dirs([out_dir], info)
 
-    source = build_source(args.dataset, args.data_root)
-    source.check_split(args.split)
-    checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",
-                                 {"kind": "cam", "num_classes": source.num_classes})
-    model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none",
-                    backbone=checkpoint.get("backbone", "resnet50"))
-    model.load_state_dict(checkpoint["model"])
-    model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
-    final_map = FINAL_MAP[checkpoint["method"]]
+        source = build_source(args.dataset, args.data_root)
+        source.check_split(args.split)
+        checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",
+                                     {"kind": "cam", "num_classes": source.num_classes})
+        model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none",
+                        backbone=checkpoint.get("backbone", "resnet50"))
+        model.load_state_dict(checkpoint["model"])
+        model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
+        final_map = FINAL_MAP[checkpoint["method"]]
 
-    names = source.ids(args.split)
-    todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
-    log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
-    loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), batch_size=1,
-                        collate_fn=single, num_workers=args.num_workers, pin_memory=info.device.type == "cuda")
-    for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
-        images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
-        keys = torch.as_tensor(item["keys"], device=info.device)
-        with stage.autocast(info.device, args.amp):
-            maps = multiscale_maps(model, images, keys, item["image"].shape[:2])
-        maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
-        extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
-        save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], method=checkpoint["method"],
-                 num_classes=source.num_classes, **extra)
-        if index < args.visualize:
-            write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps[final_map]))
-    dist.barrier(info)
-    dist.shutdown(info)
+        names = source.ids(args.split)
+        todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
+        log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
+        loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), batch_size=1,
+                            collate_fn=single, num_workers=args.num_workers, pin_memory=info.device.type == "cuda")
+        for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
+            images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
+            keys = torch.as_tensor(item["keys"], device=info.device)
+            with stage.autocast(info.device, args.amp):
+                maps = multiscale_maps(model, images, keys, item["image"].shape[:2])
+            maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
+            extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
+            save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], method=checkpoint["method"],
+                     num_classes=source.num_classes, **extra)
+            if index < args.visualize:
+                write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps[final_map]))
 
 
 if __name__ == "__main__":

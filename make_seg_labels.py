@@ -1,6 +1,5 @@
 """Stage 6: random walk of the CAMs over the learned affinities (SPEC 10), optionally
 refined by the dense CRF (SPEC 8) -> pseudo_labels/<name>.png (and pseudo_labels_crf/)."""
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from tools.io import check_cam, load_cam, read_image, write_image, write_label_p
 from tools.normalization import normalize
 from tools.palette import voc_palette
 from tools.visualize import label_panel
+from tools.workers import StreamingPool
 
 log = stage.log
 DEFAULT_BETA = {"affinitynet": 8, "irn": 10}
@@ -71,59 +71,59 @@ def crf_refine(image_path, label_index, keys, out_path):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed(args.device)
-    work_dir = stage.prepare_run(args, "make_seg_labels", info.is_main)
-    cam_dir = Path(args.cam_dir or work_dir / "cam")
-    out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
-    stage.prepare_output_dirs(out_dirs, info)
+    with stage.opened(args, "make_seg_labels") as (info, work_dir):
+        cam_dir = Path(args.cam_dir or work_dir / "cam")
+        out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
+        stage.prepare_output_dirs(out_dirs, info)
 
-    if args.no_affinity:
-        arch, beta, model = "none", 0, None
-    else:
-        checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
-        arch = checkpoint["arch"]
-        beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
-        model = build_affinity_net(arch, pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
-        model.load_state_dict(checkpoint["model"])
-        model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
-
-    source = build_source(args.dataset, args.data_root)
-    names = source.ids(args.split)
-    todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
-    log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
-             info.rank, arch, beta, args.steps)
-    pool = multiprocessing.get_context("spawn").Pool(args.crf_workers) if args.crf and todo else None
-    pending = []
-    for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
-        image_path = source.image_path(name)
-        image = read_image(image_path)
-        cam_path = cam_dir / f"{name}.npy"
-        keys, cam = load_cam(cam_path, args.map, source.num_classes)
-        check_cam(cam_path, keys, cam, source.num_classes, image.shape[:2])
-        if model is None:
-            cam[0] *= args.bg_scale
-            label_index = cam.argmax(axis=0)
+        if args.no_affinity:
+            arch, beta, model = "none", 0, None
         else:
-            label_index = walk(model, checkpoint, image, torch.from_numpy(cam).to(info.device), beta,
-                               args).cpu().numpy()
-        labels = keys[label_index].astype(np.uint8)
-        write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
-        shown = (name, image, labels) if index < args.visualize else None
-        if pool is not None:
-            pending.append((shown, pool.apply_async(
-                crf_refine, (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png"))))
-        elif shown:
-            write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, labels))
-    if pool is not None:
-        for shown, result in pending:
-            refined = result.get()
-            if shown:
-                name, image, labels = shown
-                write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, labels, refined))
-        pool.close()
-        pool.join()
-    dist.barrier(info)
-    dist.shutdown(info)
+            checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
+            arch = checkpoint["arch"]
+            beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
+            model = build_affinity_net(arch, pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
+            model.load_state_dict(checkpoint["model"])
+            model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
+
+        source = build_source(args.dataset, args.data_root)
+        names = source.ids(args.split)
+        todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
+        log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
+                 info.rank, arch, beta, args.steps)
+        with StreamingPool(args.crf_workers if args.crf and todo else 0) as pool:
+            for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
+                image_path = source.image_path(name)
+                image = read_image(image_path)
+                cam_path = cam_dir / f"{name}.npy"
+                keys, cam = load_cam(cam_path, args.map, source.num_classes)
+                check_cam(cam_path, keys, cam, source.num_classes, image.shape[:2])
+                if model is None:
+                    cam[0] *= args.bg_scale
+                    label_index = cam.argmax(axis=0)
+                else:
+                    label_index = walk(model, checkpoint, image, torch.from_numpy(cam).to(info.device), beta,
+                                       args).cpu().numpy()
+                labels = keys[label_index].astype(np.uint8)
+                write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
+                shown = (name, image, labels) if index < args.visualize else None
+                if not pool:
+                    if shown:
+                        show(work_dir, *shown)
+                    continue
+                done = pool.submit(crf_refine, (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png"),
+                                   shown)
+                for shown, refined in done:
+                    if shown:
+                        show(work_dir, *shown, refined)
+            for shown, refined in pool.finish():
+                if shown:
+                    show(work_dir, *shown, refined)
+
+
+def show(work_dir, name, image, *labels):
+    """image | the walk's labels (| the CRF's) -> vis/seg/<name>.jpg."""
+    write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, *labels))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from engine import stage
 from engine.train import add_training_args, train, unwrap
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
-from tools import dist
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
 
@@ -63,29 +62,25 @@ def pair_losses(radius, label_resize="nearest"):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed(args.device)
-    work_dir = stage.prepare_run(args, "train_affinity", info.is_main)
-    torch.manual_seed(args.seed)
-    source = build_source(args.dataset, args.data_root)
-    label_dir = Path(args.label_dir) if args.label_dir else work_dir / "affinity_labels"
-    missing = [name for name in source.ids(args.split) if not (label_dir / f"{name}.png").is_file()]
-    if missing:
-        raise PipelineError(f"{label_dir}: no affinity labels for {len(missing)} images of {args.split} "
-                            f"(e.g. {missing[0]}.png); run make_affinity_labels.py first")
-    side = -(-args.crop_size // STRIDE[args.arch])
-    if pairs_within_radius(args.radius, (side, side))[0].numel() == 0:
-        raise PipelineError(f"--crop-size {args.crop_size}: the {side}x{side} map of {args.arch} at stride "
-                            f"{STRIDE[args.arch]} has no pixel pairs within radius {args.radius}; use a larger crop")
-    transform = TrainTransform(tuple(args.resize_long), args.crop_size, scale_range=args.scale_range)
-    dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
-    model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
-    meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
-            "crop_size": args.crop_size}
-    try:
+    with stage.opened(args, "train_affinity", seed=args.seed) as (info, work_dir):
+        source = build_source(args.dataset, args.data_root)
+        label_dir = Path(args.label_dir) if args.label_dir else work_dir / "affinity_labels"
+        missing = [name for name in source.ids(args.split) if not (label_dir / f"{name}.png").is_file()]
+        if missing:
+            raise PipelineError(f"{label_dir}: no affinity labels for {len(missing)} images of {args.split} "
+                                f"(e.g. {missing[0]}.png); run make_affinity_labels.py first")
+        side = -(-args.crop_size // STRIDE[args.arch])
+        if pairs_within_radius(args.radius, (side, side))[0].numel() == 0:
+            raise PipelineError(f"--crop-size {args.crop_size}: the {side}x{side} map of {args.arch} at stride "
+                                f"{STRIDE[args.arch]} has no pixel pairs within radius {args.radius}; "
+                                "use a larger crop")
+        transform = TrainTransform(tuple(args.resize_long), args.crop_size, scale_range=args.scale_range)
+        dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
+        model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
+        meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
+                "crop_size": args.crop_size}
         train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), args, info, work_dir, "affinity",
               meta)
-    finally:
-        dist.shutdown(info)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,10 @@
 """Stage 1: train the SIPE / AE-SIPE classifier (SPEC 5, 6) -> ckpt/cam.pth."""
-import torch
-
 from data.datasets import ClassificationDataset, build_source
 from data.transforms import TrainTransform
 from engine import stage
 from engine.train import add_training_args, train
 from net.backbone import BACKBONES
 from net.sipe import METHODS, SIPENet, classifier_losses
-from tools import dist
 
 
 def parse_args(argv=None):
@@ -24,19 +21,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed(args.device)
-    work_dir = stage.prepare_run(args, "train_cam", info.is_main)
-    torch.manual_seed(args.seed)
-    source = build_source(args.dataset, args.data_root)
-    source.check_split(args.split)
-    dataset = ClassificationDataset(source, args.split, TrainTransform(tuple(args.resize_long), args.crop_size),
-                                    seed=args.seed)
-    model = SIPENet(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale).to(info.device)
-    meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes}
-    try:
+    with stage.opened(args, "train_cam", seed=args.seed) as (info, work_dir):
+        source = build_source(args.dataset, args.data_root)
+        source.check_split(args.split)
+        dataset = ClassificationDataset(source, args.split, TrainTransform(tuple(args.resize_long), args.crop_size),
+                                        seed=args.seed)
+        model = SIPENet(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale).to(info.device)
+        meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes}
         train(model, dataset, classifier_losses, args, info, work_dir, "cam", meta)
-    finally:
-        dist.shutdown(info)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,12 @@
 -> ckpt/seg.pth."""
 from pathlib import Path
 
-import torch
-
 from data.datasets import LabelMapDataset, build_source, check_label_maps
 from data.transforms import TrainTransform
 from engine import stage
 from engine.train import add_training_args, train
 from net.backbone import BACKBONES
 from net.segmentation import ARCHS, build_segmentation_net, pixel_losses
-from tools import dist
 from tools.io import PipelineError
 
 log = stage.log
@@ -35,24 +32,20 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    info = dist.init_distributed(args.device)
-    work_dir = stage.prepare_run(args, "train_seg", info.is_main)
-    torch.manual_seed(args.seed)
-    if args.arch == "deeplabv3" and args.batch_size < 2 * info.world_size:
-        raise PipelineError(f"--arch deeplabv3 trains BatchNorm on its image-pooling branch, which needs at least "
-                            f"2 images per process: --batch-size {args.batch_size} over {info.world_size} processes")
-    source = build_source(args.dataset, args.data_root)
-    label_dir = Path(args.label_dir) if args.label_dir else work_dir / "pseudo_labels"
-    log.info("checking the label maps of %s in %s", args.split, label_dir)
-    check_label_maps(source, args.split, label_dir)
-    transform = TrainTransform(crop_size=args.crop_size, scale_range=args.scale_range)
-    dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
-    model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
-    meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes}
-    try:
+    with stage.opened(args, "train_seg", seed=args.seed) as (info, work_dir):
+        if args.arch == "deeplabv3" and args.batch_size < 2 * info.world_size:
+            raise PipelineError("--arch deeplabv3 trains BatchNorm on its image-pooling branch, which needs at "
+                                f"least 2 images per process: --batch-size {args.batch_size} over {info.world_size} "
+                                "processes")
+        source = build_source(args.dataset, args.data_root)
+        label_dir = Path(args.label_dir) if args.label_dir else work_dir / "pseudo_labels"
+        log.info("checking the label maps of %s in %s", args.split, label_dir)
+        check_label_maps(source, args.split, label_dir)
+        transform = TrainTransform(crop_size=args.crop_size, scale_range=args.scale_range)
+        dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
+        model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
+        meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes}
         train(model, dataset, pixel_losses, args, info, work_dir, "seg", meta)
-    finally:
-        dist.shutdown(info)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,23 @@ def prepare_run(args, stage, is_main=True):
     return work_dir
 
 
+@contextlib.contextmanager
+def opened(args, name, device=None, seed=None):
+    """Every stage's opening and ending in one place (SPEC 2): the process group and this
+    process's device (``device``, default ``args.device``), the run directory with the flags
+    and ``logs/<name>.log``, the seed when given; at the end every process waits for the
+    others, and the process group is shut down, on error too.  Yields (info, work_dir)."""
+    info = dist.init_distributed(device or args.device)
+    try:
+        work_dir = prepare_run(args, name, info.is_main)
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield info, work_dir
+        dist.barrier(info)
+    finally:
+        dist.shutdown(info)
+
+
 def prepare_output_dirs(folders, info):
     """Create an inference stage's output folders; the main process removes the temporary
     files a killed run left there, before any process writes (SPEC 2)."""

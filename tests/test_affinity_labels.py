@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from data.datasets import build_source
-from data.toy import generate
 from tests.scripts import run
 from tools.affinity_labels import confident_labels, psa_background, psa_labels
 from tools.io import read_image, read_label_png, save_cam
@@ -165,10 +164,8 @@ def synthetic_cams(root, cam_dir, seed=0):
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    generate(root, num_train=6, num_val=2, size=(40, 56), seed=5)
-    return root
+def toy(make_toy):
+    return make_toy(num_train=6, num_val=2, size=(40, 56), seed=5)
 
 
 def stage_args(root, work, *extra):

@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 
 from data.datasets import build_source
-from data.toy import generate
 from tools.io import (PipelineError, atomic_path, check_cam, load_cam, read_image, read_label_png, save_cam,
                       write_label_png)
 from engine.checkpoint import load_checkpoint
@@ -104,10 +103,8 @@ def run_stage(name, toy, ref, work, *extra, check=True, preexec_fn=None):
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    generate(root, num_train=8, num_val=2, size=(48, 64), seed=2)
-    return root
+def toy(make_toy):
+    return make_toy(num_train=8, num_val=2, size=(48, 64), seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from data.toy import generate
 from tools.io import read_image
 from tests.scripts import REPO, run
 
@@ -16,10 +15,8 @@ TINY_TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    generate(root, num_train=8, num_val=4, size=(48, 64), seed=3)
-    return root
+def toy(make_toy):
+    return make_toy(num_train=8, num_val=4, size=(48, 64), seed=3)
 
 
 def data_args(root, split="train"):

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from data.datasets import build_source
-from data.toy import generate
 from tests.scripts import run
 from tools.io import load_cam, read_image, read_label_png, save_cam
 from tools.palette import voc_palette
@@ -28,10 +27,8 @@ def data_args(root, work, split="train"):
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    generate(root, num_train=6, num_val=2, size=(48, 64), seed=11)
-    return root
+def toy(make_toy):
+    return make_toy(num_train=6, num_val=2, size=(48, 64), seed=11)
 
 
 def gt_affinity_labels(toy, work):

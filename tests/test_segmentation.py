@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.datasets import build_source
-from data.toy import generate
 from net.backbone import build_backbone
 from net.segmentation import ASPP_DILATIONS, ASPPv2, build_segmentation_net, multiscale_probs, segmentation_loss
 from tools.io import PipelineError, read_label_png, write_label_png
@@ -100,9 +99,8 @@ def data_args(root, work, split):
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    generate(root, num_train=6, num_val=3, size=(48, 64), seed=5)
+def toy(make_toy):
+    root = make_toy(num_train=6, num_val=3, size=(48, 64), seed=5)
     lists = root / "ImageSets" / "Segmentation"
     (lists / "test.txt").write_text((lists / "val.txt").read_text())  # a split to fill the server layout with
     return root

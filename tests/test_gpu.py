@@ -1,0 +1,47 @@
+"""The networks on a CUDA device: the same results as on the CPU, and a mixed-precision
+channels-last training step that learns (skipped without CUDA)."""
+import argparse
+
+import pytest
+import torch
+
+from engine import stage
+from engine.train import build_optimizer, to_device, train_step
+from net.segmentation import build_segmentation_net, multiscale_probs, pixel_losses
+from net.sipe import SIPENet, multiscale_maps
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+def test_sipe_maps_on_cuda_equal_the_cpu():
+    torch.manual_seed(0)
+    model = SIPENet(5, "ae_sipe", pretrained="none").eval()
+    scaled = [torch.randn(1, 3, 64, 80), torch.randn(1, 3, 32, 40)]
+    keys = torch.tensor([0, 2, 4])
+    on_cpu = multiscale_maps(model, scaled, keys, (60, 75))
+    on_cuda = multiscale_maps(model.to(CUDA), [x.to(CUDA) for x in scaled], keys.to(CUDA), (60, 75))
+    for name, value in on_cpu.items():
+        assert torch.allclose(on_cuda[name].cpu(), value, atol=1e-3), name
+
+
+def test_segmentation_probs_on_cuda_equal_the_cpu():
+    torch.manual_seed(0)
+    model = build_segmentation_net("deeplabv2", 5, "resnet50", pretrained="none").eval()
+    scaled = [torch.randn(1, 3, 41, 57), torch.randn(1, 3, 61, 85)]
+    on_cpu = multiscale_probs(model, scaled, (41, 57))
+    on_cuda = multiscale_probs(model.to(CUDA), [x.to(CUDA) for x in scaled], (41, 57))
+    assert torch.allclose(on_cuda.cpu(), on_cpu, atol=1e-3)
+
+
+def test_amp_channels_last_training_step_learns_on_cuda():
+    torch.manual_seed(0)
+    model = stage.channels_last(build_segmentation_net("deeplabv2", 3, "resnet50", pretrained="none").to(CUDA), True)
+    args = argparse.Namespace(lr=1e-3, new_layer_lr_mult=10.0, momentum=0.9, weight_decay=5e-4)
+    optimizer, _ = build_optimizer(model, args)
+    scaler = stage.grad_scaler(CUDA, True)
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)
+    labels[:, 16:48, 16:48] = 1
+    batch = to_device({"image": torch.randn(2, 3, 64, 64), "labels": labels}, CUDA, channels_last=True)
+    losses = [train_step(model, batch, pixel_losses, optimizer, scaler, 0.0, True)[1].item() for _ in range(10)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
