@@ -172,6 +172,7 @@ def stage_args(root, work, *extra):
     return ["--dataset", "custom", "--data-root", root, "--work-dir", work, "--workers", "2", *extra]
 
 
+@pytest.mark.slow
 def test_stage_end_to_end_resume_and_eval(toy, tmp_path):
     work = tmp_path / "run"
     source, names = synthetic_cams(toy, work / "cam")
@@ -229,6 +230,7 @@ def keys_out_of_range(cam_dir, name, shape):
     save_cam(cam_dir / f"{name}.npy", [0, 9], np.zeros((2, *shape)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breakage, expected", [
     (missing_cam, "CAM file not found"),
     (wrong_size, "map size .* differs from its image"),

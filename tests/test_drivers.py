@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.scripts import REPO
 from tools.io import read_label_png
+
+pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
 
 TINY = ["--toy-images", "8", "--toy-image-size", "64",
         "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",

@@ -26,6 +26,8 @@ from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, run
 from tools.report import summarize, update_results
 
+pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
+
 # four steps (8 images, batch 2, one epoch)
 TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
          "64", "--batch-size", "2", "--epochs", "1"]

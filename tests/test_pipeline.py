@@ -10,6 +10,8 @@ import torch
 from tools.io import read_image
 from tests.scripts import REPO, run
 
+pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
+
 TINY_TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
               "--resize-long", "48", "64", "--batch-size", "4", "--log-every", "1"]
 

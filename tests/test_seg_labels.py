@@ -14,6 +14,8 @@ from tests.scripts import run
 from tools.io import load_cam, read_image, read_label_png, save_cam
 from tools.palette import voc_palette
 
+pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
+
 
 
 def tiny(workers=0):

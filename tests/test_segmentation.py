@@ -116,6 +116,7 @@ def seg_run(toy, tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 def test_train_seg_checkpoint(seg_run):
     checkpoint = torch.load(seg_run / "ckpt" / "seg.pth", weights_only=False)
     assert checkpoint["kind"] == "seg" and checkpoint["arch"] == "deeplabv2" and checkpoint["step"] == 4
@@ -123,6 +124,7 @@ def test_train_seg_checkpoint(seg_run):
     assert any(key.startswith("head.convs.3.") for key in checkpoint["model"])
 
 
+@pytest.mark.slow
 def test_train_seg_resume_gives_the_same_weights(toy, seg_run, tmp_path):
     work = tmp_path / "resumed"
     shutil.copytree(seg_run / "pseudo_labels", work / "pseudo_labels")
@@ -134,6 +136,7 @@ def test_train_seg_resume_gives_the_same_weights(toy, seg_run, tmp_path):
     assert all(torch.equal(unbroken[key], resumed[key]) for key in unbroken)
 
 
+@pytest.mark.slow
 def test_infer_seg_writes_predictions_crf_and_pictures(toy, seg_run):
     run("infer_seg.py", *data_args(toy, seg_run, "val"), "--device", "cpu", "--num-workers", "0",
         "--scales", "1.0", "0.5", "--crf", "--crf-workers", "1", "--visualize", "1")
@@ -156,6 +159,7 @@ def test_infer_seg_writes_predictions_crf_and_pictures(toy, seg_run):
     assert (seg_run / "segmentation" / "val" / f"{source.ids('val')[0]}.png").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_infer_seg_test_split_fills_the_server_layout(toy, seg_run):
     run("infer_seg.py", *data_args(toy, seg_run, "test"), "--device", "cpu", "--num-workers", "0",
         "--scales", "1.0")
@@ -175,6 +179,7 @@ def labels_with(toy, work, name, damage):
     return work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda path: path.unlink(), "no label PNG for 1 of the 6 images"),
     (lambda path: path.write_bytes(b"not a png"), "cannot read"),
@@ -193,6 +198,7 @@ def test_train_seg_bad_labels_are_one_line_errors(toy, tmp_path, damage, message
     assert not (work / "ckpt").exists() or not any((work / "ckpt").iterdir())
 
 
+@pytest.mark.slow
 def test_infer_seg_refuses_a_checkpoint_of_another_kind(toy, tmp_path):
     torch.save({"kind": "affinity", "arch": "irn", "model": {}}, tmp_path / "affinity.pth")
     result = run("infer_seg.py", *data_args(toy, tmp_path, "val"), "--device", "cpu",
@@ -203,6 +209,7 @@ def test_infer_seg_refuses_a_checkpoint_of_another_kind(toy, tmp_path):
     assert not (tmp_path / "segmentation" / "val").exists() or not any((tmp_path / "segmentation" / "val").iterdir())
 
 
+@pytest.mark.slow
 def test_train_seg_refuses_pixel_supervised_weights(toy, tmp_path):
     torch.save({"classifier.4.weight": torch.zeros(21, 256)}, tmp_path / "coco_with_voc_labels.pth")
     shutil.copytree(toy / "SegmentationClass", tmp_path / "pseudo_labels")
@@ -212,6 +219,7 @@ def test_train_seg_refuses_pixel_supervised_weights(toy, tmp_path):
     assert result.returncode == 2 and "pixel labels" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_train_seg_deeplabv3_needs_two_images_per_process(toy, tmp_path):
     shutil.copytree(toy / "SegmentationClass", tmp_path / "pseudo_labels")
     flags = tiny_training()
