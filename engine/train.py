@@ -86,89 +86,156 @@ def build_optimizer(model, args):
     return optimizer, base_lrs
 
 
+def claim_run(work_dir, name, overwrite, is_main):
+    """The overwrite policy (SPEC 2): a run directory that holds a finished ``name`` network
+    is trained over only with ``--overwrite``, and then the old network is removed at once,
+    so that it cannot outlive a run that stops before its end.  Returns the paths of the
+    final and the resumable checkpoints."""
+    final_path, last_path = work_dir / "ckpt" / f"{name}.pth", work_dir / "ckpt" / f"{name}_last.pth"
+    if final_path.exists() and not overwrite:
+        raise PipelineError(f"{final_path}: this run directory already holds a trained {name} network "
+                            "(pass --overwrite to train again)")
+    if is_main:
+        remove_stale_temporaries(final_path.parent, (final_path.stem, last_path.stem))
+        final_path.unlink(missing_ok=True)
+    return final_path, last_path
+
+
+class LossWindow:
+    """The losses of the steps since the last log line, summed on the device (no host
+    synchronisation per step) and reported as their means, with images per second and,
+    on a GPU, the peak memory (as torchvision's MetricLogger smooths its meters)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.start()
+
+    def start(self):
+        self.sums, self.steps, self.started = {}, 0, time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def add(self, losses):
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.steps += 1
+
+    def report(self, images_per_step):
+        """``name mean ...  N img/s [peak M GiB]`` of the window; starts the next one."""
+        parts = [f"{key} {value.item() / self.steps:.4f}" for key, value in self.sums.items()]
+        parts.append(f"{self.steps * images_per_step / max(time.perf_counter() - self.started, 1e-9):.2f} img/s")
+        if self.device.type == "cuda":
+            parts.append(f"peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB")
+        self.start()
+        return " ".join(parts)
+
+
+class Trainer:
+    """The training loop of SPEC 5.8 / 9 / 13 in parts: the checkpoint (save, resume), the
+    NaN guard, one pass over the split.  Batches, schedule and augmentation depend only on
+    the seed and the step, so a resumed run ends with the weights an unbroken run would
+    have; the loss scaler's state is saved too, so an fp16 resume is exact."""
+
+    def __init__(self, model, dataset, loss_fn, args, info, paths, meta):
+        self.dataset, self.loss_fn, self.args, self.info, self.meta = dataset, loss_fn, args, info, meta
+        self.final_path, self.last_path = paths
+        self.model = prepare_model(model, info.device, args.channels_last)
+        self.optimizer, self.base_lrs = build_optimizer(self.model, args)
+        self.scaler = stage.grad_scaler(info.device, args.amp)
+        self.steps_per_epoch = len(dataset) // args.batch_size
+        if self.steps_per_epoch == 0:
+            raise PipelineError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}")
+        self.max_step = args.iterations if "iterations" in vars(args) else self.steps_per_epoch * args.epochs
+        self.step = 0
+
+    def resume(self):
+        """Continue from the resumable checkpoint: weights, optimizer, loss scaler, RNG, step."""
+        state = load_checkpoint(self.last_path, self.meta)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.step = state["step"]
+        log.info("resumed from %s at step %d", self.last_path, self.step)
+
+    def diverged(self, what):
+        last = self.last_path
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was saved"
+        return PipelineError(f"{what} at step {self.step}; {kept} (lower --lr, or check the data)")
+
+    def save(self, path, with_optimizer):
+        """Write a checkpoint (the main process); non-finite weights are never saved."""
+        state = unwrap(self.model).state_dict()
+        if not torch.stack([torch.isfinite(w).all() for w in state.values() if w.is_floating_point()]).all():
+            raise self.diverged("the weights became non-finite")
+        if self.info.is_main:
+            payload = {**self.meta, "model": state, "step": self.step}
+            if with_optimizer:
+                payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                               rng=rng_state())
+            save_checkpoint(path, payload)
+
+    def run_pass(self, train_model, bar, window):
+        """The rest of the current pass over the split (up to the end of the schedule);
+        returns False when ``--stop-at-step`` stopped it."""
+        args, info = self.args, self.info
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        self.dataset.set_epoch(epoch)
+        batches = epoch_batches(len(self.dataset), args.batch_size, args.seed, epoch, info.rank, info.world_size)
+        loader = DataLoader(self.dataset, batch_sampler=batches[skip:skip + self.max_step - self.step],
+                            num_workers=args.num_workers, pin_memory=info.device.type == "cuda")
+        for batch in loader:
+            set_poly_lr(self.optimizer, self.base_lrs, self.step, self.max_step)
+            batch = to_device(batch, info.device, args.channels_last)
+            losses, loss = train_step(train_model, batch, self.loss_fn, self.optimizer, self.scaler, args.clip_grad,
+                                      args.amp)
+            window.add(losses)
+            self.step += 1
+            bar.update(1)
+            logging_step = self.step % args.log_every == 0 or self.step == self.max_step
+            saving_step = self.step % args.save_every == 0 or self.step == args.stop_at_step
+            if (logging_step or saving_step) and not torch.isfinite(loss).item():
+                raise self.diverged(f"the loss became {loss.item()}")
+            if logging_step:
+                log.info("step %d/%d %s lr %.4g", self.step, self.max_step, window.report(args.batch_size),
+                         self.optimizer.param_groups[0]["lr"])
+            if saving_step:
+                self.save(self.last_path, with_optimizer=True)
+            if self.step == args.stop_at_step:
+                log.info("stopped at step %d; continue with --resume", self.step)
+                return False
+        return True
+
+    def run(self, name):
+        train_model = DistributedDataParallel(self.model) if self.info.distributed else self.model
+        train_model.train()
+        log.info("%s on %s: %d images, %d steps of %d", name, self.info.device, len(self.dataset), self.max_step,
+                 self.args.batch_size)
+        bar = stage.progress(range(self.max_step), self.info.is_main, initial=self.step, desc=f"train {name}")
+        window = LossWindow(self.info.device)
+        with bar:
+            while self.step < self.max_step:
+                if not self.run_pass(train_model, bar, window):
+                    return
+        self.save(self.last_path, with_optimizer=True)
+        self.save(self.final_path, with_optimizer=False)
+        log.info("saved %s", self.final_path)
+        dist.barrier(self.info)
+
+
 def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
     """Train ``model`` on ``dataset`` and write ``ckpt/<name>.pth`` and ``ckpt/<name>_last.pth``.
 
     ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised;
     ``meta`` (architecture, number of classes...) goes into both checkpoints and must
-    match on ``--resume``.  Batches, schedule and augmentation depend only on the seed
-    and the step, so a resumed run ends with the weights an unbroken run would have.
+    match on ``--resume``.
     """
-    final_path, last_path = work_dir / "ckpt" / f"{name}.pth", work_dir / "ckpt" / f"{name}_last.pth"
-    if final_path.exists() and not args.overwrite:
-        raise PipelineError(f"{final_path}: this run directory already holds a trained {name} network "
-                            "(pass --overwrite to train again)")
-    if info.is_main:
-        remove_stale_temporaries(final_path.parent, (final_path.stem, last_path.stem))
-        # the old network must not outlive an overwriting run that stops before its end
-        final_path.unlink(missing_ok=True)
-    model = prepare_model(model, info.device, args.channels_last)
-    optimizer, base_lrs = build_optimizer(model, args)
-    steps_per_epoch = len(dataset) // args.batch_size
-    if steps_per_epoch == 0:
-        raise PipelineError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}")
-    max_step = args.iterations if "iterations" in vars(args) else steps_per_epoch * args.epochs
-    step = 0
-    if args.resume and last_path.exists():
-        state = load_checkpoint(last_path, meta)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
-        step = state["step"]
-        log.info("resumed from %s at step %d", last_path, step)
-    train_model = DistributedDataParallel(model) if info.distributed else model
-    train_model.train()
-    scaler = stage.grad_scaler(info.device, args.amp)
-
-    def diverged(what):
-        kept = f"the last good checkpoint {last_path} is kept" if last_path.exists() else "no checkpoint was saved"
-        return PipelineError(f"{what} at step {step}; {kept} (lower --lr, or check the data)")
-
-    def save(path, with_optimizer):
-        state = unwrap(train_model).state_dict()
-        if not torch.stack([torch.isfinite(w).all() for w in state.values() if w.is_floating_point()]).all():
-            raise diverged("the weights became non-finite")
-        if info.is_main:
-            payload = {**meta, "model": state, "step": step}
-            if with_optimizer:
-                payload.update(optimizer=optimizer.state_dict(), rng=rng_state())
-            save_checkpoint(path, payload)
-
-    log.info("%s on %s: %d images, %d steps of %d", name, info.device, len(dataset), max_step, args.batch_size)
-    bar = stage.progress(range(max_step), info.is_main, initial=step, desc=f"train {name}")
-    started, start_step = time.time(), step
-    while step < max_step:
-        epoch, skip = divmod(step, steps_per_epoch)
-        dataset.set_epoch(epoch)
-        batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch, info.rank, info.world_size)
-        # an --iterations schedule may end inside a pass over the split
-        loader = DataLoader(dataset, batch_sampler=batches[skip:skip + max_step - step], num_workers=args.num_workers,
-                            pin_memory=info.device.type == "cuda")
-        for batch in loader:
-            set_poly_lr(optimizer, base_lrs, step, max_step)
-            batch = to_device(batch, info.device, args.channels_last)
-            losses, loss = train_step(train_model, batch, loss_fn, optimizer, scaler, args.clip_grad, args.amp)
-            step += 1
-            bar.update(1)
-            logging_step = step % args.log_every == 0 or step == max_step
-            saving_step = step % args.save_every == 0 or step == args.stop_at_step
-            if (logging_step or saving_step) and not torch.isfinite(loss).item():
-                raise diverged(f"the loss became {loss.item()}")
-            if logging_step:
-                parts = " ".join(f"{key} {value.item():.4f}" for key, value in losses.items())
-                log.info("step %d/%d %s lr %.4g %.2f img/s", step, max_step, parts, optimizer.param_groups[0]["lr"],
-                         (step - start_step) * args.batch_size / max(time.time() - started, 1e-9))
-            if saving_step:
-                save(last_path, with_optimizer=True)
-            if step == args.stop_at_step:
-                log.info("stopped at step %d; continue with --resume", step)
-                bar.close()
-                return
-    bar.close()
-    save(last_path, with_optimizer=True)
-    save(final_path, with_optimizer=False)
-    log.info("saved %s", final_path)
-    dist.barrier(info)
+    paths = claim_run(work_dir, name, args.overwrite, info.is_main)
+    trainer = Trainer(model, dataset, loss_fn, args, info, paths, meta)
+    if args.resume and trainer.last_path.exists():
+        trainer.resume()
+    trainer.run(name)
 
 
 def prepare_model(model, device, channels_last):

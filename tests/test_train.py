@@ -1,0 +1,93 @@
+"""The parts of the training loop (engine/train.py) on a tiny model, in process."""
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+from engine import train as training
+from engine.checkpoint import load_checkpoint
+from tools.dist import DistInfo
+from tools.io import PipelineError
+
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def param_groups(self):
+        return list(self.body.parameters()), list(self.head.parameters())
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+class Points(torch.utils.data.Dataset):
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(8, 3, generator=gen), torch.randn(8, 1, generator=gen)
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return {"image": self.x[index], "target": self.y[index]}
+
+
+def squared_error(model, batch):
+    return {"mse": ((model(batch["image"]) - batch["target"]) ** 2).mean()}
+
+
+def flags(**changes):
+    args = dict(lr=0.05, new_layer_lr_mult=2.0, momentum=0.9, weight_decay=0.0, batch_size=2, epochs=2,
+                channels_last=False, amp=False, clip_grad=0.0, seed=0, num_workers=0, log_every=1, save_every=1,
+                stop_at_step=0, overwrite=False, resume=False)
+    return argparse.Namespace(**{**args, **changes})
+
+
+@pytest.fixture
+def scaled_fp16(monkeypatch):
+    """An enabled loss scaler that doubles its scale after every step, as fp16 training has."""
+    monkeypatch.setattr(training.stage, "grad_scaler",
+                        lambda device, amp: torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1))
+
+
+def run(work_dir, **changes):
+    torch.manual_seed(0)
+    training.train(Tiny(), Points(), squared_error, flags(**changes), CPU, work_dir, "tiny", {"kind": "tiny"})
+    return load_checkpoint(work_dir / "ckpt" / "tiny_last.pth")
+
+
+def test_resume_restores_the_loss_scaler(tmp_path, scaled_fp16):
+    unbroken = run(tmp_path / "a")
+    assert unbroken["step"] == 8 and unbroken["scaler"]["scale"] == 1024.0 * 2 ** 8
+    stopped = run(tmp_path / "b", stop_at_step=3)
+    assert stopped["step"] == 3 and stopped["scaler"]["scale"] == 1024.0 * 2 ** 3
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed["scaler"] == unbroken["scaler"]
+    assert all(torch.equal(unbroken["model"][key], resumed["model"][key]) for key in unbroken["model"])
+
+
+def test_a_finished_run_is_kept_unless_overwritten(tmp_path):
+    run(tmp_path)
+    with pytest.raises(PipelineError, match="already holds a trained tiny network"):
+        run(tmp_path)
+    final = tmp_path / "ckpt" / "tiny.pth"
+    assert training.claim_run(tmp_path, "tiny", overwrite=True, is_main=True) == (final, final.with_stem("tiny_last"))
+    assert not final.exists()  # removed at once: it cannot outlive a run that stops early
+
+
+def test_loss_window_reports_means_since_the_last_report():
+    window = training.LossWindow(torch.device("cpu"))
+    window.add({"a": torch.tensor(1.0), "b": torch.tensor(4.0)})
+    window.add({"a": torch.tensor(3.0), "b": torch.tensor(0.0)})
+    first = window.report(images_per_step=2).split()
+    assert first[:4] == ["a", "2.0000", "b", "2.0000"] and first[-1] == "img/s"
+    window.add({"a": torch.tensor(5.0), "b": torch.tensor(1.0)})
+    assert window.report(images_per_step=2).split()[:4] == ["a", "5.0000", "b", "1.0000"]
