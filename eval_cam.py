@@ -8,7 +8,7 @@ import numpy as np
 from data.datasets import CROWD_MODES, build_source
 from engine import stage
 from tools import dist
-from tools.io import PipelineError, check_cam, image_size, load_cam, read_label_png
+from tools.io import PipelineError, image_size, load_cam, read_label_png
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
 
@@ -48,8 +48,7 @@ def parse_args(argv=None):
 
 def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
     """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``."""
-    keys, cam = load_cam(path, map_name, num_classes)
-    check_cam(path, keys, cam, num_classes, gt_shape)
+    keys, cam = load_cam(path, map_name, num_classes, gt_shape)
     predictions = []
     for kind, value in backgrounds:
         scored = cam.copy()

@@ -8,7 +8,7 @@ from data.datasets import build_source
 from engine import stage
 from tools import dist
 from tools.affinity_labels import confident_labels, psa_labels
-from tools.io import check_cam, load_cam, read_image, write_label_png
+from tools.io import load_cam, read_image, write_label_png
 from tools.palette import voc_palette
 
 log = stage.log
@@ -43,9 +43,8 @@ def label_image(item, args, num_classes):
     """Write the affinity label PNG of one ``(name, image path)`` (runs in a pool worker)."""
     name, image_path = item
     cam_path = Path(args.cam_dir) / f"{name}.npy"
-    keys, cam = load_cam(cam_path, args.map, num_classes)
     image = read_image(image_path)
-    check_cam(cam_path, keys, cam, num_classes, image.shape[:2])
+    keys, cam = load_cam(cam_path, args.map, num_classes, image.shape[:2])
     if args.mode == "psa":
         labels = psa_labels(image, keys, cam, args.low_alpha, args.high_alpha)
     else:

@@ -12,7 +12,7 @@ from engine.checkpoint import load_checkpoint
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
 from tools import dist
 from tools.crf import crf_labels
-from tools.io import check_cam, load_cam, read_image, write_image, write_label_png
+from tools.io import load_cam, read_image, write_image, write_label_png
 from tools.normalization import normalize
 from tools.palette import voc_palette
 from tools.visualize import label_panel
@@ -96,8 +96,7 @@ def main(argv=None):
                 image_path = source.image_path(name)
                 image = read_image(image_path)
                 cam_path = cam_dir / f"{name}.npy"
-                keys, cam = load_cam(cam_path, args.map, source.num_classes)
-                check_cam(cam_path, keys, cam, source.num_classes, image.shape[:2])
+                keys, cam = load_cam(cam_path, args.map, source.num_classes, image.shape[:2])
                 if model is None:
                     cam[0] *= args.bg_scale
                     label_index = cam.argmax(axis=0)

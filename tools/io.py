@@ -143,9 +143,11 @@ def save_cam(path, keys, cam, method=None, num_classes=None, **maps):
             np.save(f, record, allow_pickle=True)
 
 
-def load_cam(path, map_name="cam", num_classes=None):
+def load_cam(path, map_name="cam", num_classes=None, size=None):
     """Read a CAM dict; returns (keys int64[K], map float32[K,H,W]).  With ``num_classes``, a
-    CAM that records another number of classes (made on another dataset) is an error."""
+    CAM that records another number of classes (made on another dataset) is an error, and
+    with the image's ``size`` (H, W) too, so are keys that are not 0 followed by sorted
+    class ids below ``num_classes`` and a map of another size (SPEC 2)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: CAM file not found")
@@ -164,12 +166,12 @@ def load_cam(path, map_name="cam", num_classes=None):
     cam = np.asarray(record[map_name], dtype=np.float32)
     if cam.ndim != 3 or cam.shape[0] != len(keys):
         raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")
+    if num_classes is not None and size is not None:
+        _check_cam(path, keys, cam, num_classes, size)
     return keys, cam
 
 
-def check_cam(path, keys, cam, num_classes, size):
-    """Raise PipelineError unless a CAM's keys are 0 followed by sorted class ids below
-    ``num_classes`` and its map ``[K, H, W]`` has the image size ``(H, W)`` (SPEC 2)."""
+def _check_cam(path, keys, cam, num_classes, size):
     if keys.size == 0 or keys[0] != 0 or keys.max() >= num_classes or np.any(np.diff(keys) <= 0):
         raise PipelineError(f"{path}: keys {keys.tolist()} are not 0 followed by sorted class ids < {num_classes}")
     if cam.shape[1:] != tuple(size):
