@@ -9,6 +9,7 @@ from data.datasets import CROWD_MODES, build_source
 from engine import stage
 from tools import dist
 from tools.io import PipelineError, image_size, load_cam, read_label_png
+from tools.methods import method_default
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
 
@@ -27,8 +28,9 @@ def parse_args(argv=None):
                         help="with --label-dir: 255 in the labels means no label (affinity labels); score only "
                              "the labelled pixels and report the percentage of pixels labelled (coverage)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files: cam, plain_cam, is_cam")
-    parser.add_argument("--bg-scale", type=float, default=1.0,
-                        help="factor on the background channel before the argmax (0.8 for AE-SIPE)")
+    parser.add_argument("--bg-scale", type=float,
+                        help="factor on the background channel before the argmax (default: from the method the "
+                             "CAM files record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")
     parser.add_argument("--threshold", type=float,
                         help="replace the background channel by this constant (maps without a background)")
     parser.add_argument("--sweep", action="store_true",
@@ -94,7 +96,11 @@ def main(argv=None):
         backgrounds = [("const", t) for t in SWEEP]
     elif args.threshold is not None:
         backgrounds = [("const", args.threshold)]
+    elif args.bg_scale is not None or args.label_dir:
+        backgrounds = [("scale", args.bg_scale or 1.0)]
     else:
+        args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{names[0]}.npy", args.map)
+        stage.save_flags(args, "eval_cam")
         backgrounds = [("scale", args.bg_scale)]
 
     work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds)

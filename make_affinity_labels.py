@@ -9,6 +9,7 @@ from engine import stage
 from tools import dist
 from tools.affinity_labels import confident_labels, psa_labels
 from tools.io import load_cam, read_image, write_label_png
+from tools.methods import method_default
 from tools.palette import voc_palette
 
 log = stage.log
@@ -24,8 +25,9 @@ def parse_args(argv=None):
     parser.add_argument("--mode", choices=("sipe", "psa"), default="sipe",
                         help="sipe: two label CRFs, background as is and times --bg-conf-scale (SIPE, IRN); "
                              "psa: two probability CRFs with background (1 - max fg) ** alpha (AffinityNet)")
-    parser.add_argument("--bg-conf-scale", type=float, default=0.5,
-                        help="sipe mode: factor on the background for the confident background (0.8 for AE-SIPE)")
+    parser.add_argument("--bg-conf-scale", type=float,
+                        help="sipe mode: factor on the background for the confident background (default: from the "
+                             "method the CAM files record, tools/methods.py: 0.5 SIPE, 0.8 AE-SIPE)")
     parser.add_argument("--low-alpha", type=float, default=4, help="psa mode: power of the confident-foreground CRF")
     parser.add_argument("--high-alpha", type=float, default=32,
                         help="psa mode: power of the confident-background CRF")
@@ -61,8 +63,11 @@ def main(argv=None):
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
-        log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes)", out_dir, len(todo), len(names),
-                 info.rank, args.mode, args.workers)
+        if args.mode == "sipe" and args.bg_conf_scale is None and todo:
+            args.bg_conf_scale = method_default("bg_conf_scale", Path(args.cam_dir) / f"{todo[0]}.npy")
+            stage.save_flags(args, "make_affinity_labels", info.is_main)
+        log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes, background x %s)", out_dir, len(todo),
+                 len(names), info.rank, args.mode, args.workers, args.bg_conf_scale)
         work = functools.partial(label_image, args=args, num_classes=source.num_classes)
         items = [(name, str(source.image_path(name))) for name in todo]
         with Pool(args.workers) as pool:

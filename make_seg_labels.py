@@ -13,6 +13,7 @@ from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net
 from tools import dist
 from tools.crf import crf_labels
 from tools.io import load_cam, read_image, write_image, write_label_png
+from tools.methods import method_default
 from tools.normalization import normalize
 from tools.palette import voc_palette
 from tools.visualize import label_panel
@@ -30,7 +31,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-affinity", action="store_true",
                         help="no random walk: labels are the CAM argmax (background times --bg-scale), "
                              "to be refined with --crf (SIPE's COCO setting)")
-    parser.add_argument("--bg-scale", type=float, default=1.0, help="--no-affinity: factor on the background")
+    parser.add_argument("--bg-scale", type=float,
+                        help="--no-affinity: factor on the background (default: from the method the CAM files "
+                             "record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")
     parser.add_argument("--cam-dir", help="CAM files of stage 2 (default: WORK_DIR/cam)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files to propagate")
     parser.add_argument("--radius", type=int, default=WALK_RADIUS,
@@ -89,6 +92,9 @@ def main(argv=None):
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
+        if model is None and args.bg_scale is None and todo:
+            args.bg_scale = method_default("bg_scale", cam_dir / f"{todo[0]}.npy", args.map)
+            stage.save_flags(args, "make_seg_labels", info.is_main)
         log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
                  info.rank, arch, beta, args.steps)
         with StreamingPool(args.crf_workers if args.crf and todo else 0) as pool:

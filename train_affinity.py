@@ -1,5 +1,6 @@
 """Stage 5: train AffinityNet (PSA) or IRN's boundary network on affinity labels (SPEC 9)
 -> ckpt/affinity.pth."""
+import argparse
 from pathlib import Path
 
 import torch
@@ -37,14 +38,13 @@ def parse_args(argv=None):
     parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
                         help="rescale the image by a factor in this range instead of --resize-long")
     add_training_args(parser, batch_size=None, epochs=None, lr=None, crop_size=None, new_layer_lr_mult=None)
-    parser.epilog = ("Unset --epochs, --crop-size, --batch-size, --lr, --new-layer-lr-mult, --radius, --scale-range "
-                     "take the values of --arch: " + "; ".join(f"{arch}: {values}" for arch, values in
-                                                               ARCH_DEFAULTS.items()))
-    args = parser.parse_args(argv)
-    for key, value in ARCH_DEFAULTS[args.arch].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    # the defaults are those of the chosen architecture, so that --help shows them
+    arch = argparse.ArgumentParser(add_help=False)
+    arch.add_argument("--arch", choices=ARCHS, default="irn")
+    chosen = arch.parse_known_args(argv)[0].arch
+    parser.set_defaults(**ARCH_DEFAULTS[chosen])
+    parser.epilog = f"The defaults shown are those of --arch {chosen}; `--arch NAME --help` shows another's."
+    return parser.parse_args(argv)
 
 
 def pair_losses(radius, label_resize="nearest"):

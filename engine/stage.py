@@ -49,12 +49,18 @@ class LogFile(logging.FileHandler):
         super().handleError(record)
 
 
+def save_flags(args, stage, is_main=True):
+    """``args/<stage>.json`` of the run directory: the stage's flags, saved again when a
+    default was resolved later (from the method the CAM files record)."""
+    if is_main:
+        write_json(Path(args.work_dir) / "args" / f"{stage}.json", {k: v for k, v in sorted(vars(args).items())})
+
+
 def prepare_run(args, stage, is_main=True):
     """Create the run directory, save the flags as JSON and log to ``logs/<stage>.log``."""
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        write_json(work_dir / "args" / f"{stage}.json", {k: v for k, v in sorted(vars(args).items())})
+    save_flags(args, stage, is_main)
     (work_dir / "logs").mkdir(exist_ok=True)
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.handlers.clear()

@@ -55,19 +55,19 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
                              "or a checkpoint of this pipeline (its backbone)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step over all processes")
     if iterations is None:
-        parser.add_argument("--epochs", type=int, default=epochs)
+        parser.add_argument("--epochs", type=int, default=epochs, help="passes over the split")
     else:
         parser.add_argument("--iterations", type=int, default=iterations, help="training steps")
     parser.add_argument("--lr", type=float, default=lr, help="backbone learning rate (poly schedule, power 0.9)")
     parser.add_argument("--new-layer-lr-mult", type=float, default=new_layer_lr_mult,
                         help="learning-rate factor of the new layers")
-    parser.add_argument("--weight-decay", type=float, default=weight_decay)
-    parser.add_argument("--momentum", type=float, default=momentum)
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, help="SGD weight decay")
+    parser.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
     parser.add_argument("--clip-grad", type=float, default=clip_grad, help="gradient norm clip (0: off)")
-    parser.add_argument("--crop-size", type=int, default=crop_size)
+    parser.add_argument("--crop-size", type=int, default=crop_size, help="square training crop (pixels)")
     parser.add_argument("--resize-long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"),
                         help="range of the random long-side resize")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sample order, augmentation and initialisation")
     parser.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
     parser.add_argument("--log-every", type=int, default=20, help="steps between loss log lines")
     parser.add_argument("--resume", action="store_true", help="continue from the *_last.pth checkpoint")

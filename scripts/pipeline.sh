@@ -131,8 +131,6 @@ train_stage() {
 
 run_pipeline() {
     local data=(--dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$WORK_DIR")
-    local bg_scale=1.0 bg_conf_scale=0.5
-    if [ "$METHOD" = ae_sipe ]; then bg_scale=0.8; bg_conf_scale=0.8; fi
     mkdir -p "$WORK_DIR"
     local evaluate=(python eval_cam.py "${data[@]}" --split "$EVAL_SPLIT" $(extra eval_cam))
     # AE-SIPE's published VOC figure (65.78) is of the checkpoint with the best train mIoU
@@ -146,10 +144,11 @@ run_pipeline() {
     "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
     "${evaluate[@]}" --map is_cam --tag "IS-CAM"
     if [ "$METHOD" = ae_sipe ]; then
-        "${evaluate[@]}" --map cam --bg-scale "$bg_scale" --tag "AE-IS-CAM" "${checkpoint_note[@]}"
+        # the background factor (0.8) comes from the method the CAM files record (tools/methods.py)
+        "${evaluate[@]}" --map cam --tag "AE-IS-CAM" "${checkpoint_note[@]}"
     fi
 
-    local mode=(--bg-conf-scale "$bg_conf_scale") pseudo_labels="$WORK_DIR/pseudo_labels"
+    local mode=() pseudo_labels="$WORK_DIR/pseudo_labels"
     [ "$AFFINITY" = affinitynet ] && mode=(--mode psa)
     echo "== make_affinity_labels"
     launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" $(extra make_affinity_labels)

@@ -1,0 +1,33 @@
+"""The defaults that depend on the method that made the CAMs, in one table (SPEC 6.4, 8).
+
+The stages that read CAM files take them from the method each file records, so the
+drivers pass none of them:
+
+- ``bg_scale``: the factor on the background of the final map (``cam``) when it is
+  scored (eval_cam) or turned into labels (make_seg_labels --no-affinity): AE-SIPE's
+  AE-IS-CAM is scored with its background times 0.8 (SPEC 6.4); the other maps keep 1.0.
+- ``bg_conf_scale``: the background factor of stage 4's second, confident-foreground CRF
+  (SPEC 8): 0.5 for SIPE, 0.8 for AE-SIPE.
+"""
+from tools.io import PipelineError, cam_method
+
+METHOD_DEFAULTS = {
+    "sipe": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
+    "ae_sipe": {"bg_scale": 0.8, "bg_conf_scale": 0.8},
+}
+
+
+# CAM files that record no method (written by other code) get SIPE's values, the published defaults
+UNRECORDED = "sipe"
+
+
+def method_default(setting, cam_path, map_name="cam"):
+    """The default ``setting`` for the CAM file ``cam_path``: its method's value (SIPE's when
+    it records none), or 1.0 for ``bg_scale`` of a map other than the final ``cam``."""
+    if setting == "bg_scale" and map_name != "cam":
+        return 1.0
+    method = cam_method(cam_path) or UNRECORDED
+    if method not in METHOD_DEFAULTS:
+        raise PipelineError(f"{cam_path}: the CAM records a method this pipeline does not know ({method!r}); "
+                            f"pass --{setting.replace('_', '-')}")
+    return METHOD_DEFAULTS[method][setting]
