@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.datasets import CROWD_MODES, build_source
+from data.sources import CROWD_MODES, build_source
 from engine import stage
 from tools import dist
 from tools.io import PipelineError, image_size, load_cam, read_label_png
@@ -92,6 +92,7 @@ def main(argv=None):
         args.cam_dir = args.cam_dir or str(work_dir / "cam")
     source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
     names = source.ids(args.split)
+    source.render_masks(names)  # COCO: once, here, not in the pool's workers
     if args.sweep:
         backgrounds = [("const", t) for t in SWEEP]
     elif args.threshold is not None:

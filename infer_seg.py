@@ -5,7 +5,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from data.datasets import InferenceDataset, build_source, single
+from data.datasets import InferenceDataset, single
+from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint
 from net.segmentation import build_segmentation_net, multiscale_probs
@@ -63,6 +64,7 @@ def main(argv=None):
         stage.prepare_output_dirs(out_dirs, info)
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
+        source.render_masks(todo[:args.visualize])  # COCO: the ground truth of the pictures
         log.info("%s: %d of %d images to do on rank %d", plain_dir, len(todo), len(names), info.rank)
         loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False),
                             batch_size=1, collate_fn=single, num_workers=args.num_workers,

@@ -4,7 +4,7 @@ import functools
 from multiprocessing import Pool
 from pathlib import Path
 
-from data.datasets import build_source
+from data.sources import build_source
 from engine import stage
 from tools import dist
 from tools.affinity_labels import confident_labels, psa_labels

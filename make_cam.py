@@ -4,7 +4,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from data.datasets import InferenceDataset, build_source, single
+from data.datasets import InferenceDataset, single
+from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint
 from net.sipe import SIPENet, multiscale_maps

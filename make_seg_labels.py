@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.datasets import build_source
+from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data.datasets import LabelMapDataset, build_source
+from data.datasets import LabelMapDataset
+from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
 from engine.train import add_training_args, train, unwrap

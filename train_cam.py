@@ -1,5 +1,6 @@
 """Stage 1: train the SIPE / AE-SIPE classifier (SPEC 5, 6) -> ckpt/cam.pth."""
-from data.datasets import ClassificationDataset, build_source
+from data.datasets import ClassificationDataset
+from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
 from engine.train import add_training_args, train

@@ -2,7 +2,8 @@
 -> ckpt/seg.pth."""
 from pathlib import Path
 
-from data.datasets import LabelMapDataset, build_source, check_label_maps
+from data.datasets import LabelMapDataset
+from data.sources import build_source, check_label_maps
 from data.transforms import TrainTransform
 from engine import stage
 from engine.train import add_training_args, train

@@ -16,7 +16,8 @@ import time
 from torch.utils.data import DataLoader, Subset
 
 from bench.measure import COLUMNS, scaling_rows, table, worker_counts
-from data.datasets import ClassificationDataset, CustomSource
+from data.datasets import ClassificationDataset
+from data.sources import CustomSource
 from data.toy import generate
 from data.transforms import TrainTransform
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.datasets import DATASETS
+from data.sources import DATASETS
 from tools import dist
 from tools.io import PipelineError, remove_stale_temporaries, write_json
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.datasets import LabelMapDataset, build_source
+from data.datasets import LabelMapDataset
+from data.sources import build_source
 from data.toy import generate
 from data.transforms import TrainTransform, resize_long
 from PIL import Image

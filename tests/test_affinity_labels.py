@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.datasets import build_source
+from data.sources import build_source
 from tests.scripts import run
 from tools.affinity_labels import confident_labels, psa_background, psa_labels
 from tools.io import read_image, read_label_png, save_cam

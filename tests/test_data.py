@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from data import toy
-from data.datasets import (DATASETS, ClassificationDataset, InferenceDataset, PipelineError, VOC_CLASSES,
-                           build_source)
+from data.datasets import ClassificationDataset, InferenceDataset
+from data.sources import DATASETS, VOC_CLASSES, build_source
 from data.transforms import TrainTransform, scaled_images
+from tools.io import PipelineError
 from tools.normalization import denormalize, normalize
 from tools.palette import voc_palette
 
@@ -406,6 +407,9 @@ def test_coco_ids_labels_masks(coco_root):
     assert source.labels("COCO_val2014_000000000007").tolist() == [2]
     assert source.image_path("COCO_val2014_000000000007") == coco_root / "val2014" / "COCO_val2014_000000000007.jpg"
     source.check_split("val")
+    with pytest.raises(PipelineError, match="COCO mask not rendered"):  # never rendered by a getter
+        source.mask_path("COCO_val2014_000000000042")
+    source.render_masks(source.ids("val"))
     path = source.mask_path("COCO_val2014_000000000042")
     assert path == coco_root / "semantic_masks" / "val2014" / "COCO_val2014_000000000042.png"
     with Image.open(path) as img:
@@ -418,12 +422,14 @@ def test_coco_ids_labels_masks(coco_root):
     assert mask[38, 2] == 0
     assert set(np.unique(mask).tolist()) == {0, 1}
     Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(path)
+    source.render_masks(source.ids("val"))
     assert not np.array(Image.open(source.mask_path("COCO_val2014_000000000042"))).any()  # cached, not redrawn
 
 
 def test_coco_crowd_ignore_marks_uncovered_crowd_pixels_255(coco_root):
     pytest.importorskip("pycocotools")
     source = build_source("coco", coco_root, coco_crowd="ignore")
+    source.render_masks(["COCO_val2014_000000000042"])
     path = source.mask_path("COCO_val2014_000000000042")
     assert path.parent.parent.name == "semantic_masks_crowd_ignore"  # not the published masks' cache
     mask = np.array(Image.open(path))
@@ -439,6 +445,7 @@ def test_coco_crowd_ignore_marks_uncovered_crowd_pixels_255(coco_root):
 def test_coco_cache_dir_and_missing_split(coco_root, tmp_path):
     pytest.importorskip("pycocotools")
     source = build_source("coco", coco_root, cache_dir=tmp_path / "cache")
+    source.render_masks(["COCO_val2014_000000000007"])
     path = source.mask_path("COCO_val2014_000000000007")
     assert path == tmp_path / "cache" / "val2014" / "COCO_val2014_000000000007.png"
     assert set(np.unique(np.array(Image.open(path))).tolist()) == {0, 2}

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.datasets import build_source
+from data.sources import build_source
 from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, run
 from tools.io import PipelineError, atomic_path, load_cam, read_image, read_label_png, save_cam, write_label_png

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.datasets import build_source
+from data.sources import build_source
 from tests.scripts import run
 from tools.io import load_cam, read_image, read_label_png, save_cam
 from tools.palette import voc_palette

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.datasets import build_source
+from data.sources import build_source
 from net.backbone import build_backbone
 from net.segmentation import ASPP_DILATIONS, ASPPv2, build_segmentation_net, multiscale_probs, segmentation_loss
 from tools.io import PipelineError, read_label_png, write_label_png

@@ -1,0 +1,410 @@
+"""Dataset sources (VOC 2012, COCO 2014, custom VOC-layout folders) on disk (SPEC 3).
+
+A *source* describes a dataset on disk: its split lists, image and mask files and the
+image-level class labels.  Class id 0 is background; foreground classes are 1..C-1.
+Problems with the files raise :class:`tools.io.PipelineError` with a one-line message
+that names the file or folder.  The torch datasets built on them are in data/datasets.py.
+"""
+import contextlib
+import io
+import re
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tools.io import PipelineError, image_size, read_label_png, write_label_png
+from tools.palette import voc_palette
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+IGNORE = 255
+CROWD_MODES = ("background", "ignore")  # COCO crowd regions in the masks: 0 (as published) or 255
+VOC_HINT = ("VOCdevkit/VOC2012 with JPEGImages/, SegmentationClass/, Annotations/ and ImageSets/Segmentation/ "
+            "(get VOCtrainval_11-May-2012.tar, plus SBD's SegmentationClassAug in VOC2012/ for train_aug)")
+COCO_HINT = ("train2014/, val2014/ and annotations/instances_{train,val}2014.json (get train2014.zip, "
+             "val2014.zip and annotations_trainval2014.zip from cocodataset.org)")
+CUSTOM_HINT = ("a VOC-layout folder with JPEGImages/, ImageSets/Segmentation/<split>.txt and class_names.txt "
+               "(for the toy dataset run `python -m data.toy --out DIR`)")
+
+
+def read_id_list(list_path, image_path):
+    """Ids of a split list file, blank lines skipped and duplicates dropped (first kept).
+
+    ``image_path(id)`` gives an id's image; a line naming a missing image is an error.
+    """
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        available = ", ".join(sorted(p.stem for p in list_path.parent.glob("*.txt"))) or "none"
+        raise PipelineError(f"{list_path}: split list not found (lists there: {available})")
+    ids = dict.fromkeys(line.strip() for line in list_path.read_text().splitlines())
+    ids.pop("", None)
+    for image_id in ids:
+        if not image_path(image_id).is_file():
+            raise PipelineError(f"{list_path}: id {image_id!r} has no image {image_path(image_id)}")
+    return list(ids)
+
+
+def xml_object_names(xml_path):
+    """Names of the <object> elements of a VOC XML annotation (object parts not included)."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise PipelineError(f"{xml_path}: cannot parse XML annotation ({exc})") from exc
+    return [(obj.findtext("name") or "").strip() for obj in root.iter("object")]
+
+
+def mask_classes(mask_path, num_classes):
+    """Sorted foreground class ids present in a label PNG (0 and 255 left out)."""
+    values = np.unique(read_label_png(mask_path, num_classes)).astype(np.int64)
+    return values[(values != 0) & (values != IGNORE)]
+
+
+def read_class_names(path):
+    """Class names of a class name file: one a line, line 0 background (SPEC 3)."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: class name file not found (one name a line, line 0 = background)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) < 2 or names[0].strip("_").lower() != "background":
+        raise PipelineError(f"{path}: needs 'background' on the first line and at least one class after it")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{path}: duplicate class names")
+    return names
+
+
+def describe_files(paths):
+    """'a (missing), b' style list of the files consulted for a label."""
+    return ", ".join(f"{p}" if p.is_file() else f"{p} (missing)" for p in paths)
+
+
+class Source:
+    """A dataset on disk (SPEC 3).  Subclasses set ``name``, ``root`` and ``class_names``."""
+
+    name = "source"
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self._ids = {}
+        self._labels = {}
+
+    @property
+    def num_classes(self):
+        """Number of classes including background."""
+        return len(self.class_names)
+
+    def ids(self, split):
+        """Image ids of a split, in list order (loaded once)."""
+        if split not in self._ids:
+            self._ids[split] = self._load_ids(split)
+        return list(self._ids[split])
+
+    def image_path(self, image_id):
+        raise NotImplementedError
+
+    def mask_path(self, image_id):
+        """Ground-truth label PNG of an image, or None when there is none."""
+        raise NotImplementedError
+
+    def render_masks(self, ids):
+        """Make the ground-truth PNGs of ``ids`` that are not files yet (COCO's, from its
+        annotations); an explicit step before any reader, e.g. before a pool starts."""
+
+    def labels(self, image_id):
+        """Sorted unique foreground class ids (int64, in 1..C-1) of an image; never empty."""
+        if image_id not in self._labels:
+            self._labels[image_id] = self._load_labels(image_id)
+        return self._labels[image_id].copy()
+
+    def check_split(self, split):
+        """Check that every image of a split exists and has labels; raise on the first problem."""
+        for image_id in self.ids(split):
+            path = self.image_path(image_id)
+            if not path.is_file():
+                raise PipelineError(f"{path}: image of {image_id!r} ({self.name} {split}) not found")
+            self.labels(image_id)
+
+    def _load_ids(self, split):
+        raise NotImplementedError
+
+    def _load_labels(self, image_id):
+        raise NotImplementedError
+
+
+class VOCLayoutSource(Source):
+    """A folder in VOC layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png,
+    Annotations/<id>.xml and split lists ImageSets/Segmentation/<split>.txt.
+
+    Labels come from the XML object names, or failing that from a mask.
+    """
+
+    def __init__(self, root, hint):
+        super().__init__(root)
+        if not (self.root / "JPEGImages").is_dir():
+            what = "folder not found" if not self.root.is_dir() else "no JPEGImages/ folder"
+            raise PipelineError(f"{self.root}: {self.name} dataset {what}; expected {hint}")
+
+    @property
+    def list_dir(self):
+        return self.root / "ImageSets" / "Segmentation"
+
+    def _load_ids(self, split):
+        return read_id_list(self.list_dir / f"{split}.txt", self.image_path)
+
+    def image_path(self, image_id):
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def _mask_candidates(self, image_id):
+        """Label PNGs of an image for ``mask_path``, preferred first."""
+        return [self.root / "SegmentationClass" / f"{image_id}.png"]
+
+    def _label_mask_candidates(self, image_id):
+        """Label PNGs of an image for the label fallback, preferred first."""
+        return self._mask_candidates(image_id)
+
+    def mask_path(self, image_id):
+        return next((p for p in self._mask_candidates(image_id) if p.is_file()), None)
+
+    def _xml_classes(self, xml_path):
+        index = {name: k for k, name in enumerate(self.class_names) if k > 0}
+        ids = set()
+        for name in xml_object_names(xml_path):
+            if name not in index:
+                raise PipelineError(f"{xml_path}: object name {name!r} is not a {self.name} class "
+                                    f"({', '.join(self.class_names[1:])})")
+            ids.add(index[name])
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def _load_labels(self, image_id):
+        xml_path = self.root / "Annotations" / f"{image_id}.xml"
+        consulted = [xml_path]
+        if xml_path.is_file():
+            classes = self._xml_classes(xml_path)
+            if classes.size:
+                return classes
+        masks = self._label_mask_candidates(image_id)
+        mask = next((p for p in masks if p.is_file()), None)
+        consulted += masks if mask is None else [mask]
+        if mask is not None:
+            classes = mask_classes(mask, self.num_classes)
+            if classes.size:
+                return classes
+        raise PipelineError(f"{self.image_path(image_id)}: no foreground class label for image {image_id!r} "
+                            f"(consulted: {describe_files(consulted)})")
+
+
+class CustomSource(VOCLayoutSource):
+    """Any VOC-layout folder plus a class name file (SPEC 3); the toy dataset is one.
+
+    Splits are the ``ImageSets/Segmentation/*.txt`` files.  ``class_names_file`` (default
+    ``root/class_names.txt``) has one name a line, line 0 background.
+    """
+
+    name = "custom"
+
+    def __init__(self, root, class_names_file=None):
+        super().__init__(root, CUSTOM_HINT)
+        self.class_names_file = Path(class_names_file) if class_names_file else self.root / "class_names.txt"
+        self.class_names = read_class_names(self.class_names_file)
+
+
+class VOCSource(VOCLayoutSource):
+    """PASCAL VOC 2012 (SPEC 3); ``root`` is VOCdevkit/VOC2012 or the VOCdevkit folder.
+
+    ``train_aug`` = (ids of SegmentationClassAug | train) - val, in sorted order; other
+    splits are the lists in ImageSets/Segmentation.  Masks come from SegmentationClass,
+    else SegmentationClassAug; the label fallback prefers SegmentationClassAug.
+    """
+
+    name = "voc"
+
+    def __init__(self, root):
+        root = Path(root)
+        super().__init__(root / "VOC2012" if (root / "VOC2012" / "JPEGImages").is_dir() else root, VOC_HINT)
+        self.class_names = ["background", *VOC_CLASSES]
+
+    def _load_ids(self, split):
+        if split != "train_aug":
+            return super()._load_ids(split)
+        aug_dir = self.root / "SegmentationClassAug"
+        if not aug_dir.is_dir():
+            raise PipelineError(f"{aug_dir}: folder not found; train_aug needs SBD's SegmentationClassAug "
+                                "(the augmented masks, one PNG per image) beside JPEGImages/")
+        val = set(self.ids("val"))
+        ids = sorted(({p.stem for p in aug_dir.glob("*.png")} | set(self.ids("train"))) - val)
+        for image_id in ids:
+            if not self.image_path(image_id).is_file():
+                raise PipelineError(f"{aug_dir / (image_id + '.png')}: id {image_id!r} has no image "
+                                    f"{self.image_path(image_id)}")
+        return ids
+
+    def _mask_candidates(self, image_id):
+        return [self.root / folder / f"{image_id}.png" for folder in ("SegmentationClass", "SegmentationClassAug")]
+
+    def _label_mask_candidates(self, image_id):
+        return self._mask_candidates(image_id)[::-1]
+
+
+class COCOSource(Source):
+    """MS COCO 2014 (SPEC 3): ``root`` holds train2014/, val2014/ and annotations/.
+
+    The categories map to contiguous ids 1..K in ascending category-id order.  A split holds
+    the images with at least one non-crowd annotation; labels are the classes of those
+    annotations.  Semantic masks are rendered on first request as the published ones
+    (non-crowd instances painted in annotation order, crowd regions 0; with
+    ``crowd="ignore"`` crowd regions that no instance covers are 255) and cached as PNGs in
+    ``cache_dir/<split>2014/`` (default ``cache_dir``: ``root/semantic_masks``, or
+    ``root/semantic_masks_crowd_ignore``).  Annotation files load on first use.
+    """
+
+    name = "coco"
+    ID_PATTERN = re.compile(r"COCO_(train|val)2014_\d+")
+
+    def __init__(self, root, cache_dir=None, crowd="background"):
+        super().__init__(root)
+        if not (self.root / "annotations").is_dir():
+            what = "folder not found" if not self.root.is_dir() else "no annotations/ folder"
+            raise PipelineError(f"{self.root}: COCO 2014 {what}; expected {COCO_HINT}")
+        if crowd not in CROWD_MODES:
+            raise PipelineError(f"unknown COCO crowd mode {crowd!r} (choose from {', '.join(CROWD_MODES)})")
+        self.crowd = crowd
+        default_cache = "semantic_masks" if crowd == "background" else "semantic_masks_crowd_ignore"
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / default_cache
+        self._apis = {}
+        self._class_of_category = None
+        self._class_names = None
+
+    def annotation_file(self, split):
+        return self.root / "annotations" / f"instances_{split}2014.json"
+
+    def _api(self, split):
+        """The pycocotools COCO object of a split, loaded once."""
+        if split not in self._apis:
+            path = self.annotation_file(split)
+            if not path.is_file():
+                raise PipelineError(f"{path}: COCO annotation file not found; expected {COCO_HINT}")
+            from pycocotools.coco import COCO
+            with contextlib.redirect_stdout(io.StringIO()):
+                api = COCO(str(path))
+            self._set_categories(api.loadCats(api.getCatIds()), path)
+            self._apis[split] = api
+        return self._apis[split]
+
+    def _set_categories(self, categories, path):
+        categories = sorted(categories, key=lambda c: c["id"])
+        names = ["background", *(c["name"] for c in categories)]
+        if self._class_names is not None and names != self._class_names:
+            raise PipelineError(f"{path}: categories differ from those of the other split")
+        self._class_names = names
+        self._class_of_category = {c["id"]: k + 1 for k, c in enumerate(categories)}
+
+    @property
+    def class_names(self):
+        """Background plus the category names in ascending category-id order (loads a split)."""
+        if self._class_names is None:
+            split = next((s for s in ("val", "train") if self.annotation_file(s).is_file()), "val")
+            self._api(split)
+        return self._class_names
+
+    def split_of(self, image_id):
+        match = self.ID_PATTERN.fullmatch(image_id)
+        if match is None:
+            raise PipelineError(f"{image_id!r} is not a COCO 2014 image id (COCO_<train|val>2014_<number>)")
+        return match.group(1)
+
+    def _image_record(self, image_id):
+        """(COCO api, image id number) of an image id."""
+        api = self._api(self.split_of(image_id))
+        number = int(image_id.rsplit("_", 1)[1])
+        if number not in api.imgs:
+            raise PipelineError(f"{image_id!r} is not in {self.annotation_file(self.split_of(image_id))}")
+        return api, number
+
+    def _load_ids(self, split):
+        api = self._api(split)
+        return sorted(Path(api.imgs[number]["file_name"]).stem for number, anns in api.imgToAnns.items()
+                      if any(not a.get("iscrowd", 0) for a in anns))
+
+    def image_path(self, image_id):
+        return self.root / f"{self.split_of(image_id)}2014" / f"{image_id}.jpg"
+
+    def _load_labels(self, image_id):
+        api, number = self._image_record(image_id)
+        classes = sorted({self._class_of_category[a["category_id"]] for a in api.imgToAnns[number]
+                          if not a.get("iscrowd", 0)})
+        if not classes:
+            raise PipelineError(f"{self.image_path(image_id)}: no foreground class label for image {image_id!r} "
+                                f"(no non-crowd annotation in {self.annotation_file(self.split_of(image_id))})")
+        return np.array(classes, dtype=np.int64)
+
+    def render_mask(self, image_id):
+        """Semantic uint8 mask of an image (SPEC 3): the non-crowd instances painted in
+        annotation order (a later one over an earlier one), crowd regions 0, or 255 where
+        no instance covers them when ``crowd == "ignore"``."""
+        api, number = self._image_record(image_id)
+        info = api.imgs[number]
+        mask = np.zeros((info["height"], info["width"]), dtype=np.uint8)
+        crowd = np.zeros(mask.shape, dtype=bool)
+        for ann in api.imgToAnns[number]:
+            region = api.annToMask(ann).astype(bool)
+            if ann.get("iscrowd", 0):
+                crowd |= region
+            else:
+                mask[region] = self._class_of_category[ann["category_id"]]
+        if self.crowd == "ignore":
+            mask[crowd & (mask == 0)] = IGNORE
+        return mask
+
+    def _mask_cache(self, image_id):
+        return self.cache_dir / f"{self.split_of(image_id)}2014" / f"{image_id}.png"
+
+    def render_masks(self, ids):
+        """Render the masks of ``ids`` missing from the cache (``render_mask``), once."""
+        missing = [image_id for image_id in ids if not self._mask_cache(image_id).is_file()]
+        for image_id in tqdm(missing, desc="COCO masks", disable=not missing, dynamic_ncols=True):
+            write_label_png(self._mask_cache(image_id), self.render_mask(image_id), voc_palette())
+
+    def mask_path(self, image_id):
+        path = self._mask_cache(image_id)
+        if not path.is_file():
+            raise PipelineError(f"{path}: COCO mask not rendered (render_masks makes it from the annotations)")
+        return path
+
+
+SOURCES = {"voc": VOCSource, "coco": COCOSource, "custom": CustomSource}
+DATASETS = tuple(SOURCES)
+
+
+def build_source(dataset, root, coco_crowd="background", **kw):
+    """The source of a dataset by name (one of DATASETS); ``kw`` go to its constructor,
+    ``coco_crowd`` (how COCO masks treat crowd regions) to COCO's only."""
+    if dataset not in SOURCES:
+        raise PipelineError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+    if dataset == "coco":
+        kw["crowd"] = coco_crowd
+    return SOURCES[dataset](root, **kw)
+
+
+def check_label_maps(source, split, label_dir, threads=8):
+    """Read every label map ``label_dir/<id>.png`` of a split before training on them: a
+    missing or corrupt PNG, a value that is no class id (nor 255), a size that is not its
+    image's, is a PipelineError naming the file."""
+    label_dir = Path(label_dir)
+    names = source.ids(split)
+    missing = [name for name in names if not (label_dir / f"{name}.png").is_file()]
+    if missing:
+        raise PipelineError(f"{label_dir}: no label PNG for {len(missing)} of the {len(names)} images of {split} "
+                            f"(e.g. {missing[0]}.png)")
+
+    def check(name):
+        path = label_dir / f"{name}.png"
+        shape = read_label_png(path, source.num_classes).shape
+        size = image_size(source.image_path(name))
+        if shape != size:
+            raise PipelineError(f"{path}: size {list(shape)} differs from its image {list(size)}")
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(check, names):
+            pass
