@@ -63,50 +63,75 @@ def apply_crop(array, window, crop_size, fill=0):
     return out
 
 
-class TrainTransform:
-    """Training augmentation of SPEC 3 and 9; ``(image, rng) -> (image [3,S,S], valid [S,S])``.
+class RandomResize:
+    """Resize the image (PIL bicubic) and its label map (PIL nearest): the long side to a
+    uniform random integer in ``long_side``, or, IRN's augmentation, by a factor uniform in
+    ``scale_range``.  Draws one number."""
 
-    ``scale_range`` (IRN's augmentation) replaces the long-side resize by a rescale by a
-    factor uniform in that range.
+    def __init__(self, long_side=None, scale_range=None):
+        lo, hi = scale_range or long_side
+        if not 0 < lo <= hi:
+            raise ValueError(f"resize range must satisfy 0 < lo <= hi, got {(lo, hi)}")
+        self.long_side = (int(lo), int(hi)) if scale_range is None else None
+        self.scale_range = (float(lo), float(hi)) if scale_range is not None else None
+
+    def __call__(self, image, labels, rng):
+        if self.scale_range is None:
+            image = resize_long(image, int(rng.integers(self.long_side[0], self.long_side[1] + 1)))
+        else:
+            image = rescale(image, float(rng.uniform(*self.scale_range)))
+        return image, None if labels is None else resize_to(labels, image.shape[:2], Image.NEAREST)
+
+
+class RandomFlip:
+    """Flip image and label map left-right with probability 1/2 (draws one number)."""
+
+    def __call__(self, image, labels, rng):
+        if rng.random() < 0.5:
+            return image[:, ::-1], None if labels is None else labels[:, ::-1]
+        return image, labels
+
+
+class NormalizeCrop:
+    """ImageNet normalisation, then a random square crop (draws y, then x) padded with 0;
+    the label map is cropped with it, padded with ``ignore_index`` -> int64 labels, and
+    without one the crop's valid-pixel mask is the target -> float32 [S, S]."""
+
+    def __init__(self, crop_size, ignore_index=255):
+        self.crop_size, self.ignore_index = int(crop_size), ignore_index
+
+    def __call__(self, image, labels, rng):
+        window = random_crop_window(image.shape[:2], self.crop_size, rng)
+        pixels = apply_crop(normalize_array(image), window, self.crop_size)
+        if labels is None:
+            target = torch.from_numpy(apply_crop(np.ones(image.shape[:2], dtype=np.float32), window, self.crop_size))
+        else:
+            target = torch.from_numpy(apply_crop(labels, window, self.crop_size, self.ignore_index).astype(np.int64))
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), target
+
+
+class TrainTransform:
+    """Training augmentation of SPEC 3 and 9: the joint ``(image, labels, rng)`` steps
+    resize, flip (``flip``), normalise and crop, composed.  ``(image, rng) -> (image
+    [3,S,S], valid [S,S])``; ``with_labels(image, labels, rng) -> (image, labels int64
+    [S,S])``.  ``scale_range`` (IRN's augmentation) replaces the long-side resize by a
+    rescale by a factor uniform in that range.
     """
 
     def __init__(self, resize_long=(320, 640), crop_size=512, flip=True, scale_range=None):
-        lo, hi = scale_range or resize_long
-        if not 0 < lo <= hi:
-            raise ValueError(f"resize range must satisfy 0 < lo <= hi, got {(lo, hi)}")
-        self.resize_long = (int(lo), int(hi)) if scale_range is None else None
-        self.scale_range = (float(lo), float(hi)) if scale_range is not None else None
-        self.crop_size = int(crop_size)
-        self.flip = flip
+        self.steps = [RandomResize(resize_long, scale_range)] + ([RandomFlip()] if flip else []) + \
+            [NormalizeCrop(crop_size)]
 
     def __call__(self, image, rng):
-        image, window = self._resize_flip(image, rng)
-        pixels = apply_crop(normalize_array(image), window, self.crop_size)
-        valid = apply_crop(np.ones(image.shape[:2], dtype=np.float32), window, self.crop_size)
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), torch.from_numpy(valid)
+        return self._apply(image, None, rng)
 
-    def with_labels(self, image, labels, rng, ignore_index=255):
-        """The same augmentation applied to an image and its label map (PIL nearest resize,
-        padding ``ignore_index``): ``-> (image [3,S,S], labels int64 [S,S])`` (SPEC 9)."""
+    def with_labels(self, image, labels, rng):
+        """The same augmentation applied to an image and its label map (SPEC 9)."""
         if labels.shape != image.shape[:2]:
             raise ValueError(f"label map {labels.shape} and image {image.shape[:2]} differ in size")
-        image, window, flipped = self._resize_flip(image, rng, with_flip=True)
-        labels = resize_to(labels, image.shape[:2], Image.NEAREST)
-        if flipped:
-            labels = labels[:, ::-1]
-        pixels = apply_crop(normalize_array(image), window, self.crop_size)
-        labels = apply_crop(labels, window, self.crop_size, fill=ignore_index)
-        return (torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
-                torch.from_numpy(labels.astype(np.int64)))
+        return self._apply(image, labels, rng)
 
-    def _resize_flip(self, image, rng, with_flip=False):
-        """Resize and maybe flip ``image`` and draw its crop window, in the documented rng order."""
-        if self.scale_range is None:
-            image = resize_long(image, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
-        else:
-            image = rescale(image, float(rng.uniform(*self.scale_range)))
-        flipped = bool(self.flip and rng.random() < 0.5)
-        if flipped:
-            image = image[:, ::-1]
-        window = random_crop_window(image.shape[:2], self.crop_size, rng)
-        return (image, window, flipped) if with_flip else (image, window)
+    def _apply(self, image, labels, rng):
+        for step in self.steps:
+            image, labels = step(image, labels, rng)
+        return image, labels
