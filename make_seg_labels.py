@@ -72,6 +72,15 @@ def crf_refine(image_path, label_index, keys, out_path):
     return refined
 
 
+def load_affinity_net(args, work_dir, device):
+    """The affinity network of stage 5 (``--checkpoint``, default ckpt/affinity.pth), ready
+    for inference on ``device``; returns (checkpoint, model)."""
+    checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
+    model = build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
+    model.load_state_dict(checkpoint["model"])
+    return checkpoint, stage.channels_last(model.to(device).eval(), args.channels_last)
+
+
 def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "make_seg_labels") as (info, work_dir):
@@ -79,16 +88,11 @@ def main(argv=None):
         out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
         stage.prepare_output_dirs(out_dirs, info)
 
-        if args.no_affinity:
-            arch, beta, model = "none", 0, None
-        else:
-            checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
+        checkpoint, model = (None, None) if args.no_affinity else load_affinity_net(args, work_dir, info.device)
+        arch, beta = "none", 0
+        if checkpoint:
             arch = checkpoint["arch"]
             beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
-            model = build_affinity_net(arch, pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
-            model.load_state_dict(checkpoint["model"])
-            model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
-
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
