@@ -87,54 +87,54 @@ def image_confusions(name, source, args, backgrounds):
 
 def main(argv=None):
     args = parse_args(argv)
-    work_dir = stage.prepare_run(args, "eval_cam")
-    if not args.label_dir:
-        args.cam_dir = args.cam_dir or str(work_dir / "cam")
-    source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
-    names = source.ids(args.split)
-    source.render_masks(names)  # COCO: once, here, not in the pool's workers
-    if args.sweep:
-        backgrounds = [("const", t) for t in SWEEP]
-    elif args.threshold is not None:
-        backgrounds = [("const", args.threshold)]
-    elif args.bg_scale is not None or args.label_dir:
-        backgrounds = [("scale", args.bg_scale or 1.0)]
-    else:
-        args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{names[0]}.npy", args.map)
-        stage.save_flags(args, "eval_cam")
-        backgrounds = [("scale", args.bg_scale)]
+    with stage.opened(args, "eval_cam", device="cpu") as (_, work_dir):
+        if not args.label_dir:
+            args.cam_dir = args.cam_dir or str(work_dir / "cam")
+        source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
+        names = source.ids(args.split)
+        source.render_masks(names)  # COCO: once, here, not in the pool's workers
+        if args.sweep:
+            backgrounds = [("const", t) for t in SWEEP]
+        elif args.threshold is not None:
+            backgrounds = [("const", args.threshold)]
+        elif args.bg_scale is not None or args.label_dir:
+            backgrounds = [("scale", args.bg_scale or 1.0)]
+        else:
+            args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{names[0]}.npy", args.map)
+            stage.save_flags(args, "eval_cam")
+            backgrounds = [("scale", args.bg_scale)]
 
-    work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds)
-    totals, evaluated = None, 0
-    with Pool(max(1, args.num_workers)) as pool:
-        for confusions, pixels in stage.progress(pool.imap(work, names, chunksize=4), total=len(names),
-                                                 desc="eval"):
-            totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
-            evaluated += pixels
-    entries = [summarize(total, source.class_names) for total in totals]
-    best = max(range(len(entries)), key=lambda i: entries[i]["miou"])
-    entry = entries[best]
-    kind, value = backgrounds[best]
-    if args.label_dir:
-        tag, entry["note"] = args.tag or Path(args.label_dir).name, "labels"
-        if args.confident:
-            entry["coverage"] = round(100 * coverage(totals[best], evaluated), 2)
-            entry["note"] = f"confident, coverage {entry['coverage']:.1f}%"
-    else:
-        tag = args.tag or args.map
-        entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"
-    if args.note:
-        entry["note"] = f"{entry['note']}; {args.note}"
-    if args.sweep:
-        entry["sweep"] = {str(t): e["miou"] for (_, t), e in zip(backgrounds, entries)}
-        for (_, t), e in zip(backgrounds, entries):
-            print(f"threshold {t:.2f}: mIoU {e['miou']:.2f}")
-    entry.update(split=args.split, images=len(names))
-    update_results(work_dir, tag, entry)
-    print(f"{tag}: mIoU {entry['miou']:.2f} ({entry['note']}, {len(names)} images of {args.split})")
-    width = max(len(n) for n in source.class_names)
-    for name, value in entry["iou"].items():
-        print(f"  {name:<{width}} {'-' if value is None else f'{value:6.2f}'}")
+        work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds)
+        totals, evaluated = None, 0
+        with Pool(max(1, args.num_workers)) as pool:
+            for confusions, pixels in stage.progress(pool.imap(work, names, chunksize=4), total=len(names),
+                                                     desc="eval"):
+                totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
+                evaluated += pixels
+        entries = [summarize(total, source.class_names) for total in totals]
+        best = max(range(len(entries)), key=lambda i: entries[i]["miou"])
+        entry = entries[best]
+        kind, value = backgrounds[best]
+        if args.label_dir:
+            tag, entry["note"] = args.tag or Path(args.label_dir).name, "labels"
+            if args.confident:
+                entry["coverage"] = round(100 * coverage(totals[best], evaluated), 2)
+                entry["note"] = f"confident, coverage {entry['coverage']:.1f}%"
+        else:
+            tag = args.tag or args.map
+            entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"
+        if args.note:
+            entry["note"] = f"{entry['note']}; {args.note}"
+        if args.sweep:
+            entry["sweep"] = {str(t): e["miou"] for (_, t), e in zip(backgrounds, entries)}
+            for (_, t), e in zip(backgrounds, entries):
+                print(f"threshold {t:.2f}: mIoU {e['miou']:.2f}")
+        entry.update(split=args.split, images=len(names))
+        update_results(work_dir, tag, entry)
+        print(f"{tag}: mIoU {entry['miou']:.2f} ({entry['note']}, {len(names)} images of {args.split})")
+        width = max(len(n) for n in source.class_names)
+        for name, value in entry["iou"].items():
+            print(f"  {name:<{width}} {'-' if value is None else f'{value:6.2f}'}")
 
 
 if __name__ == "__main__":
