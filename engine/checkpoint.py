@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.io import PipelineError, atomic_path, read_torch_file
+from tools.io import PipelineError, atomic_path
+from tools.torch_files import read_torch_file
 
 
 def save_checkpoint(path, payload):

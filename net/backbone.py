@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from tools.io import PipelineError, read_torch_file
+from tools.io import PipelineError
+from tools.torch_files import read_torch_file
 
 ARCHITECTURES = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),

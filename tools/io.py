@@ -11,7 +11,6 @@ import secrets
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile
 
 # Truncated files must fail loudly, not decode to a half-grey image.
@@ -198,15 +197,3 @@ def write_json(path, obj):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def read_torch_file(path, what, not_found=None):
-    """``torch.load`` of a file onto the CPU: a missing file is "<what> not found" (or
-    ``not_found``), one torch cannot read "cannot read <what>", both naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: {not_found or what + ' not found'}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PipelineError(f"{path}: cannot read {what} ({exc})") from exc
