@@ -97,12 +97,11 @@ def main(argv=None):
             backgrounds = [("const", t) for t in SWEEP]
         elif args.threshold is not None:
             backgrounds = [("const", args.threshold)]
-        elif args.bg_scale is not None or args.label_dir:
-            backgrounds = [("scale", args.bg_scale or 1.0)]
         else:
-            args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{names[0]}.npy", args.map)
-            stage.save_flags(args, "eval_cam")
-            backgrounds = [("scale", args.bg_scale)]
+            if args.bg_scale is None and not args.label_dir:
+                args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{names[0]}.npy", args.map)
+                stage.save_flags(args, "eval_cam")
+            backgrounds = [("scale", 1.0 if args.bg_scale is None else args.bg_scale)]
 
         work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds)
         totals, evaluated = None, 0
