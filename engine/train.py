@@ -166,7 +166,7 @@ class Trainer:
 
     def save(self, path, with_optimizer):
         """Write a checkpoint (the main process); non-finite weights are never saved."""
-        state = unwrap(self.model).state_dict()
+        state = self.model.state_dict()  # the unwrapped module: DDP wraps it only in run()
         if not torch.stack([torch.isfinite(w).all() for w in state.values() if w.is_floating_point()]).all():
             raise self.diverged("the weights became non-finite")
         if self.info.is_main:

@@ -143,20 +143,19 @@ def save_cam(path, keys, cam, method=None, num_classes=None, **maps):
 
 
 def _cam_record(path):
-    """The dict of a CAM file, with its keys; a missing or foreign file is a PipelineError."""
+    """(the dict of a CAM file, its keys as int64); a missing or foreign file is a PipelineError."""
     if not Path(path).is_file():
         raise PipelineError(f"{path}: CAM file not found")
     try:
         record = np.load(path, allow_pickle=True).item()
-        np.asarray(record["keys"], dtype=np.int64)
+        return record, np.asarray(record["keys"], dtype=np.int64)
     except Exception as exc:
         raise PipelineError(f"{path}: not a CAM file ({exc})") from exc
-    return record
 
 
 def cam_method(path):
     """The method recorded in a CAM file (``sipe``, ``ae_sipe``), or None."""
-    return _cam_record(path).get("method")
+    return _cam_record(path)[0].get("method")
 
 
 def load_cam(path, map_name="cam", num_classes=None, size=None):
@@ -165,8 +164,7 @@ def load_cam(path, map_name="cam", num_classes=None, size=None):
     with the image's ``size`` (H, W) too, so are keys that are not 0 followed by sorted
     class ids below ``num_classes`` and a map of another size (SPEC 2)."""
     path = Path(path)
-    record = _cam_record(path)
-    keys = np.asarray(record["keys"], dtype=np.int64)
+    record, keys = _cam_record(path)
     if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
         raise PipelineError(f"{path}: CAM made for a dataset of {record['num_classes']} classes, this dataset "
                             f"has {num_classes}")
