@@ -1,6 +1,7 @@
 """Stage 7: multi-scale + flip inference of the segmentation network (SPEC 13), optionally
 refined by the dense CRF -> segmentation/<split>/<name>.png (and segmentation_crf/<split>/);
 ``--split test`` also fills the VOC evaluation server's folder."""
+import functools
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -69,7 +70,8 @@ def main(argv=None):
         loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False),
                             batch_size=1, collate_fn=single, num_workers=args.num_workers,
                             pin_memory=info.device.type == "cuda")
-        with StreamingPool(args.crf_workers if args.crf and todo else 0) as pool:
+        draw = functools.partial(show, work_dir, source)
+        with StreamingPool(args.crf_workers if args.crf and todo else 0, draw) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="infer_seg")):
                 name, image = item["name"], item["image"]
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
@@ -80,25 +82,23 @@ def main(argv=None):
                 if server_dir and not args.crf:
                     write_label_png(server_dir / f"{name}.png", labels, voc_palette())
                 shown = (name, image, labels) if index < args.visualize else None
-                if not pool:
-                    if shown:
-                        show(work_dir, source, *shown)
-                    continue
-                crf_paths = [crf_dir / f"{name}.png"] + ([server_dir / f"{name}.png"] if server_dir else [])
-                done = pool.submit(crf_refine, (str(source.image_path(name)), probs.cpu().numpy(), crf_paths), shown)
-                for shown, refined in done:
-                    if shown:
-                        show(work_dir, source, *shown, refined)
-            for shown, refined in pool.finish():
-                if shown:
-                    show(work_dir, source, *shown, refined)
+                if pool:
+                    crf_paths = [crf_dir / f"{name}.png"] + ([server_dir / f"{name}.png"] if server_dir else [])
+                    pool.submit(crf_refine, (str(source.image_path(name)), probs.cpu().numpy(), crf_paths), shown)
+                else:
+                    draw(shown)
+            pool.finish()
 
 
-def show(work_dir, source, name, image, *predictions):
-    """image | predictions | ground truth (when the split has it) -> vis/segmentation/<name>.jpg."""
+def show(work_dir, source, shown, *refined):
+    """image | prediction (| the CRF's) | ground truth (when the split has it) ->
+    vis/segmentation/<name>.jpg; nothing when ``shown`` is None (an image past --visualize)."""
+    if shown is None:
+        return
+    name, image, labels = shown
     mask = source.mask_path(name)
     truth = [read_label_png(mask)] if mask is not None else []
-    write_image(work_dir / "vis" / "segmentation" / f"{name}.jpg", label_panel(image, *predictions, *truth))
+    write_image(work_dir / "vis" / "segmentation" / f"{name}.jpg", label_panel(image, labels, *refined, *truth))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Stage 6: random walk of the CAMs over the learned affinities (SPEC 10), optionally
 refined by the dense CRF (SPEC 8) -> pseudo_labels/<name>.png (and pseudo_labels_crf/)."""
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,8 @@ def main(argv=None):
             stage.save_flags(args, "make_seg_labels", info.is_main)
         log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
                  info.rank, arch, beta, args.steps)
-        with StreamingPool(args.crf_workers if args.crf and todo else 0) as pool:
+        draw = functools.partial(show, work_dir)
+        with StreamingPool(args.crf_workers if args.crf and todo else 0, draw) as pool:
             for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
                 image_path = source.image_path(name)
                 image = read_image(image_path)
@@ -116,23 +118,19 @@ def main(argv=None):
                 labels = keys[label_index].astype(np.uint8)
                 write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
                 shown = (name, image, labels) if index < args.visualize else None
-                if not pool:
-                    if shown:
-                        show(work_dir, *shown)
-                    continue
-                done = pool.submit(crf_refine, (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png"),
-                                   shown)
-                for shown, refined in done:
-                    if shown:
-                        show(work_dir, *shown, refined)
-            for shown, refined in pool.finish():
-                if shown:
-                    show(work_dir, *shown, refined)
+                if pool:
+                    pool.submit(crf_refine, (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png"), shown)
+                else:
+                    draw(shown)
+            pool.finish()
 
 
-def show(work_dir, name, image, *labels):
-    """image | the walk's labels (| the CRF's) -> vis/seg/<name>.jpg."""
-    write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, *labels))
+def show(work_dir, shown, *refined):
+    """image | the walk's labels (| the CRF's) -> vis/seg/<name>.jpg; nothing when ``shown``
+    is None (an image past --visualize)."""
+    if shown is not None:
+        name, image, labels = shown
+        write_image(work_dir / "vis" / "seg" / f"{name}.jpg", label_panel(image, labels, *refined))
 
 
 if __name__ == "__main__":
