@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, load_weights
 from net.segmentation import build_segmentation_net, multiscale_probs
 from tools import dist
 from tools.crf import crf_segmentation
@@ -51,11 +51,11 @@ def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "infer_seg") as (info, work_dir):
         source = build_source(args.dataset, args.data_root)
-        checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "seg.pth",
-                                     {"kind": "seg", "num_classes": source.num_classes})
+        path = args.checkpoint or work_dir / "ckpt" / "seg.pth"
+        checkpoint = load_checkpoint(path, {"kind": "seg", "num_classes": source.num_classes})
         model = build_segmentation_net(checkpoint["arch"], source.num_classes, checkpoint["backbone"],
                                        pretrained="none")
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint["model"], path)
         model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
 
         plain_dir = work_dir / "segmentation" / args.split

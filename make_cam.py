@@ -1,4 +1,4 @@
-"""Stage 2: multi-scale + flip inference of the classifier -> cam/<name>.npy (SPEC 2, 5.9)."""
+"""Stage 2: multi-scale + flip inference of the classifier -> cam/<name>.npy (SPEC 2, 5.9, 5.10)."""
 from pathlib import Path
 
 import torch
@@ -7,13 +7,12 @@ from torch.utils.data import DataLoader
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
-from engine.checkpoint import load_checkpoint
-from net.sipe import SIPENet, multiscale_maps
-from tools.io import save_cam, write_image
+from engine.checkpoint import load_checkpoint, load_weights
+from net.sipe import METHODS, PROTOTYPE_METHODS, build_classifier, inference_maps
+from tools.io import PipelineError, cam_method, save_cam, write_image
 from tools.visualize import cam_panel
 
 log = stage.log
-FINAL_MAP = {"sipe": "is_cam", "ae_sipe": "ae_is_cam"}
 
 
 def parse_args(argv=None):
@@ -26,8 +25,19 @@ def parse_args(argv=None):
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write heat-map pictures (background, then each class) of the first N images to vis/cam/")
     parser.add_argument("--all-maps", action="store_true",
-                        help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map")
+                        help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map "
+                             "(sipe and ae_sipe checkpoints: the plain CAM classifier has no prototype maps)")
     return parser.parse_args(argv)
+
+
+def check_same_method(out_dir, names, method, checkpoint_path):
+    """A resumed run adds to CAM files of the same method only: the first CAM file already
+    in ``out_dir`` must record ``method`` (files that record none are taken as they are)."""
+    done = next((out_dir / f"{name}.npy" for name in names if (out_dir / f"{name}.npy").exists()), None)
+    recorded = cam_method(done) if done else None
+    if recorded not in (None, method):
+        raise PipelineError(f"{done}: made by method {recorded}, but {checkpoint_path} is a {method} classifier; "
+                            "the CAM files of two methods would mix (use another --out-dir, or remove the old ones)")
 
 
 def main(argv=None):
@@ -38,15 +48,21 @@ def main(argv=None):
 
         source = build_source(args.dataset, args.data_root)
         source.check_split(args.split)
-        checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "cam.pth",
-                                     {"kind": "cam", "num_classes": source.num_classes})
-        model = SIPENet(source.num_classes, checkpoint["method"], pretrained="none",
-                        backbone=checkpoint.get("backbone", "resnet50"))
-        model.load_state_dict(checkpoint["model"])
+        path = Path(args.checkpoint or work_dir / "ckpt" / "cam.pth")
+        checkpoint = load_checkpoint(path, {"kind": "cam", "num_classes": source.num_classes})
+        method = checkpoint.get("method")
+        if method not in METHODS:
+            raise PipelineError(f"{path}: checkpoint of an unknown method {method!r} (known: {', '.join(METHODS)})")
+        if args.all_maps and method not in PROTOTYPE_METHODS:
+            raise PipelineError(f"{path}: a plain CAM classifier (--method {method}) has no prototype maps; "
+                                "--all-maps needs a sipe or ae_sipe checkpoint")
+        model = build_classifier(source.num_classes, method, pretrained="none",
+                                 backbone=checkpoint.get("backbone", "resnet50"))
+        load_weights(model, checkpoint["model"], path)
         model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
-        final_map = FINAL_MAP[checkpoint["method"]]
 
         names = source.ids(args.split)
+        check_same_method(out_dir, names, method, path)
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
         log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
         loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), batch_size=1,
@@ -55,13 +71,13 @@ def main(argv=None):
             images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
             keys = torch.as_tensor(item["keys"], device=info.device)
             with stage.autocast(info.device, args.amp):
-                maps = multiscale_maps(model, images, keys, item["image"].shape[:2])
+                maps = inference_maps(model, images, keys, item["image"].shape[:2])
             maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
             extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
-            save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps[final_map], method=checkpoint["method"],
+            save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps["cam"], method=method,
                      num_classes=source.num_classes, **extra)
             if index < args.visualize:
-                write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps[final_map]))
+                write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps["cam"]))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from data.sources import build_source
 from engine import stage
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, load_weights
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
 from tools import dist
 from tools.crf import crf_labels
@@ -76,9 +76,10 @@ def crf_refine(image_path, label_index, keys, out_path):
 def load_affinity_net(args, work_dir, device):
     """The affinity network of stage 5 (``--checkpoint``, default ckpt/affinity.pth), ready
     for inference on ``device``; returns (checkpoint, model)."""
-    checkpoint = load_checkpoint(args.checkpoint or work_dir / "ckpt" / "affinity.pth", {"kind": "affinity"})
+    path = args.checkpoint or work_dir / "ckpt" / "affinity.pth"
+    checkpoint = load_checkpoint(path, {"kind": "affinity"})
     model = build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], path)
     return checkpoint, stage.channels_last(model.to(device).eval(), args.channels_last)
 
 

@@ -1,6 +1,5 @@
 """Stage 5: train AffinityNet (PSA) or IRN's boundary network on affinity labels (SPEC 9)
 -> ckpt/affinity.pth."""
-import argparse
 from pathlib import Path
 
 import torch
@@ -10,19 +9,22 @@ from data.datasets import LabelMapDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import add_training_args, train, unwrap
+from engine.train import add_augmentation_args, add_training_args, train, unwrap
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
 
-# SPEC 9 training constants per architecture (flags left unset take these).  IRN trains its
-# pairs at radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5.
+# SPEC 9 training recipes per architecture (flags left unset take these).  PSA trains
+# AffinityNet on the image as it is (no resize) with colour jitter; IRN trains its pairs at
+# radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5.
 ARCH_DEFAULTS = {
     "affinitynet": {"epochs": 8, "crop_size": 448, "batch_size": 8, "lr": 0.1, "new_layer_lr_mult": 10.0,
-                    "radius": 5, "scale_range": None},
+                    "weight_decay": 5e-4, "radius": 5, "resize_long": None, "scale_range": None,
+                    "color_jitter": (0.3, 0.3, 0.3, 0.1)},
     "irn": {"epochs": 3, "crop_size": 512, "batch_size": 32, "lr": 0.1, "new_layer_lr_mult": 1.0,
-            "radius": 10, "scale_range": (0.5, 1.5)},
+            "weight_decay": 1e-4, "radius": 10, "resize_long": None, "scale_range": (0.5, 1.5),
+            "color_jitter": None},
 }
 # How the label maps reach the network's output size: PIL's nearest for IRN (SPEC 9).
 LABEL_RESIZE = {"affinitynet": "nearest", "irn": "nearest-exact"}
@@ -37,14 +39,11 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
     parser.add_argument("--radius", type=int, help="training pairs within this radius (SPEC 9)")
     parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
-                        help="rescale the image by a factor in this range instead of --resize-long")
+                        help="rescale the image by a factor in this range (IRN's augmentation; "
+                             "replaces --resize-long)")
     add_training_args(parser, batch_size=None, epochs=None, lr=None, crop_size=None, new_layer_lr_mult=None)
-    # the defaults are those of the chosen architecture, so that --help shows them
-    arch = argparse.ArgumentParser(add_help=False)
-    arch.add_argument("--arch", choices=ARCHS, default="irn")
-    chosen = arch.parse_known_args(argv)[0].arch
-    parser.set_defaults(**ARCH_DEFAULTS[chosen])
-    parser.epilog = f"The defaults shown are those of --arch {chosen}; `--arch NAME --help` shows another's."
+    add_augmentation_args(parser)
+    stage.recipe_defaults(parser, argv, "--arch", ARCH_DEFAULTS, "irn")
     return parser.parse_args(argv)
 
 
@@ -75,7 +74,8 @@ def main(argv=None):
             raise PipelineError(f"--crop-size {args.crop_size}: the {side}x{side} map of {args.arch} at stride "
                                 f"{STRIDE[args.arch]} has no pixel pairs within radius {args.radius}; "
                                 "use a larger crop")
-        transform = TrainTransform(tuple(args.resize_long), args.crop_size, scale_range=args.scale_range)
+        transform = TrainTransform(args.resize_long, args.crop_size, scale_range=args.scale_range,
+                                   color_jitter=args.color_jitter)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
         meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,

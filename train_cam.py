@@ -1,22 +1,36 @@
-"""Stage 1: train the SIPE / AE-SIPE classifier (SPEC 5, 6) -> ckpt/cam.pth."""
+"""Stage 1: train the classifier: SIPE, AE-SIPE or PSA's plain CAM (SPEC 5, 5.10, 6) -> ckpt/cam.pth."""
 from data.datasets import ClassificationDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import add_training_args, train
+from engine.train import add_augmentation_args, add_training_args, train
 from net.backbone import BACKBONES
-from net.sipe import METHODS, SIPENet, classifier_losses
+from net.sipe import METHODS, build_classifier, classifier_losses
+
+# The published recipe of each method (SPEC 5.8, 5.10); flags left unset take these.  PSA's
+# optimizer, like SIPE's, ran SGD without momentum (its poly power sat in the momentum slot).
+SIPE_RECIPE = {"epochs": 5, "crop_size": 512, "resize_long": (320, 640), "weight_decay": 1e-4, "clip_grad": 1.0,
+               "color_jitter": None}
+RECIPES = {
+    "sipe": SIPE_RECIPE,
+    "ae_sipe": SIPE_RECIPE,
+    "cam": {"epochs": 15, "crop_size": 448, "resize_long": (256, 512), "weight_decay": 5e-4, "clip_grad": 0.0,
+            "color_jitter": (0.3, 0.3, 0.3, 0.1)},
+}
 
 
 def parse_args(argv=None):
     parser = stage.parser_for(__doc__)
     stage.add_dataset_args(parser, split_default="train_aug")
     stage.add_runtime_args(parser)
-    parser.add_argument("--method", choices=METHODS, default="sipe", help="sipe, or ae_sipe (PAMR-refined seeds)")
+    parser.add_argument("--method", choices=METHODS, default="sipe",
+                        help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
-    parser.add_argument("--bg-scale", type=float, default=0.5, help="background IoU factor of the structure seeds")
-    add_training_args(parser, batch_size=16, epochs=5, lr=0.1, crop_size=512, new_layer_lr_mult=10.0,
-                      clip_grad=1.0)
+    parser.add_argument("--bg-scale", type=float, default=0.5,
+                        help="background IoU factor of the structure seeds (sipe, ae_sipe)")
+    add_training_args(parser, batch_size=16, epochs=None, lr=0.1, crop_size=None, new_layer_lr_mult=10.0)
+    add_augmentation_args(parser)
+    stage.recipe_defaults(parser, argv, "--method", RECIPES, "sipe")
     return parser.parse_args(argv)
 
 
@@ -25,11 +39,11 @@ def main(argv=None):
     with stage.opened(args, "train_cam", seed=args.seed) as (info, work_dir):
         source = build_source(args.dataset, args.data_root)
         source.check_split(args.split)
-        dataset = ClassificationDataset(source, args.split, TrainTransform(tuple(args.resize_long), args.crop_size),
-                                        seed=args.seed)
-        model = SIPENet(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale).to(info.device)
+        transform = TrainTransform(args.resize_long, args.crop_size, color_jitter=args.color_jitter)
+        dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
+        model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale)
         meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes}
-        train(model, dataset, classifier_losses, args, info, work_dir, "cam", meta)
+        train(model.to(info.device), dataset, classifier_losses, args, info, work_dir, "cam", meta)
 
 
 if __name__ == "__main__":

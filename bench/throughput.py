@@ -18,7 +18,7 @@ from bench.measure import cost, devices, images_per_second, ratio, table
 from data.transforms import scaled_images
 from engine import stage
 from engine.train import prepare_model, to_device, train_step
-from net.sipe import METHODS, SIPENet, classifier_losses, multiscale_maps
+from net.sipe import PROTOTYPE_METHODS, SIPENet, classifier_losses, multiscale_maps
 
 VOC_CLASSES = 21
 
@@ -27,8 +27,7 @@ def training_rate(method, device, amp, batch, calls):
     """Training images per second of one configuration, on random data."""
     gen = torch.Generator().manual_seed(0)
     model = prepare_model(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).train(), device, True)
-    backbone, new = model.param_groups()
-    optimizer = torch.optim.SGD([{"params": backbone}, {"params": new}], lr=1e-3)
+    optimizer = torch.optim.SGD([{"params": group["params"]} for group in model.param_groups()], lr=1e-3)
     scaler = stage.grad_scaler(device, amp)
     labels = (torch.rand(batch, VOC_CLASSES - 1, generator=gen) < 0.15).float()
     labels[:, 0] = 1
@@ -80,7 +79,7 @@ def run(calls=None):
         batch = 16 if gpu else 2
         train_calls, infer_calls = (calls, calls) if calls else ((20, 20) if gpu else (4, 2))
         rates = {}
-        for method in METHODS:
+        for method in PROTOTYPE_METHODS:
             for amp in (False, True):
                 rate = rates[method, amp] = training_rate(method, device, amp, batch, train_calls)
                 rows.append({"device": device.type, "method": method, "precision": "amp" if amp else "fp32",

@@ -2,14 +2,16 @@
 
 Every resize of an image is PIL's bicubic on the uint8 image, as the published loaders do
 it (label maps: PIL's nearest).  Training: resize so that the long side is a uniform random
-integer in ``resize_long`` (or, IRN's augmentation, by a factor uniform in ``scale_range``),
-random horizontal flip, ImageNet normalisation, random square crop padded with 0 (after
-normalisation) plus the crop's valid-pixel mask.  All randomness comes from the
-``numpy.random.Generator`` passed in, drawn in this order: long side (or factor), flip,
-crop offset along y, crop offset along x.
+integer in ``resize_long`` (or, IRN's augmentation, by a factor uniform in ``scale_range``; or
+not at all), random horizontal flip, PSA's colour jitter of the image (when asked), ImageNet
+normalisation, random square crop padded with 0 (after normalisation) plus the crop's
+valid-pixel mask.  All randomness comes from the ``numpy.random.Generator`` passed in, drawn
+in this order: long side (or factor), flip, jitter (order, then factors), crop offset along
+y, crop offset along x.
 """
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from tools.normalization import normalize, normalize_array
@@ -92,6 +94,32 @@ class RandomFlip:
         return image, labels
 
 
+class ColorJitter:
+    """Random brightness, contrast and saturation factors uniform in ``[1 - x, 1 + x]`` and a
+    hue shift uniform in ``[-h, h]``, applied in a random order to the image only, through
+    torchvision's functional ops on the PIL image: what torchvision's ``ColorJitter`` does,
+    with the randomness of ``rng`` (SPEC 5.10, 9).  Draws the order, then four numbers."""
+
+    def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1):
+        if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
+            raise ValueError(f"colour jitter needs strengths >= 0 and hue <= 0.5, got "
+                             f"{(brightness, contrast, saturation, hue)}")
+        self.ranges = [(TF.adjust_brightness, max(0.0, 1 - brightness), 1 + brightness),
+                       (TF.adjust_contrast, max(0.0, 1 - contrast), 1 + contrast),
+                       (TF.adjust_saturation, max(0.0, 1 - saturation), 1 + saturation),
+                       (TF.adjust_hue, -hue, hue)]
+
+    def __call__(self, image, labels, rng):
+        order = rng.permutation(len(self.ranges))
+        factors = [float(rng.uniform(lo, hi)) for _, lo, hi in self.ranges]
+        picture = Image.fromarray(np.ascontiguousarray(image))
+        for index in order:
+            adjust, lo, hi = self.ranges[index]
+            if lo < hi:  # a strength of 0 leaves that property alone, as torchvision's
+                picture = adjust(picture, factors[index])
+        return np.asarray(picture), labels
+
+
 class NormalizeCrop:
     """ImageNet normalisation, then a random square crop (draws y, then x) padded with 0;
     the label map is cropped with it, padded with ``ignore_index`` -> int64 labels, and
@@ -111,16 +139,19 @@ class NormalizeCrop:
 
 
 class TrainTransform:
-    """Training augmentation of SPEC 3 and 9: the joint ``(image, labels, rng)`` steps
-    resize, flip (``flip``), normalise and crop, composed.  ``(image, rng) -> (image
-    [3,S,S], valid [S,S])``; ``with_labels(image, labels, rng) -> (image, labels int64
-    [S,S])``.  ``scale_range`` (IRN's augmentation) replaces the long-side resize by a
-    rescale by a factor uniform in that range.
+    """Training augmentation of SPEC 3, 5.10 and 9: the joint ``(image, labels, rng)`` steps
+    resize, flip (``flip``), colour jitter (``color_jitter``: brightness, contrast,
+    saturation, hue; the image only), normalise and crop, composed.  ``(image, rng) ->
+    (image [3,S,S], valid [S,S])``; ``with_labels(image, labels, rng) -> (image, labels
+    int64 [S,S])``.  ``scale_range`` (IRN's augmentation) replaces the long-side resize by
+    a rescale by a factor uniform in that range; with neither the image keeps its size
+    (PSA's AffinityNet).
     """
 
-    def __init__(self, resize_long=(320, 640), crop_size=512, flip=True, scale_range=None):
-        self.steps = [RandomResize(resize_long, scale_range)] + ([RandomFlip()] if flip else []) + \
-            [NormalizeCrop(crop_size)]
+    def __init__(self, resize_long=(320, 640), crop_size=512, flip=True, scale_range=None, color_jitter=None):
+        resize = [RandomResize(resize_long, scale_range)] if scale_range or resize_long else []
+        self.steps = resize + ([RandomFlip()] if flip else []) + \
+            ([ColorJitter(*color_jitter)] if color_jitter and any(color_jitter) else []) + [NormalizeCrop(crop_size)]
 
     def __call__(self, image, rng):
         return self._apply(image, None, rng)

@@ -35,6 +35,20 @@ def load_checkpoint(path, expect=None):
     return payload
 
 
+def load_weights(model, state, path):
+    """Load a checkpoint's weights (``state``) into ``model``; weights of another network
+    (missing, unexpected or misshapen tensors) are a PipelineError naming ``path``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or misshapen:
+        raise PipelineError(f"{path}: its weights do not fit a {type(model).__name__} ({len(missing)} missing, "
+                            f"{len(unexpected)} unexpected, {len(misshapen)} of another shape, "
+                            f"e.g. {(missing + unexpected + misshapen)[0]})")
+    model.load_state_dict(state)
+
+
 def rng_state():
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
 

@@ -65,8 +65,6 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     parser.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
     parser.add_argument("--clip-grad", type=float, default=clip_grad, help="gradient norm clip (0: off)")
     parser.add_argument("--crop-size", type=int, default=crop_size, help="square training crop (pixels)")
-    parser.add_argument("--resize-long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"),
-                        help="range of the random long-side resize")
     parser.add_argument("--seed", type=int, default=0, help="sample order, augmentation and initialisation")
     parser.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
     parser.add_argument("--log-every", type=int, default=20, help="steps between loss log lines")
@@ -76,14 +74,29 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
 
 
+def add_augmentation_args(parser, resize_long=None, color_jitter=None):
+    """The augmentation flags of the stages that learn from image-level data (SPEC 3, 5.10, 9)."""
+    parser.add_argument("--resize-long", type=int, nargs=2, default=resize_long, metavar=("MIN", "MAX"),
+                        help="resize the image so that its long side is uniform in this range (None: as it is)")
+    parser.add_argument("--color-jitter", type=float, nargs=4, default=color_jitter,
+                        metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
+                        help="random colour changes of the image (never of its labels), as torchvision's "
+                             "ColorJitter (None: off)")
+
+
 def build_optimizer(model, args):
-    """SGD over (backbone, new layers) at (lr, lr * new_layer_lr_mult); returns it and the base lrs."""
-    backbone, new = model.param_groups()
-    base_lrs = [args.lr, args.lr * args.new_layer_lr_mult]
-    groups = [{"params": params, "lr": lr} for params, lr in zip((backbone, new), base_lrs) if params]
-    base_lrs = [group["lr"] for group in groups]
+    """SGD over the model's parameter groups (``net.parameters``): ``--lr``, times
+    ``--new-layer-lr-mult`` for new layers and times 2 for PSA's biases, which get no weight
+    decay (SPEC 5.8, 9, 13); empty groups are left out.  Returns it and the base lrs."""
+    groups = []
+    for group in model.param_groups():
+        if not group["params"]:
+            continue
+        lr = args.lr * (args.new_layer_lr_mult if group["new"] else 1.0) * (2.0 if group["bias"] else 1.0)
+        groups.append({"params": group["params"], "lr": lr,
+                       "weight_decay": 0.0 if group["bias"] else args.weight_decay})
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return optimizer, base_lrs
+    return optimizer, [group["lr"] for group in groups]
 
 
 def claim_run(work_dir, name, overwrite, is_main):

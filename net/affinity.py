@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from net.backbone import CHANNELS, STEM_CHANNELS, build_backbone, freeze, stage_outputs
+from net.parameters import layer_groups, psa_groups
 from net.precision import full_precision
 from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_with_boundary, random_walk
 
@@ -21,7 +22,8 @@ class AffinityNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained)
         self.frozen_stages = 0 if pretrained == "none" else 1  # the stem keeps its ImageNet weights
         if self.frozen_stages:
-            freeze(self.backbone.conv1, self.backbone.bn1)
+            # as PSA: the first stage frozen, and every BatchNorm (statistics and affine)
+            freeze(self.backbone.conv1, *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
                                   for cin, cout in zip(CHANNELS[1:], (64, 128, 256)))
         self.fuse = nn.Conv2d(448, 448, 1, bias=False)
@@ -29,8 +31,8 @@ class AffinityNet(nn.Module):
             nn.init.kaiming_normal_(conv.weight)
 
     def param_groups(self):
-        return [p for p in self.backbone.parameters() if p.requires_grad], [
-            *self.side.parameters(), *self.fuse.parameters()]
+        """PSA's four groups (SPEC 9): pretrained / new, weights / biases."""
+        return psa_groups([self.backbone], [self.side, self.fuse])
 
     def forward(self, images):
         """Embeddings [N, 448, H/8, W/8]."""
@@ -81,7 +83,8 @@ class BoundaryNet(nn.Module):
         self.head = nn.Conv2d(32 * len(self.branches), 1, 1, bias=True)
 
     def param_groups(self):
-        return [], [*self.branches.parameters(), *self.head.parameters()]
+        """Only the boundary layers train (SPEC 9)."""
+        return layer_groups([], [self.branches, self.head])
 
     def train(self, mode=True):
         super().train(mode)

@@ -6,6 +6,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
+from net.parameters import layer_groups
 
 ARCHS = ("deeplabv2", "deeplabv3")
 ASPP_DILATIONS = (6, 12, 18, 24)
@@ -44,7 +45,7 @@ class DeepLab(nn.Module):
 
     def param_groups(self):
         """(backbone, head) parameters that train: lr and 10x lr (SPEC 13)."""
-        return [p for p in self.backbone.parameters() if p.requires_grad], list(self.head.parameters())
+        return layer_groups([self.backbone], [self.head])
 
     def forward(self, images):
         features = stage_outputs(self.backbone, images)[-1]

@@ -1,26 +1,23 @@
-"""SIPE and AE-SIPE: CAMs sharpened by image-specific prototypes (SPEC 5, 6)."""
+"""SIPE and AE-SIPE: CAMs sharpened by image-specific prototypes (SPEC 5, 6), and the
+choice between them and the plain CAM classifier (``--method``)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
+from net.backbone import CHANNELS
+from net.cam import CAMNet, max_normalize, psa_cam, with_background
 from net.pamr import PAMR
 from net.precision import full_precision
 from tools.normalization import denormalize
 
-METHODS = ("sipe", "ae_sipe")
+PROTOTYPE_METHODS = ("sipe", "ae_sipe")
+METHODS = ("cam",) + PROTOTYPE_METHODS  # cam: PSA's plain CAM classifier (SPEC 5.10)
 SIDE_CHANNELS = (128, 128, 256, 256)
-FROZEN_STAGES = 3  # stem, layer1, layer2: the published forward is detached after layer2 (SPEC 4)
 
 
 def l2_normalize(x, dim=1, eps=1e-5):
     """``x / (||x|| + eps)`` along ``dim`` (SPEC 5.3)."""
     return x / (x.norm(dim=dim, keepdim=True) + eps)
-
-
-def max_normalize(x, eps=1e-5):
-    """Each channel divided by its spatial maximum + eps."""
-    return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 def normalized_cam(cam):
@@ -93,36 +90,25 @@ def quarter_size(image):
     return F.interpolate(image, size, mode="bilinear", align_corners=True)
 
 
-class SIPENet(nn.Module):
-    """ResNet classifier with the SIPE (or AE-SIPE) prototype branch (SPEC 4-6).
-
-    With pretrained weights the stem, ``layer1`` and ``layer2`` are frozen and run without
-    autograd; without (``pretrained="none"``) every layer trains.
-    """
+class SIPENet(CAMNet):
+    """The CAM classifier with the SIPE (or AE-SIPE) prototype branch (SPEC 4-6): side
+    convs to the hierarchical features, and PAMR for AE-SIPE."""
 
     def __init__(self, num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", bg_scale=0.5):
-        super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        if method not in PROTOTYPE_METHODS:
+            raise ValueError(f"method must be one of {PROTOTYPE_METHODS}, not {method!r}")
+        super().__init__(num_classes, pretrained, backbone)
         self.method = method
         self.bg_scale = bg_scale
-        self.backbone = build_backbone(backbone, pretrained)
-        self.frozen_stages = 0 if pretrained == "none" else FROZEN_STAGES
-        if self.frozen_stages:
-            freeze(self.backbone.conv1, self.backbone.bn1, self.backbone.layer1, self.backbone.layer2)
-        self.classifier = nn.Conv2d(CHANNELS[-1], num_classes - 1, 1, bias=False)
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(CHANNELS, SIDE_CHANNELS))
         self.pamr = PAMR() if method == "ae_sipe" else None
 
-    def param_groups(self):
-        """(backbone parameters, new-layer parameters) that train (SPEC 5.8)."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        new = [*self.classifier.parameters(), *self.side.parameters()]
-        return backbone, new
+    def new_layers(self):
+        return [self.classifier, self.side]
 
     def extract(self, images):
         """Backbone pass: (raw CAM [N,C-1,h,w], hierarchical features [N,768,h,w], x4) (SPEC 5.1, 5.3)."""
-        _, x1, x2, x3, x4 = stage_outputs(self.backbone, images, self.frozen_stages)
+        _, x1, x2, x3, x4 = self.stages(images)
         size = x3.shape[-2:]
         hierarchy = [F.interpolate(l2_normalize(side(x.detach())), size, mode="bilinear", align_corners=False)
                      for side, x in zip(self.side, (x1, x2, x3, x4))]
@@ -210,15 +196,33 @@ def multiscale_maps(model, scaled_images, keys, size):
         for name, value in scale_maps(model, scaled, valid).items():
             value = F.interpolate(value, tuple(size), mode="bilinear", align_corners=False)
             summed[name] = summed[name] + value if name in summed else value
-    foreground = max_normalize(summed.pop("plain_cam")[0, keys[1:] - 1])
-    plain = torch.cat([1 - foreground.amax(dim=0, keepdim=True), foreground])
-    maps = {"plain_cam": plain}
+    maps = {"plain_cam": with_background(max_normalize(summed.pop("plain_cam")[0, keys[1:] - 1]))}
     for name, value in summed.items():
         maps[name] = max_normalize(value[0, keys])
     return maps
 
 
+# The map that make_cam's CAM files hold as ``cam``, for each prototype method
+FINAL_MAP = {"sipe": "is_cam", "ae_sipe": "ae_is_cam"}
+
+
+def build_classifier(num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", bg_scale=0.5):
+    """Stage 1's network for ``--method``: the plain CAM classifier (``cam``) or SIPENet."""
+    if method == "cam":
+        return CAMNet(num_classes, pretrained, backbone)
+    return SIPENet(num_classes, method, pretrained, backbone, bg_scale)
+
+
+def inference_maps(model, scaled_images, keys, size):
+    """make_cam's maps of one image (SPEC 5.9, 5.10): {name: float32 [K,H,W]} with the
+    method's final map under ``cam``; SIPENet adds ``plain_cam`` and ``is_cam``."""
+    if isinstance(model, SIPENet):
+        maps = multiscale_maps(model, scaled_images, keys, size)
+        return {"cam": maps[FINAL_MAP[model.method]], "plain_cam": maps["plain_cam"], "is_cam": maps["is_cam"]}
+    return {"cam": psa_cam(model, scaled_images, keys, size)}
+
+
 def classifier_losses(model, batch):
-    """Classification + GSC losses of one batch (SPEC 5.7)."""
+    """Classification loss, plus SIPE's GSC loss (SPEC 5.7, 5.10), of one batch."""
     out = model(batch["image"], batch["label"], batch["valid"])
-    return {"cls": out["cls_loss"], "gsc": out["gsc_loss"]}
+    return {"cls": out["cls_loss"], **({"gsc": out["gsc_loss"]} if "gsc_loss" in out else {})}

@@ -20,8 +20,10 @@ usage: $0 [options]
   --dataset D           $DATASET, or custom: any folder in VOC layout with a class_names.txt (--data-root;
                         its train split is learned from, its val split scores stage 7)
   --data-root DIR       dataset folder (default: $DATA_ROOT)
-  --work-dir DIR        run directory (default: runs/<dataset>_<method>, runs/toy with --toy)
-  --method M            sipe or ae_sipe (default: $METHOD)
+  --work-dir DIR        run directory (default: runs/<dataset>_<method>, with _<affinity> when not the
+                        default one; runs/toy with --toy and the default method and affinity)
+  --method M            sipe, ae_sipe or cam: PSA's plain CAM classifier, with --affinity affinitynet
+                        PSA's system end to end (default: $METHOD)
   --affinity A          irn, affinitynet (PSA) or none (the CRF labels of stage 4 are the pseudo-labels)
                         (default: $AFFINITY)
   --gpus N              processes per machine for torchrun (default: 1: plain python)
@@ -59,7 +61,7 @@ parse_driver_args() {
         esac
         shift
     done
-    case "$METHOD" in sipe|ae_sipe) ;; *) echo "error: --method must be sipe or ae_sipe" >&2; exit 2 ;; esac
+    case "$METHOD" in sipe|ae_sipe|cam) ;; *) echo "error: --method must be sipe, ae_sipe or cam" >&2; exit 2 ;; esac
     case "$AFFINITY" in irn|affinitynet|none) ;; *) echo "error: --affinity must be irn, affinitynet or none" >&2; exit 2 ;; esac
     case "$DATASET" in
         voc|coco) ;;
@@ -84,8 +86,8 @@ use_toy_dataset() {
             --image-size "$TOY_IMAGE_SIZE"
     fi
     local cpu="--device cpu --num-workers 1"
-    local crop="--crop-size 128 --resize-long 96 160 --batch-size 8"
-    STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --epochs 15 --lr 0.02 --momentum 0.9 --save-every 50
+    local crop="--crop-size 128 --batch-size 8"
+    STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --resize-long 96 160 --epochs 15 --lr 0.02 --momentum 0.9 --save-every 50
         --log-every 10 ${STAGE_ARGS[train_cam]:-}"
     STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
     STAGE_ARGS[eval_cam]="--num-workers 2 ${STAGE_ARGS[eval_cam]:-}"
@@ -139,10 +141,17 @@ run_pipeline() {
 
     train_stage train_cam.py cam "${data[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
     echo "== make_cam"
-    launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" --all-maps $(extra make_cam)
-    echo "== eval_cam"
-    "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
-    "${evaluate[@]}" --map is_cam --tag "IS-CAM"
+    if [ "$METHOD" = cam ]; then
+        # PSA's plain CAM: its files hold the CAM alone, scored with a constant background
+        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" $(extra make_cam)
+        echo "== eval_cam"
+        "${evaluate[@]}" --map cam --sweep --tag "CAM"
+    else
+        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" --all-maps $(extra make_cam)
+        echo "== eval_cam"
+        "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
+        "${evaluate[@]}" --map is_cam --tag "IS-CAM"
+    fi
     if [ "$METHOD" = ae_sipe ]; then
         # the background factor (0.8) comes from the method the CAM files record (tools/methods.py)
         "${evaluate[@]}" --map cam --tag "AE-IS-CAM" "${checkpoint_note[@]}"
@@ -178,13 +187,23 @@ run_pipeline() {
     sed -n '1,/^$/p' "$WORK_DIR/results.md"
 }
 
-# The drivers' main: options, toy settings, the run directory, every stage.
+# The drivers' main: options, toy settings, the run directory, every stage.  Each choice of
+# method and affinity network has its own default run directory, so that one never resumes
+# from another's networks.
 drive() {
+    local default_method="$METHOD" default_affinity="$AFFINITY"
     parse_driver_args "$@"
+    local name="$METHOD"
+    if [ "$AFFINITY" != "$default_affinity" ]; then
+        name="${METHOD}_$AFFINITY"
+    fi
     if [ "$TOY" = 1 ]; then
+        if [ "$METHOD" != "$default_method" ] || [ "$AFFINITY" != "$default_affinity" ]; then
+            TOY_WORK_DIR="${TOY_WORK_DIR}_$name"
+        fi
         WORK_DIR="${WORK_DIR:-$TOY_WORK_DIR}"
         use_toy_dataset
     fi
-    WORK_DIR="${WORK_DIR:-runs/${DATASET}_$METHOD}"
+    WORK_DIR="${WORK_DIR:-runs/${DATASET}_$name}"
     run_pipeline
 }

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
 TINY = ["--toy-images", "8", "--toy-image-size", "64",
         "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
         "--make-cam", "--scales 1.0 --num-workers 0",
-        "--train-affinity", "--epochs 1 --crop-size 80 --resize-long 48 64 --batch-size 4 --num-workers 0",
+        "--train-affinity", "--epochs 1 --crop-size 80 --batch-size 4 --num-workers 0",
         "--train-seg", "--iterations 2 --crop-size 64 --batch-size 4 --num-workers 0",
         "--infer-seg", "--scales 1.0 --num-workers 0"]
 SEGMENTATION_ROWS = ["segmentation (val)", "segmentation + CRF (val)"]
@@ -75,3 +75,41 @@ def test_run_coco_toy_defaults_to_sipe_and_the_crf_labels_as_pseudo_labels(tmp_p
     assert not (work / "ckpt" / "affinity.pth").exists() and not (work / "pseudo_labels").exists()
     # scored as labels with unsure pixels (255): on their labelled pixels, with their coverage
     assert 0 < results["affinity labels (pseudo-labels)"]["coverage"] <= 100
+
+
+def test_run_voc_toy_psa_route_plain_cam_and_affinitynet(tmp_path):
+    work = tmp_path / "psa"
+    stdout = drive("run_voc.sh", work, "--method", "cam", "--affinity", "affinitynet")
+    results = json.loads((work / "results.json").read_text())
+    assert list(results) == ["CAM", "affinity labels", "random walk", "random walk + CRF", *SEGMENTATION_ROWS]
+    assert results["CAM"]["note"].startswith("bg threshold")  # the plain CAM's row is the sweep's best
+    assert "| random walk + CRF |" in stdout
+    flags = {stage: json.loads((work / "args" / f"{stage}.json").read_text())
+             for stage in ("train_cam", "make_cam", "make_affinity_labels", "train_affinity")}
+    assert flags["train_cam"]["method"] == "cam" and flags["train_cam"]["color_jitter"] == [0.3, 0.3, 0.3, 0.1]
+    assert not flags["make_cam"]["all_maps"] and flags["make_affinity_labels"]["mode"] == "psa"
+    psa = flags["train_affinity"]
+    assert (psa["arch"], psa["weight_decay"], psa["resize_long"], psa["scale_range"]) == \
+        ("affinitynet", 5e-4, None, None)
+    record = np.load(next((work / "cam").glob("*.npy")), allow_pickle=True).item()
+    assert record["method"] == "cam" and "is_cam" not in record
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "runs/voc_ae_sipe"),
+    (["--method", "sipe"], "runs/voc_sipe"),
+    (["--method", "cam", "--affinity", "affinitynet"], "runs/voc_cam_affinitynet"),
+    (["--toy"], "runs/toy"),
+    (["--toy", "--method", "cam", "--affinity", "affinitynet"], "runs/toy_cam_affinitynet"),
+    (["--toy", "--affinity", "none"], "runs/toy_ae_sipe_none"),
+])
+def test_default_run_directory_names_the_method_and_a_non_default_affinity(args, expected):
+    # run_voc.sh's settings, with the stages replaced by printing the run directory
+    script = """DATASET=voc DATA_ROOT=x WORK_DIR="" TOY_WORK_DIR=runs/toy METHOD=ae_sipe AFFINITY=irn
+        source scripts/pipeline.sh
+        use_toy_dataset() { :; }
+        run_pipeline() { echo "$WORK_DIR"; }
+        drive "$@" """
+    result = subprocess.run(["bash", "-c", script, "driver", *args], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == expected

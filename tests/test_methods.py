@@ -6,7 +6,8 @@ from tools.io import PipelineError, save_cam
 from tools.methods import METHOD_DEFAULTS, method_default
 
 
-@pytest.mark.parametrize("method, bg_scale, bg_conf_scale", [("sipe", 1.0, 0.5), ("ae_sipe", 0.8, 0.8)])
+@pytest.mark.parametrize("method, bg_scale, bg_conf_scale", [("sipe", 1.0, 0.5), ("ae_sipe", 0.8, 0.8),
+                                                             ("cam", 1.0, 0.5)])
 def test_defaults_follow_the_method_the_cam_records(tmp_path, method, bg_scale, bg_conf_scale):
     path = tmp_path / "a.npy"
     save_cam(path, [0, 2], np.zeros((2, 4, 5)), method=method, num_classes=3)

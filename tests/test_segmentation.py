@@ -47,7 +47,7 @@ def test_deeplabv2_from_weights_keeps_batchnorm_frozen(tmp_path):
     model = build_segmentation_net("deeplabv2", 3, backbone="resnet50", pretrained=str(path)).train()
     bn = model.backbone.layer3[0].bn1
     before = bn.running_mean.clone()
-    backbone_params, head_params = model.param_groups()
+    backbone_params, head_params = (group["params"] for group in model.param_groups())
     assert not any(p is bn.weight or p is bn.bias for p in backbone_params)
     assert {id(p) for p in head_params} == {id(p) for p in model.head.parameters()}
     model(torch.randn(2, 3, 40, 40)).sum().backward()

@@ -206,7 +206,7 @@ def test_training_step_leaves_stem_layer1_layer2_without_gradient(tmp_path):
         assert all(p.grad is None and not p.requires_grad for p in module.parameters())
     assert backbone.layer3[0].conv1.weight.grad.abs().sum() > 0
     assert backbone.layer3[0].bn1.weight.grad.abs().sum() > 0  # BatchNorm's affine parameters train
-    trained, _ = model.param_groups()
+    trained = model.param_groups()[0]["params"]
     assert {id(p) for p in trained} == {id(p) for p in (*backbone.layer3.parameters(),
                                                         *backbone.layer4.parameters())}
 

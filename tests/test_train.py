@@ -7,6 +7,7 @@ from torch import nn
 
 from engine import train as training
 from engine.checkpoint import load_checkpoint
+from net.parameters import layer_groups
 from tools.dist import DistInfo
 from tools.io import PipelineError
 
@@ -19,7 +20,7 @@ class Tiny(nn.Module):
         self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
 
     def param_groups(self):
-        return list(self.body.parameters()), list(self.head.parameters())
+        return layer_groups([self.body], [self.head])
 
     def forward(self, x):
         return self.head(torch.relu(self.body(x)))

@@ -154,7 +154,7 @@ def _cam_record(path):
 
 
 def cam_method(path):
-    """The method recorded in a CAM file (``sipe``, ``ae_sipe``), or None."""
+    """The method recorded in a CAM file (``cam``, ``sipe``, ``ae_sipe``), or None."""
     return _cam_record(path)[0].get("method")
 
 
@@ -170,8 +170,9 @@ def load_cam(path, map_name="cam", num_classes=None, size=None):
                             f"has {num_classes}")
     maps = sorted(k for k, v in record.items() if k != "keys" and isinstance(v, np.ndarray))
     if map_name not in maps:
-        raise PipelineError(f"{path}: no map {map_name!r} (has {maps}; "
-                            "make_cam.py --all-maps writes the intermediate maps)")
+        hint = ("a plain CAM classifier's file (method cam) has no prototype maps" if record.get("method") == "cam"
+                else "make_cam.py --all-maps writes the intermediate maps")
+        raise PipelineError(f"{path}: no map {map_name!r} (has {maps}; {hint})")
     cam = np.asarray(record[map_name], dtype=np.float32)
     if cam.ndim != 3 or cam.shape[0] != len(keys):
         raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")

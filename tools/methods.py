@@ -7,11 +7,13 @@ drivers pass none of them:
   scored (eval_cam) or turned into labels (make_seg_labels --no-affinity): AE-SIPE's
   AE-IS-CAM is scored with its background times 0.8 (SPEC 6.4); the other maps keep 1.0.
 - ``bg_conf_scale``: the background factor of stage 4's second, confident-foreground CRF
-  (SPEC 8): 0.5 for SIPE, 0.8 for AE-SIPE.
+  (SPEC 8): 0.5 for SIPE, 0.8 for AE-SIPE.  PSA's plain CAM (``cam``) is meant for stage 4's
+  ``--mode psa``, which has no such factor; in the default mode it takes SIPE's 0.5.
 """
 from tools.io import PipelineError, cam_method
 
 METHOD_DEFAULTS = {
+    "cam": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
     "sipe": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
     "ae_sipe": {"bg_scale": 0.8, "bg_conf_scale": 0.8},
 }

@@ -1,0 +1,75 @@
+"""The plain CAM classifier (SPEC 5.1, 5.10): a ResNet whose 1x1 classifier on ``layer4``
+gives the class activation maps; PSA's classifier, and the base of SIPE's."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
+from net.parameters import layer_groups
+from net.precision import full_precision
+
+FROZEN_STAGES = 3  # stem, layer1, layer2: the published forward is detached after layer2 (SPEC 4)
+
+
+def max_normalize(x, eps=1e-5):
+    """Each channel divided by its spatial maximum + eps."""
+    return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
+
+
+def with_background(foreground):
+    """[K-1, ...] foreground maps in [0, 1] -> [K, ...] with the background ``1 - max`` first."""
+    return torch.cat([1 - foreground.amax(dim=0, keepdim=True), foreground])
+
+
+class CAMNet(nn.Module):
+    """ResNet classifier: a bias-free 1x1 conv (2048 -> C-1) on ``x4`` is the CAM, its
+    global average the image score (SPEC 5.1).
+
+    With pretrained weights the stem, ``layer1`` and ``layer2`` are frozen and run without
+    autograd; without (``pretrained="none"``) every layer trains.
+    """
+
+    method = "cam"
+
+    def __init__(self, num_classes, pretrained="imagenet", backbone="resnet50"):
+        super().__init__()
+        self.backbone = build_backbone(backbone, pretrained)
+        self.frozen_stages = 0 if pretrained == "none" else FROZEN_STAGES
+        if self.frozen_stages:
+            freeze(self.backbone.conv1, self.backbone.bn1, self.backbone.layer1, self.backbone.layer2)
+        self.classifier = nn.Conv2d(CHANNELS[-1], num_classes - 1, 1, bias=False)
+
+    def new_layers(self):
+        return [self.classifier]
+
+    def param_groups(self):
+        """The backbone and the new layers (SPEC 5.8, 5.10)."""
+        return layer_groups([self.backbone], self.new_layers())
+
+    def stages(self, images):
+        """The backbone's stage outputs (stem, x1..x4), the frozen ones without autograd."""
+        return stage_outputs(self.backbone, images, self.frozen_stages)
+
+    def cam(self, images):
+        """Raw CAM [N, C-1, h, w] (SPEC 5.1)."""
+        return self.classifier(self.stages(images)[-1])
+
+    def forward(self, images, labels, valid_pixels=None):
+        """Training pass: the classification loss (multilabel soft margin) and the scores."""
+        score = self.cam(images).mean(dim=(2, 3))
+        return {"cls_loss": F.multilabel_soft_margin_loss(score, labels), "score": score}
+
+
+@torch.no_grad()
+def psa_cam(model, scaled_images, keys, size):
+    """PSA's inference (SPEC 5.10) for one image: at each scale, for the image and its flip,
+    the relu'd CAM bilinearly resized to ``size`` (align_corners=False), flip undone; all
+    summed, each channel of the image's classes divided by its max + 1e-5, background
+    ``1 - max`` first.  scaled_images: [1,3,h,w] normalised tensors; keys int64 [K] (0
+    first).  Returns float32 [K, H, W]."""
+    total = 0
+    for scaled in scaled_images:
+        cam = F.relu(full_precision(model.cam(torch.cat([scaled, scaled.flip(-1)]))))
+        cam = F.interpolate(cam, tuple(size), mode="bilinear", align_corners=False)
+        total = total + cam[0] + cam[1].flip(-1)
+    return with_background(max_normalize(total[keys[1:] - 1]))
