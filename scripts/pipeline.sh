@@ -87,8 +87,8 @@ use_toy_dataset() {
     fi
     local cpu="--device cpu --num-workers 1"
     local crop="--crop-size 128 --batch-size 8"
-    STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --resize-long 96 160 --epochs 15 --lr 0.02 --momentum 0.9 --save-every 50
-        --log-every 10 ${STAGE_ARGS[train_cam]:-}"
+    STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --resize-long 96 160 --epochs 15 --lr 0.02 --momentum 0.9
+        --clip-grad 1 --save-every 50 --log-every 10 ${STAGE_ARGS[train_cam]:-}"
     STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
     STAGE_ARGS[eval_cam]="--num-workers 2 ${STAGE_ARGS[eval_cam]:-}"
     STAGE_ARGS[make_affinity_labels]="--workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
