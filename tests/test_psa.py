@@ -125,6 +125,7 @@ def test_train_affinity_defaults_follow_the_arch():
     assert (irn.weight_decay, tuple(irn.scale_range), irn.color_jitter, irn.radius) == (1e-4, (0.5, 1.5), None, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, flag, value, shown", [
     ("train_cam.py", "--method", "cam", "(default: 448)"),
     ("train_affinity.py", "--arch", "affinitynet", "(default: 0.0005)"),
