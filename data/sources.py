@@ -5,6 +5,7 @@ image-level class labels.  Class id 0 is background; foreground classes are 1..C
 Problems with the files raise :class:`tools.io.PipelineError` with a one-line message
 that names the file or folder.  The torch datasets built on them are in data/datasets.py.
 """
+import abc
 import contextlib
 import io
 import re
@@ -80,7 +81,7 @@ def describe_files(paths):
     return ", ".join(f"{p}" if p.is_file() else f"{p} (missing)" for p in paths)
 
 
-class Source:
+class Source(abc.ABC):
     """A dataset on disk (SPEC 3).  Subclasses set ``name``, ``root`` and ``class_names``."""
 
     name = "source"
@@ -101,12 +102,13 @@ class Source:
             self._ids[split] = self._load_ids(split)
         return list(self._ids[split])
 
+    @abc.abstractmethod
     def image_path(self, image_id):
-        raise NotImplementedError
+        """The image file of an id."""
 
+    @abc.abstractmethod
     def mask_path(self, image_id):
         """Ground-truth label PNG of an image, or None when there is none."""
-        raise NotImplementedError
 
     def render_masks(self, ids):
         """Make the ground-truth PNGs of ``ids`` that are not files yet (COCO's, from its
@@ -126,11 +128,13 @@ class Source:
                 raise PipelineError(f"{path}: image of {image_id!r} ({self.name} {split}) not found")
             self.labels(image_id)
 
+    @abc.abstractmethod
     def _load_ids(self, split):
-        raise NotImplementedError
+        """The ids of a split, read from the dataset."""
 
+    @abc.abstractmethod
     def _load_labels(self, image_id):
-        raise NotImplementedError
+        """The foreground class ids of an image, read from the dataset."""
 
 
 class VOCLayoutSource(Source):
