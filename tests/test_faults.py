@@ -21,7 +21,7 @@ from PIL import Image
 
 from data.sources import build_source
 from engine.checkpoint import load_checkpoint
-from tests.scripts import REPO, run
+from tests.scripts import REPO, assert_error, run
 from tools.io import PipelineError, atomic_path, load_cam, read_image, read_label_png, save_cam, write_label_png
 from tools.report import summarize, update_results
 
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
 TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
          "64", "--batch-size", "2", "--epochs", "1"]
 STEPS = 4
-
-
-def assert_error(result, path, problem):
-    """Exit status 2 and, as the last line on stderr, ``error: <path>: ...<problem>...``."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(rf"error: {re.escape(str(path))}: .*{problem}.*", last), last
-    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr, result.stderr[-3000:]
 
 
 def temporaries(folder):

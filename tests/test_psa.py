@@ -1,7 +1,6 @@
 """PSA's system (SPEC 5.10, 9): the plain CAM classifier, its inference, AffinityNet's four
 parameter groups, the colour jitter, the recipes as defaults, and the scripts end to end."""
 import json
-import re
 import subprocess
 import sys
 
@@ -16,18 +15,12 @@ import train_cam
 from data.transforms import ColorJitter, TrainTransform, scaled_images
 from engine.train import build_optimizer
 from net.affinity import AffinityNet
-from net.backbone import build_backbone
 from net.cam import CAMNet, psa_cam
 from net.sipe import SIPENet, build_classifier, classifier_losses, inference_maps
-from tests.scripts import REPO, run
+from tests.scripts import REPO, assert_error, run
+from tests.test_sipe import weights_file
 
 PSA_JITTER = (0.3, 0.3, 0.3, 0.1)
-
-
-def resnet_file(tmp_path):
-    path = tmp_path / "resnet50.pth"
-    torch.save(build_backbone("resnet50", "none").state_dict(), path)
-    return path
 
 
 # ---- AffinityNet's four parameter groups -------------------------------------------------------------
@@ -52,7 +45,7 @@ def group_names(model):
 
 
 def test_affinitynet_groups_from_imagenet_weights_freeze_the_stem_and_every_batchnorm(tmp_path):
-    model = AffinityNet(pretrained=str(resnet_file(tmp_path)))
+    model = AffinityNet(pretrained=str(weights_file(tmp_path)[0]))
     groups = group_names(model)
     assert groups == hand_groups(model)
     backbone = dict(model.backbone.named_parameters())
@@ -212,13 +205,6 @@ def test_psa_inference_matches_a_direct_computation():
 
 TINY = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
         "--resize-long", "48", "64", "--batch-size", "4", "--epochs", "1"]
-
-
-def assert_error(result, path, problem):
-    assert result.returncode == 2, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(rf"error: {re.escape(str(path))}: .*{problem}.*", last), last
-    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
