@@ -167,13 +167,12 @@ def run_stage(main, argv=None):
 def recipe_defaults(parser, argv, flag, recipes, default):
     """Make the defaults of ``parser`` those of the recipe that ``flag`` chooses in ``argv``
     (``recipes[value]``: dest -> default; ``default`` when the flag is absent), so that
-    ``--help`` shows the chosen recipe's values.  Returns the chosen value."""
+    ``--help`` shows the chosen recipe's values."""
     chooser = argparse.ArgumentParser(add_help=False)
     chooser.add_argument(flag, choices=tuple(recipes), default=default)
     chosen = vars(chooser.parse_known_args(argv)[0])[flag.lstrip("-").replace("-", "_")]
     parser.set_defaults(**recipes[chosen])
     parser.epilog = f"The defaults shown are those of {flag} {chosen}; `{flag} NAME --help` shows another's."
-    return chosen
 
 
 def parser_for(description):

@@ -74,11 +74,12 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
 
 
-def add_augmentation_args(parser, resize_long=None, color_jitter=None):
-    """The augmentation flags of the stages that learn from image-level data (SPEC 3, 5.10, 9)."""
-    parser.add_argument("--resize-long", type=int, nargs=2, default=resize_long, metavar=("MIN", "MAX"),
+def add_augmentation_args(parser):
+    """The augmentation flags of train_cam and train_affinity (SPEC 3, 5.10, 9), off by
+    default: each stage's recipe (``stage.recipe_defaults``) sets them."""
+    parser.add_argument("--resize-long", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="resize the image so that its long side is uniform in this range (None: as it is)")
-    parser.add_argument("--color-jitter", type=float, nargs=4, default=color_jitter,
+    parser.add_argument("--color-jitter", type=float, nargs=4,
                         metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
                         help="random colour changes of the image (never of its labels), as torchvision's "
                              "ColorJitter (None: off)")

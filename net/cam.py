@@ -16,9 +16,10 @@ def max_normalize(x, eps=1e-5):
     return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
-def with_background(foreground):
-    """[K-1, ...] foreground maps in [0, 1] -> [K, ...] with the background ``1 - max`` first."""
-    return torch.cat([1 - foreground.amax(dim=0, keepdim=True), foreground])
+def with_background(foreground, dim=0):
+    """Foreground maps in [0, 1] with the background ``1 - max`` over ``dim`` (the class
+    axis) prepended along it: [K-1, ...] -> [K, ...] (SPEC 5.2, 5.10)."""
+    return torch.cat([1 - foreground.amax(dim=dim, keepdim=True), foreground], dim=dim)
 
 
 class CAMNet(nn.Module):

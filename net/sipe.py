@@ -22,9 +22,7 @@ def l2_normalize(x, dim=1, eps=1e-5):
 
 def normalized_cam(cam):
     """SPEC 5.2: ``relu(cam)`` over its per-channel max, background ``1 - max_c`` prepended."""
-    foreground = max_normalize(F.relu(cam))
-    background = 1 - foreground.amax(dim=1, keepdim=True)
-    return torch.cat([background, foreground], dim=1)
+    return with_background(max_normalize(F.relu(cam)), dim=1)
 
 
 def label_mask(labels):
