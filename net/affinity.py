@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import CHANNELS, STEM_CHANNELS, build_backbone, freeze, stage_outputs
+from net.backbone import STEM_CHANNELS, build_backbone, freeze, stage_channels, stage_outputs
 from net.parameters import layer_groups, psa_groups
 from net.precision import full_precision
 from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_with_boundary, random_walk
@@ -25,7 +25,7 @@ class AffinityNet(nn.Module):
             # as PSA: the first stage frozen, and every BatchNorm (statistics and affine)
             freeze(self.backbone.conv1, *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
-                                  for cin, cout in zip(CHANNELS[1:], (64, 128, 256)))
+                                  for cin, cout in zip(stage_channels(backbone)[1:], (64, 128, 256)))
         self.fuse = nn.Conv2d(448, 448, 1, bias=False)
         for conv in (*self.side, self.fuse):
             nn.init.kaiming_normal_(conv.weight)
@@ -79,7 +79,7 @@ class BoundaryNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained)
         freeze(self.backbone)
         self.branches = nn.ModuleList(edge_branch(width, up) for width, up in
-                                      zip((STEM_CHANNELS, *CHANNELS), self.upsampling))
+                                      zip((STEM_CHANNELS, *stage_channels(backbone)), self.upsampling))
         self.head = nn.Conv2d(32 * len(self.branches), 1, 1, bias=True)
 
     def param_groups(self):

@@ -2,7 +2,8 @@
 
 The network is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
 parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
-torchvision's weights API.  What this module adds is only what torchvision does not do:
+torchvision's weights API.  ``resnet18`` and ``resnet34`` (basic blocks, narrower stages)
+serve small runs: the embedded toy run on a CPU, and users with little compute.  What this module adds is only what torchvision does not do:
 the stride change of ``layer4``, BatchNorm that keeps its ImageNet statistics, the
 frozen early stages, the stage outputs and the refusal of weights learned from pixel
 labels.
@@ -18,12 +19,20 @@ from tools.io import PipelineError
 from tools.torch_files import read_torch_file
 
 ARCHITECTURES = {
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
     "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
 }
 BACKBONES = tuple(ARCHITECTURES)
-CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4
+BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of resnet50 / resnet101
+BASIC_CHANNELS = (64, 128, 256, 512)  # layer1..layer4 of resnet18 / resnet34 (basic blocks)
 STEM_CHANNELS = 64
+
+
+def stage_channels(backbone):
+    """The output widths of layer1..layer4 of ``backbone``."""
+    return BASIC_CHANNELS if backbone in ("resnet18", "resnet34") else BOTTLENECK_CHANNELS
 
 
 class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
@@ -103,16 +112,37 @@ def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16)
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     state = read_weights(pretrained, backbone)
     norm_layer = nn.BatchNorm2d if state is None else FrozenStatsBatchNorm2d
-    dilation = [False, True, True] if output_stride == 8 else None
+    basic = stage_channels(backbone) == BASIC_CHANNELS
+    dilation = [False, True, True] if output_stride == 8 and not basic else None
     model = ARCHITECTURES[backbone][0](weights=None, norm_layer=norm_layer, replace_stride_with_dilation=dilation)
     if output_stride == 16:
-        first = model.layer4[0]
-        first.conv2.stride = (1, 1)
-        first.downsample[0].stride = (1, 1)
+        unstride(model.layer4[0])
+    elif basic:  # torchvision dilates bottleneck blocks only
+        dilate(model.layer3, 2, previous=1)
+        dilate(model.layer4, 4, previous=2)
     model.fc = nn.Identity()
     if state is not None:
         load_backbone(model, state, pretrained)
     return model
+
+
+def unstride(block):
+    """Stride 1 for the strided convolution of a block (a bottleneck's ``conv2`` as
+    torchvision's V1.5, a basic block's ``conv1``) and its downsampling shortcut."""
+    strided = block.conv2 if hasattr(block, "conv3") else block.conv1
+    strided.stride = (1, 1)
+    block.downsample[0].stride = (1, 1)
+
+
+def dilate(layer, dilation, previous):
+    """Replace the stride of a layer of basic blocks by dilation, as torchvision's
+    ``replace_stride_with_dilation`` does for bottlenecks: the first block's strided
+    convolution takes the ``previous`` dilation, every other 3x3 convolution ``dilation``."""
+    unstride(layer[0])
+    for index, block in enumerate(layer):
+        for conv in (block.conv1, block.conv2):
+            rate = previous if index == 0 and conv is block.conv1 else dilation
+            conv.dilation, conv.padding = (rate, rate), (rate, rate)
 
 
 def load_backbone(model, state, source):

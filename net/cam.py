@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
+from net.backbone import build_backbone, stage_channels, freeze, stage_outputs
 from net.parameters import layer_groups
 from net.precision import full_precision
 
@@ -23,7 +23,7 @@ def with_background(foreground, dim=0):
 
 
 class CAMNet(nn.Module):
-    """ResNet classifier: a bias-free 1x1 conv (2048 -> C-1) on ``x4`` is the CAM, its
+    """ResNet classifier: a bias-free 1x1 conv (layer4's width -> C-1) on ``x4`` is the CAM, its
     global average the image score (SPEC 5.1).
 
     With pretrained weights the stem, ``layer1`` and ``layer2`` are frozen and run without
@@ -38,7 +38,7 @@ class CAMNet(nn.Module):
         self.frozen_stages = 0 if pretrained == "none" else FROZEN_STAGES
         if self.frozen_stages:
             freeze(self.backbone.conv1, self.backbone.bn1, self.backbone.layer1, self.backbone.layer2)
-        self.classifier = nn.Conv2d(CHANNELS[-1], num_classes - 1, 1, bias=False)
+        self.classifier = nn.Conv2d(stage_channels(backbone)[-1], num_classes - 1, 1, bias=False)
 
     def new_layers(self):
         return [self.classifier]

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-from net.backbone import CHANNELS, build_backbone, freeze, stage_outputs
+from net.backbone import build_backbone, freeze, stage_channels, stage_outputs
 from net.parameters import layer_groups
 
 ARCHS = ("deeplabv2", "deeplabv3")
@@ -41,7 +41,7 @@ class DeepLab(nn.Module):
         self.backbone = build_backbone(backbone, pretrained, output_stride=8)
         if arch == "deeplabv2" and pretrained != "none":
             freeze(*(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
-        self.head = (ASPPv2 if arch == "deeplabv2" else DeepLabHead)(CHANNELS[-1], num_classes)
+        self.head = (ASPPv2 if arch == "deeplabv2" else DeepLabHead)(stage_channels(backbone)[-1], num_classes)
 
     def param_groups(self):
         """(backbone, head) parameters that train: lr and 10x lr (SPEC 13)."""

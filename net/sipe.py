@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import CHANNELS
+from net.backbone import stage_channels
 from net.cam import CAMNet, max_normalize, psa_cam, with_background
 from net.pamr import PAMR
 from net.precision import full_precision
@@ -98,7 +98,7 @@ class SIPENet(CAMNet):
         super().__init__(num_classes, pretrained, backbone)
         self.method = method
         self.bg_scale = bg_scale
-        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(CHANNELS, SIDE_CHANNELS))
+        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(stage_channels(backbone), SIDE_CHANNELS))
         self.pamr = PAMR() if method == "ae_sipe" else None
 
     def new_layers(self):
