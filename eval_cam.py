@@ -14,7 +14,7 @@ from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
 
 log = stage.log
-SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 13))
+SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
 
 def parse_args(argv=None):
@@ -122,6 +122,8 @@ def main(argv=None):
         else:
             tag = args.tag or args.map
             entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"
+            if args.sweep and value in (SWEEP[0], SWEEP[-1]):
+                entry["note"] += " (an end of the sweep: the best may lie beyond it)"
         if args.note:
             entry["note"] = f"{entry['note']}; {args.note}"
         if args.sweep:
