@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tools import flags
 from tools.io import write_image, write_label_png, write_text
 from tools.palette import voc_palette
 
@@ -38,6 +39,7 @@ HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
+MIN_SIZE = 16  # the smallest image side
 IGNORE = 255
 
 
@@ -226,8 +228,8 @@ def annotation_xml(image_id, shape_hw, instances, objects):
 def side_range(size):
     """(lo, hi) inclusive range of an image side from an int or a pair."""
     lo, hi = (size, size) if isinstance(size, int) else size
-    if not 16 <= lo <= hi:
-        raise ValueError(f"image size range must satisfy 16 <= lo <= hi, got {size}")
+    if not MIN_SIZE <= lo <= hi:
+        raise ValueError(f"image size range must satisfy {MIN_SIZE} <= lo <= hi, got {size}")
     return int(lo), int(hi)
 
 
@@ -261,15 +263,15 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the embedded toy dataset (VOC layout, SPEC 3).")
     parser.add_argument("--out", required=True, help="output folder (becomes the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
-    parser.add_argument("--num-train", type=int, default=48, help="number of images in the train list")
-    parser.add_argument("--num-val", type=int, default=16, help="number of images in the val list")
-    parser.add_argument("--image-size", type=int, default=128,
+    parser.add_argument("--seed", type=flags.non_negative_int, default=0,
+                        help="random seed; the same seed gives identical files")
+    parser.add_argument("--num-train", type=flags.non_negative_int, default=48,
+                        help="number of images in the train list")
+    parser.add_argument("--num-val", type=flags.non_negative_int, default=16, help="number of images in the val list")
+    parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=128,
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     args = parser.parse_args(argv)
-    if args.image_size < 16 or min(args.num_train, args.num_val) < 0:
-        parser.error("--image-size must be at least 16 and the image counts non-negative")
-    size = (max(16, args.image_size * 3 // 4), args.image_size)
+    size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
     out = generate(args.out, args.num_train, args.num_val, size, args.seed)
     print(f"toy dataset: {args.num_train} train + {args.num_val} val images in {out}")
 

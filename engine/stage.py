@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from data.sources import DATASETS
-from tools import dist
+from tools import dist, flags
 from tools.io import PipelineError, remove_stale_temporaries, write_json
 
 log = logging.getLogger("wsss")
@@ -27,9 +27,9 @@ def add_dataset_args(parser, split_default="train"):
 def add_runtime_args(parser):
     group = parser.add_argument_group("runtime")
     group.add_argument("--work-dir", required=True, help="run directory that holds everything this run writes")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    group.add_argument("--device", type=flags.device, choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: CUDA when present (one GPU per torchrun process), else the CPU")
-    group.add_argument("--num-workers", type=int, default=dist.cpus_per_process(limit=8),
+    group.add_argument("--num-workers", type=flags.non_negative_int, default=dist.cpus_per_process(limit=8),
                        help="data-loading processes; the default is this process's share of the CPUs, at most 8")
     group.add_argument("--channels-last", action="store_true",
                        help="channels-last memory format (faster convolutions, on GPUs and CPUs)")
