@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from data.sources import DATASETS
 from tools import dist, flags
-from tools.io import PipelineError, remove_stale_temporaries, write_json
+from tools.io import PipelineError, make_dir, remove_stale_temporaries, write_json
 
 log = logging.getLogger("wsss")
 
@@ -58,10 +58,9 @@ def save_flags(args, stage, is_main=True):
 
 def prepare_run(args, stage, is_main=True):
     """Create the run directory, save the flags as JSON and log to ``logs/<stage>.log``."""
-    work_dir = Path(args.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = make_dir(args.work_dir)
     save_flags(args, stage, is_main)
-    (work_dir / "logs").mkdir(exist_ok=True)
+    make_dir(work_dir / "logs")
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.handlers.clear()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -95,7 +94,7 @@ def prepare_output_dirs(folders, info):
     """Create an inference stage's output folders; the main process removes the temporary
     files a killed run left there, before any process writes (SPEC 2)."""
     for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dir(folder)
         if info.is_main:
             remove_stale_temporaries(folder)
     dist.barrier(info)

@@ -1,5 +1,6 @@
 """Flag values checked when they are parsed (tools/flags.py), in process: a bad value is
-argparse's ``error: argument --x: ...`` with exit status 2, before anything runs."""
+argparse's ``error: argument --x: ...`` with exit status 2, before anything runs; and a run
+or output directory that is a file is one line ``error: <path>: not a directory``."""
 import re
 
 import pytest
@@ -15,6 +16,7 @@ import train_cam
 import train_seg
 from bench import random_walk as bench_random_walk
 from data import toy
+from engine import stage
 
 REQUIRED = ["--data-root", "data", "--work-dir", "run"]
 TRAINING = [train_cam, train_affinity, train_seg]
@@ -132,3 +134,30 @@ def test_bench_flags(monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["bench.random_walk", "--repeat", "0"])
     code, last = parse_error(lambda _: bench_random_walk.main(), None, capsys)
     assert code == 2 and "error: argument --repeat: " in last
+
+
+# ---- run and output directories --------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["file", "file/run"])
+def test_a_work_dir_that_is_a_file_is_one_line(tmp_path, where, capsys):
+    (tmp_path / "file").write_text("")
+    argv = ["--data-root", str(tmp_path / "data"), "--work-dir", str(tmp_path / where)]
+    code, last = parse_error(lambda a: stage.run_stage(eval_cam.main, a), argv, capsys)
+    assert code == 2 and last == f"error: {tmp_path / 'file'}: not a directory"
+
+
+@pytest.fixture
+def stage_log():
+    """Detach the stage log's handlers (its file, the captured stderr) after the test."""
+    yield
+    for handler in stage.log.handlers:
+        handler.close()
+    stage.log.handlers.clear()
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, capsys, stage_log):
+    (tmp_path / "cams").write_text("")
+    argv = [*REQUIRED[:2], "--work-dir", str(tmp_path / "run"), "--out-dir", str(tmp_path / "cams"), "--device",
+            "cpu"]
+    code, last = parse_error(lambda a: stage.run_stage(make_cam.main, a), argv, capsys)
+    assert code == 2 and last == f"error: {tmp_path / 'cams'}: not a directory"

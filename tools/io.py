@@ -46,6 +46,20 @@ def atomic_path(path):
         raise
 
 
+def make_dir(path):
+    """Create the folder ``path`` and its parents unless they exist; returns it as a Path.  A
+    file in the way (the path itself or one of its parents) is ``<file>: not a directory``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise PipelineError(f"{blocking}: not a directory") from exc
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot create the folder ({exc.strerror or exc})") from exc
+    return path
+
+
 def remove_stale_temporaries(folder, stems=("*",)):
     """Delete temporary files that a killed run left in ``folder`` (see atomic_path): those
     of every file, or of the files named ``<stem>.*`` only."""
