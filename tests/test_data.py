@@ -1,5 +1,6 @@
 """Tests of data/: toy generator, dataset sources, transforms (SPEC 3)."""
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -253,6 +254,29 @@ def test_custom_unknown_class_name(toy_root, tmp_path):
     (root / "class_names.txt").write_text("cat\ndog\n")
     with pytest.raises(PipelineError, match="background"):
         build_source("custom", root)
+
+
+def test_more_classes_than_a_label_png_holds_is_an_error(tmp_path):
+    """Label PNGs hold class ids 0..254 (255 is ignore): a 256th class would wrap to another id."""
+    root = tmp_path / "custom"
+    write_jpeg(root / "JPEGImages" / "x.jpg")
+    names = ["background", *(f"class{k}" for k in range(1, 255))]
+    (root / "class_names.txt").write_text("".join(f"{name}\n" for name in names))
+    assert build_source("custom", root).num_classes == 255
+    (root / "class_names.txt").write_text("".join(f"{name}\n" for name in [*names, "class255"]))
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(root / 'class_names.txt'))}: 256 classes "
+                                            r"\(background included\) do not fit a label PNG"):
+        build_source("custom", root)
+
+
+def test_more_coco_categories_than_a_label_png_holds_is_an_error(coco_root):
+    pytest.importorskip("pycocotools")
+    path = coco_root / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [dict(id=k, name=f"c{k}") for k in range(1, 256)]
+    path.write_text(json.dumps(data))
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: 256 classes"):
+        build_source("coco", coco_root).class_names
 
 
 # ---------------------------------------------------------------- transforms
