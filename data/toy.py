@@ -19,10 +19,13 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]``
+Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]``;
+the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
+a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
 import argparse
 import colorsys
+import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,7 +34,7 @@ import cv2
 import numpy as np
 
 from tools import flags
-from tools.io import write_image, write_label_png, write_text
+from tools.io import PipelineError, write_image, write_json, write_label_png, write_text
 from tools.palette import voc_palette
 
 CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
@@ -40,6 +43,7 @@ TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": 
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
+RECORD = "toy.json"  # the settings of a generated toy dataset
 IGNORE = 255
 
 
@@ -248,6 +252,7 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
 
     Image i draws everything from ``numpy.random.default_rng([seed, i])``.  Ids are
     ``toy_0000``...; the first ``num_train`` form ``train``, the next ``num_val`` form ``val``.
+    ``toy.json``, written last, records the settings (``settings``).
     """
     out_dir = Path(out_dir)
     ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
@@ -257,7 +262,25 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
     write_text(lists / "train.txt", "".join(f"{i}\n" for i in ids[:num_train]))
     write_text(lists / "val.txt", "".join(f"{i}\n" for i in ids[num_train:]))
     write_text(out_dir / "class_names.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
+    write_json(out_dir / RECORD, settings(num_train, num_val, size, seed))
     return out_dir
+
+
+def settings(num_train, num_val, size, seed):
+    """The record of ``generate``'s settings that ``toy.json`` holds."""
+    return {"num_train": num_train, "num_val": num_val, "size": list(side_range(size)), "seed": seed}
+
+
+def recorded_settings(out_dir):
+    """The settings that ``out_dir/toy.json`` records, or None when there is none (no toy
+    dataset, or one whose writing was cut short: toy.json comes last)."""
+    path = Path(out_dir) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: cannot read the toy dataset's settings ({exc})") from exc
 
 
 def main(argv=None):
@@ -272,8 +295,18 @@ def main(argv=None):
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     args = parser.parse_args(argv)
     size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
-    out = generate(args.out, args.num_train, args.num_val, size, args.seed)
-    print(f"toy dataset: {args.num_train} train + {args.num_val} val images in {out}")
+    wanted = settings(args.num_train, args.num_val, size, args.seed)
+    try:
+        recorded = recorded_settings(args.out)
+        if recorded not in (None, wanted):
+            raise PipelineError(f"{args.out}: holds a toy dataset of other settings ({recorded}, not {wanted}); "
+                                "remove it or write the new one elsewhere (the drivers: another --work-dir)")
+        if recorded is None:
+            generate(args.out, args.num_train, args.num_val, size, args.seed)
+    except PipelineError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    state = "made" if recorded is None else "already there"
+    print(f"toy dataset: {args.num_train} train + {args.num_val} val images in {args.out} ({state})")
 
 
 if __name__ == "__main__":
