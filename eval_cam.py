@@ -7,7 +7,7 @@ import numpy as np
 
 from data.sources import CROWD_MODES, build_source
 from engine import stage
-from tools import dist
+from tools import dist, flags
 from tools.io import PipelineError, image_size, load_cam, read_label_png
 from tools.methods import method_default
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
@@ -28,10 +28,10 @@ def parse_args(argv=None):
                         help="with --label-dir: 255 in the labels means no label (affinity labels); score only "
                              "the labelled pixels and report the percentage of pixels labelled (coverage)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files: cam, plain_cam, is_cam")
-    parser.add_argument("--bg-scale", type=float,
+    parser.add_argument("--bg-scale", type=flags.positive_float,
                         help="factor on the background channel before the argmax (default: from the method the "
                              "CAM files record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")
-    parser.add_argument("--threshold", type=float,
+    parser.add_argument("--threshold", type=flags.fraction,
                         help="replace the background channel by this constant (maps without a background)")
     parser.add_argument("--sweep", action="store_true",
                         help=f"try the constant background thresholds {SWEEP[0]}..{SWEEP[-1]} and keep the best")
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--coco-crowd", choices=CROWD_MODES, default="background",
                         help="COCO ground truth: crowd regions are background (0, as the published masks) "
                              "or ignored (255)")
-    parser.add_argument("--num-workers", type=int, default=dist.cpus_per_process(),
+    parser.add_argument("--num-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
                         help="processes that read the files; the default is the CPUs available")
     args = parser.parse_args(argv)
     if args.confident and not args.label_dir:

@@ -11,7 +11,7 @@ from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.segmentation import build_segmentation_net, multiscale_probs
-from tools import dist
+from tools import dist, flags
 from tools.crf import crf_segmentation
 from tools.io import read_image, read_label_png, write_image, write_label_png
 from tools.palette import voc_palette
@@ -27,12 +27,12 @@ def parse_args(argv=None):
     stage.add_dataset_args(parser, split_default="val")
     stage.add_runtime_args(parser)
     parser.add_argument("--checkpoint", help="segmentation network (default: WORK_DIR/ckpt/seg.pth)")
-    parser.add_argument("--scales", type=float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5))
+    parser.add_argument("--scales", type=flags.positive_float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5))
     parser.add_argument("--crf", action="store_true",
                         help="also write CRF-refined predictions to segmentation_crf/<split>/")
-    parser.add_argument("--crf-workers", type=int, default=dist.cpus_per_process(),
+    parser.add_argument("--crf-workers", type=flags.positive_int, default=dist.cpus_per_process(),
                         help="processes for the CRF; the default is the CPUs, divided among torchrun processes")
-    parser.add_argument("--visualize", type=int, default=0, metavar="N",
+    parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | prediction (| CRF) | ground truth pictures of the first N images "
                              "to vis/segmentation/")
     return parser.parse_args(argv)

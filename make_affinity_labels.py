@@ -6,7 +6,7 @@ from pathlib import Path
 
 from data.sources import build_source
 from engine import stage
-from tools import dist
+from tools import dist, flags
 from tools.affinity_labels import confident_labels, psa_labels
 from tools.io import load_cam, read_image, write_label_png
 from tools.methods import method_default
@@ -25,17 +25,16 @@ def parse_args(argv=None):
     parser.add_argument("--mode", choices=("sipe", "psa"), default="sipe",
                         help="sipe: two label CRFs, background as is and times --bg-conf-scale (SIPE, IRN); "
                              "psa: two probability CRFs with background (1 - max fg) ** alpha (AffinityNet)")
-    parser.add_argument("--bg-conf-scale", type=float,
+    parser.add_argument("--bg-conf-scale", type=flags.positive_float,
                         help="sipe mode: factor on the background for the confident background (default: from the "
                              "method the CAM files record, tools/methods.py: 0.5 SIPE, 0.8 AE-SIPE)")
-    parser.add_argument("--low-alpha", type=float, default=4, help="psa mode: power of the confident-foreground CRF")
-    parser.add_argument("--high-alpha", type=float, default=32,
+    parser.add_argument("--low-alpha", type=flags.positive_float, default=4,
+                        help="psa mode: power of the confident-foreground CRF")
+    parser.add_argument("--high-alpha", type=flags.positive_float, default=32,
                         help="psa mode: power of the confident-background CRF")
-    parser.add_argument("--workers", type=int, default=dist.cpus_per_process(),
+    parser.add_argument("--workers", type=flags.positive_int, default=dist.cpus_per_process(),
                         help="CRF processes; the default is the CPUs available, divided among torchrun processes")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
     args.cam_dir = args.cam_dir or str(Path(args.work_dir) / "cam")
     args.out_dir = args.out_dir or str(Path(args.work_dir) / "affinity_labels")
     return args

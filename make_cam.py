@@ -9,6 +9,7 @@ from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.sipe import METHODS, PROTOTYPE_METHODS, build_classifier, inference_maps
+from tools import flags
 from tools.io import PipelineError, cam_method, save_cam, write_image
 from tools.visualize import cam_panel
 
@@ -21,8 +22,8 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth)")
     parser.add_argument("--out-dir", help="where the CAM files go (default: WORK_DIR/cam)")
-    parser.add_argument("--scales", type=float, nargs="+", default=(1.0, 0.5, 1.5, 2.0))
-    parser.add_argument("--visualize", type=int, default=0, metavar="N",
+    parser.add_argument("--scales", type=flags.positive_float, nargs="+", default=(1.0, 0.5, 1.5, 2.0))
+    parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write heat-map pictures (background, then each class) of the first N images to vis/cam/")
     parser.add_argument("--all-maps", action="store_true",
                         help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map "

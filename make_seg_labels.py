@@ -11,7 +11,7 @@ from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
-from tools import dist
+from tools import dist, flags
 from tools.crf import crf_labels
 from tools.io import load_cam, read_image, write_image, write_label_png
 from tools.methods import method_default
@@ -32,21 +32,23 @@ def parse_args(argv=None):
     parser.add_argument("--no-affinity", action="store_true",
                         help="no random walk: labels are the CAM argmax (background times --bg-scale), "
                              "to be refined with --crf (SIPE's COCO setting)")
-    parser.add_argument("--bg-scale", type=float,
+    parser.add_argument("--bg-scale", type=flags.positive_float,
                         help="--no-affinity: factor on the background (default: from the method the CAM files "
                              "record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")
     parser.add_argument("--cam-dir", help="CAM files of stage 2 (default: WORK_DIR/cam)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files to propagate")
-    parser.add_argument("--radius", type=int, default=WALK_RADIUS,
+    parser.add_argument("--radius", type=flags.radius, default=WALK_RADIUS,
                         help="random-walk pairs within this radius, whatever radius the network trained at")
-    parser.add_argument("--beta", type=float, help="affinity power (default: 8 for affinitynet, 10 for irn)")
-    parser.add_argument("--steps", type=int, default=256, help="random-walk steps t (2^8)")
-    parser.add_argument("--alpha", type=float, default=16, help="affinitynet: background (1 - max fg) ** alpha")
-    parser.add_argument("--power", type=float, default=1.5, help="irn: the CAM is raised to this power")
+    parser.add_argument("--beta", type=flags.positive_float,
+                        help="affinity power (default: 8 for affinitynet, 10 for irn)")
+    parser.add_argument("--steps", type=flags.positive_int, default=256, help="random-walk steps t (2^8)")
+    parser.add_argument("--alpha", type=flags.positive_float, default=16,
+                        help="affinitynet: background (1 - max fg) ** alpha")
+    parser.add_argument("--power", type=flags.positive_float, default=1.5, help="irn: the CAM is raised to this power")
     parser.add_argument("--crf", action="store_true", help="also write CRF-refined labels to pseudo_labels_crf/")
-    parser.add_argument("--crf-workers", type=int, default=dist.cpus_per_process(),
+    parser.add_argument("--crf-workers", type=flags.positive_int, default=dist.cpus_per_process(),
                         help="processes for the CRF; the default is the CPUs, divided among torchrun processes")
-    parser.add_argument("--visualize", type=int, default=0, metavar="N",
+    parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
     return parser.parse_args(argv)
 

@@ -12,6 +12,7 @@ from engine import stage
 from engine.train import add_augmentation_args, add_training_args, train, unwrap
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
+from tools import flags
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
 
@@ -37,8 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
     parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
-    parser.add_argument("--radius", type=int, help="training pairs within this radius (SPEC 9)")
-    parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
+    parser.add_argument("--radius", type=flags.radius, help="training pairs within this radius (SPEC 9)")
+    parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
+                        action=flags.OrderedPair,
                         help="rescale the image by a factor in this range (IRN's augmentation; "
                              "replaces --resize-long)")
     add_training_args(parser, batch_size=None, epochs=None, lr=None, crop_size=None, new_layer_lr_mult=None)

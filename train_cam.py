@@ -6,6 +6,7 @@ from engine import stage
 from engine.train import add_augmentation_args, add_training_args, train
 from net.backbone import BACKBONES
 from net.sipe import METHODS, build_classifier, classifier_losses
+from tools import flags
 
 # The published recipe of each method (SPEC 5.8, 5.10); flags left unset take these.  PSA's
 # optimizer, like SIPE's, ran SGD without momentum (its poly power sat in the momentum slot).
@@ -26,7 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--method", choices=METHODS, default="sipe",
                         help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
-    parser.add_argument("--bg-scale", type=float, default=0.5,
+    parser.add_argument("--bg-scale", type=flags.positive_float, default=0.5,
                         help="background IoU factor of the structure seeds (sipe, ae_sipe)")
     add_training_args(parser, batch_size=16, epochs=None, lr=0.1, crop_size=None, new_layer_lr_mult=10.0)
     add_augmentation_args(parser)

@@ -9,6 +9,7 @@ from engine import stage
 from engine.train import add_training_args, train
 from net.backbone import BACKBONES
 from net.segmentation import ARCHS, build_segmentation_net, pixel_losses
+from tools import flags
 from tools.io import PipelineError
 
 log = stage.log
@@ -23,7 +24,8 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="torchvision ResNet, stride 8")
     parser.add_argument("--label-dir", help="pseudo-labels to learn from, 255 ignored "
                                             "(default: WORK_DIR/pseudo_labels, stage 6's)")
-    parser.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
+    parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
+                        action=flags.OrderedPair,
                         help="random rescale of the image (bicubic) and its labels (nearest)")
     add_training_args(parser, batch_size=10, epochs=None, lr=2.5e-4, crop_size=321, new_layer_lr_mult=10.0,
                       momentum=0.9, weight_decay=5e-4, iterations=20000)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure import cost, measure_once, ratio
+from tools import flags
 from tools.random_walk import (directions, pairs_within_radius, path_max_affinity,
                                propagate_with_boundary, random_walk)
 
@@ -204,13 +205,13 @@ def format_table(rows):
 def main():
     """Command line: print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="torch device to run on")
+    parser.add_argument("--device", type=flags.device, default="cpu", help="torch device to run on")
     parser.add_argument("--dense-large", choices=("estimate", "full", "skip"), default="estimate",
                         help="dense form of the 125x94 case: estimated from one squaring "
                              "(default), run in full (minutes, ~1.7 GB), or skipped")
     parser.add_argument("--skip-dense-large", dest="dense_large", action="store_const",
                         const="skip", help="same as --dense-large skip")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=flags.positive_int, default=3,
                         help="runs of ours per case; the fastest is reported")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "

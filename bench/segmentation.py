@@ -21,6 +21,7 @@ from engine import stage
 from engine.train import build_optimizer, prepare_model, to_device, train_step
 from net.backbone import build_backbone
 from net.segmentation import ARCHS, build_segmentation_net, multiscale_probs, pixel_losses
+from tools import flags
 
 VOC_CLASSES = 21
 CROP = 321
@@ -93,5 +94,6 @@ def run(calls=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, help="timed calls per configuration (default: 10 on a GPU, 1 on the CPU)")
+    parser.add_argument("--calls", type=flags.positive_int,
+                        help="timed calls per configuration (default: 10 on a GPU, 1 on the CPU)")
     print(table(run(parser.parse_args().calls), COLUMNS))

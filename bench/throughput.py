@@ -19,6 +19,7 @@ from data.transforms import scaled_images
 from engine import stage
 from engine.train import prepare_model, to_device, train_step
 from net.sipe import PROTOTYPE_METHODS, SIPENet, classifier_losses, multiscale_maps
+from tools import flags
 
 VOC_CLASSES = 21
 
@@ -93,7 +94,7 @@ def run(calls=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int,
+    parser.add_argument("--calls", type=flags.positive_int,
                         help="timed calls per configuration (default on a GPU: 20; on the CPU: 4 training steps "
                              "and 2 make_cam images)")
     print(table(run(parser.parse_args().calls), COLUMNS))

@@ -64,6 +64,14 @@ def mask_classes(mask_path, num_classes):
     return values[(values != 0) & (values != IGNORE)]
 
 
+def check_class_count(path, count):
+    """A dataset of ``count`` classes (background included) must fit the label PNGs: class
+    ids 0..254, 255 being ignore; more is an error naming ``path``, the file that lists them."""
+    if count > IGNORE:
+        raise PipelineError(f"{path}: {count} classes (background included) do not fit a label PNG, which holds "
+                            f"class ids 0..{IGNORE - 1} ({IGNORE} is ignore)")
+
+
 def read_class_names(path):
     """Class names of a class name file: one a line, line 0 background (SPEC 3)."""
     if not path.is_file():
@@ -73,6 +81,7 @@ def read_class_names(path):
         raise PipelineError(f"{path}: needs 'background' on the first line and at least one class after it")
     if len(set(names)) != len(names):
         raise PipelineError(f"{path}: duplicate class names")
+    check_class_count(path, len(names))
     return names
 
 
@@ -299,6 +308,7 @@ class COCOSource(Source):
     def _set_categories(self, categories, path):
         categories = sorted(categories, key=lambda c: c["id"])
         names = ["background", *(c["name"] for c in categories)]
+        check_class_count(path, len(names))
         if self._class_names is not None and names != self._class_names:
             raise PipelineError(f"{path}: categories differ from those of the other split")
         self._class_names = names

@@ -19,10 +19,13 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]``
+Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]``;
+the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
+a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
 import argparse
 import colorsys
+import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -30,7 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tools.io import write_image, write_label_png, write_text
+from tools import flags
+from tools.io import PipelineError, write_image, write_json, write_label_png, write_text
 from tools.palette import voc_palette
 
 CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
@@ -38,6 +42,8 @@ HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
+MIN_SIZE = 16  # the smallest image side
+RECORD = "toy.json"  # the settings of a generated toy dataset
 IGNORE = 255
 
 
@@ -226,8 +232,8 @@ def annotation_xml(image_id, shape_hw, instances, objects):
 def side_range(size):
     """(lo, hi) inclusive range of an image side from an int or a pair."""
     lo, hi = (size, size) if isinstance(size, int) else size
-    if not 16 <= lo <= hi:
-        raise ValueError(f"image size range must satisfy 16 <= lo <= hi, got {size}")
+    if not MIN_SIZE <= lo <= hi:
+        raise ValueError(f"image size range must satisfy {MIN_SIZE} <= lo <= hi, got {size}")
     return int(lo), int(hi)
 
 
@@ -246,6 +252,7 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
 
     Image i draws everything from ``numpy.random.default_rng([seed, i])``.  Ids are
     ``toy_0000``...; the first ``num_train`` form ``train``, the next ``num_val`` form ``val``.
+    ``toy.json``, written last, records the settings (``settings``).
     """
     out_dir = Path(out_dir)
     ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
@@ -255,23 +262,51 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
     write_text(lists / "train.txt", "".join(f"{i}\n" for i in ids[:num_train]))
     write_text(lists / "val.txt", "".join(f"{i}\n" for i in ids[num_train:]))
     write_text(out_dir / "class_names.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
+    write_json(out_dir / RECORD, settings(num_train, num_val, size, seed))
     return out_dir
+
+
+def settings(num_train, num_val, size, seed):
+    """The record of ``generate``'s settings that ``toy.json`` holds."""
+    return {"num_train": num_train, "num_val": num_val, "size": list(side_range(size)), "seed": seed}
+
+
+def recorded_settings(out_dir):
+    """The settings that ``out_dir/toy.json`` records, or None when there is none (no toy
+    dataset, or one whose writing was cut short: toy.json comes last)."""
+    path = Path(out_dir) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: cannot read the toy dataset's settings ({exc})") from exc
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the embedded toy dataset (VOC layout, SPEC 3).")
     parser.add_argument("--out", required=True, help="output folder (becomes the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
-    parser.add_argument("--num-train", type=int, default=48, help="number of images in the train list")
-    parser.add_argument("--num-val", type=int, default=16, help="number of images in the val list")
-    parser.add_argument("--image-size", type=int, default=128,
+    parser.add_argument("--seed", type=flags.non_negative_int, default=0,
+                        help="random seed; the same seed gives identical files")
+    parser.add_argument("--num-train", type=flags.non_negative_int, default=48,
+                        help="number of images in the train list")
+    parser.add_argument("--num-val", type=flags.non_negative_int, default=16, help="number of images in the val list")
+    parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=128,
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     args = parser.parse_args(argv)
-    if args.image_size < 16 or min(args.num_train, args.num_val) < 0:
-        parser.error("--image-size must be at least 16 and the image counts non-negative")
-    size = (max(16, args.image_size * 3 // 4), args.image_size)
-    out = generate(args.out, args.num_train, args.num_val, size, args.seed)
-    print(f"toy dataset: {args.num_train} train + {args.num_val} val images in {out}")
+    size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
+    wanted = settings(args.num_train, args.num_val, size, args.seed)
+    try:
+        recorded = recorded_settings(args.out)
+        if recorded not in (None, wanted):
+            raise PipelineError(f"{args.out}: holds a toy dataset of other settings ({recorded}, not {wanted}); "
+                                "remove it or write the new one elsewhere (the drivers: another --work-dir)")
+        if recorded is None:
+            generate(args.out, args.num_train, args.num_val, size, args.seed)
+    except PipelineError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    state = "made" if recorded is None else "already there"
+    print(f"toy dataset: {args.num_train} train + {args.num_val} val images in {args.out} ({state})")
 
 
 if __name__ == "__main__":

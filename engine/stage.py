@@ -9,8 +9,8 @@ import torch
 from tqdm import tqdm
 
 from data.sources import DATASETS
-from tools import dist
-from tools.io import PipelineError, remove_stale_temporaries, write_json
+from tools import dist, flags
+from tools.io import PipelineError, make_dir, remove_stale_temporaries, write_json
 
 log = logging.getLogger("wsss")
 
@@ -27,9 +27,9 @@ def add_dataset_args(parser, split_default="train"):
 def add_runtime_args(parser):
     group = parser.add_argument_group("runtime")
     group.add_argument("--work-dir", required=True, help="run directory that holds everything this run writes")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    group.add_argument("--device", type=flags.device, choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: CUDA when present (one GPU per torchrun process), else the CPU")
-    group.add_argument("--num-workers", type=int, default=dist.cpus_per_process(limit=8),
+    group.add_argument("--num-workers", type=flags.non_negative_int, default=dist.cpus_per_process(limit=8),
                        help="data-loading processes; the default is this process's share of the CPUs, at most 8")
     group.add_argument("--channels-last", action="store_true",
                        help="channels-last memory format (faster convolutions, on GPUs and CPUs)")
@@ -58,10 +58,9 @@ def save_flags(args, stage, is_main=True):
 
 def prepare_run(args, stage, is_main=True):
     """Create the run directory, save the flags as JSON and log to ``logs/<stage>.log``."""
-    work_dir = Path(args.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = make_dir(args.work_dir)
     save_flags(args, stage, is_main)
-    (work_dir / "logs").mkdir(exist_ok=True)
+    make_dir(work_dir / "logs")
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.handlers.clear()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -95,7 +94,7 @@ def prepare_output_dirs(folders, info):
     """Create an inference stage's output folders; the main process removes the temporary
     files a killed run left there, before any process writes (SPEC 2)."""
     for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dir(folder)
         if info.is_main:
             remove_stale_temporaries(folder)
     dist.barrier(info)

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from engine import stage
 from engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from tools import dist
+from tools import dist, flags
 from tools.io import PipelineError, remove_stale_temporaries
 
 log = stage.log
@@ -53,33 +53,41 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     parser.add_argument("--pretrained", default="imagenet",
                         help="backbone weights: imagenet (torch hub cache, offline), none, a ResNet-50 file, "
                              "or a checkpoint of this pipeline (its backbone)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step over all processes")
+    parser.add_argument("--batch-size", type=flags.positive_int, default=batch_size,
+                        help="images per step over all processes")
     if iterations is None:
-        parser.add_argument("--epochs", type=int, default=epochs, help="passes over the split")
+        parser.add_argument("--epochs", type=flags.positive_int, default=epochs, help="passes over the split")
     else:
-        parser.add_argument("--iterations", type=int, default=iterations, help="training steps")
-    parser.add_argument("--lr", type=float, default=lr, help="backbone learning rate (poly schedule, power 0.9)")
-    parser.add_argument("--new-layer-lr-mult", type=float, default=new_layer_lr_mult,
+        parser.add_argument("--iterations", type=flags.positive_int, default=iterations, help="training steps")
+    parser.add_argument("--lr", type=flags.positive_float, default=lr,
+                        help="backbone learning rate (poly schedule, power 0.9)")
+    parser.add_argument("--new-layer-lr-mult", type=flags.positive_float, default=new_layer_lr_mult,
                         help="learning-rate factor of the new layers")
-    parser.add_argument("--weight-decay", type=float, default=weight_decay, help="SGD weight decay")
-    parser.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
-    parser.add_argument("--clip-grad", type=float, default=clip_grad, help="gradient norm clip (0: off)")
-    parser.add_argument("--crop-size", type=int, default=crop_size, help="square training crop (pixels)")
-    parser.add_argument("--seed", type=int, default=0, help="sample order, augmentation and initialisation")
-    parser.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
-    parser.add_argument("--log-every", type=int, default=20, help="steps between loss log lines")
+    parser.add_argument("--weight-decay", type=flags.non_negative_float, default=weight_decay,
+                        help="SGD weight decay")
+    parser.add_argument("--momentum", type=flags.fraction, default=momentum, help="SGD momentum")
+    parser.add_argument("--clip-grad", type=flags.non_negative_float, default=clip_grad,
+                        help="gradient norm clip (0: off)")
+    parser.add_argument("--crop-size", type=flags.crop_size, default=crop_size,
+                        help=f"square training crop (pixels, at least {flags.MIN_CROP_SIZE})")
+    parser.add_argument("--seed", type=flags.non_negative_int, default=0,
+                        help="sample order, augmentation and initialisation")
+    parser.add_argument("--save-every", type=flags.positive_int, default=200,
+                        help="steps between resumable checkpoints")
+    parser.add_argument("--log-every", type=flags.positive_int, default=20, help="steps between loss log lines")
     parser.add_argument("--resume", action="store_true", help="continue from the *_last.pth checkpoint")
-    parser.add_argument("--stop-at-step", type=int, default=0,
-                        help="stop with a resumable checkpoint after this many steps (for job time limits)")
+    parser.add_argument("--stop-at-step", type=flags.non_negative_int, default=0,
+                        help="stop with a resumable checkpoint after this many steps (for job time limits; 0: never)")
     parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
 
 
 def add_augmentation_args(parser):
     """The augmentation flags of train_cam and train_affinity (SPEC 3, 5.10, 9), off by
     default: each stage's recipe (``stage.recipe_defaults``) sets them."""
-    parser.add_argument("--resize-long", type=int, nargs=2, metavar=("MIN", "MAX"),
+    parser.add_argument("--resize-long", type=flags.positive_int, nargs=2, metavar=("MIN", "MAX"),
+                        action=flags.OrderedPair,
                         help="resize the image so that its long side is uniform in this range (None: as it is)")
-    parser.add_argument("--color-jitter", type=float, nargs=4,
+    parser.add_argument("--color-jitter", type=flags.non_negative_float, nargs=4, action=flags.ColorJitterStrengths,
                         metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
                         help="random colour changes of the image (never of its labels), as torchvision's "
                              "ColorJitter (None: off)")

@@ -9,14 +9,16 @@ TOY_IMAGES=160
 TOY_IMAGE_SIZE=128
 STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
 DATA_ROOT_GIVEN=0
-declare -A STAGE_ARGS=()
+declare -A STAGE_ARGS=()       # a stage's extra flags, split into words at white space
+declare -A STAGE_PATH_ARGS=()  # a stage's extra flags, one word a line: paths may hold spaces
 
 driver_usage() {
     cat <<USAGE
 usage: $0 [options]
   --toy                 run on the embedded toy dataset (generated into WORK_DIR/toy_data), CPU settings
-  --toy-images N        training images of the toy dataset (default: $TOY_IMAGES)
-  --toy-image-size PX   longest side of the toy images (default: $TOY_IMAGE_SIZE)
+  --toy-images N        training images of the toy dataset, at least 5 (its val split has N/5)
+                        (default: $TOY_IMAGES); a run directory keeps the toy settings it began with
+  --toy-image-size PX   longest side of the toy images, at least 16 (default: $TOY_IMAGE_SIZE)
   --dataset D           $DATASET, or custom: any folder in VOC layout with a class_names.txt (--data-root;
                         its train split is learned from, its val split scores stage 7)
   --data-root DIR       dataset folder (default: $DATA_ROOT)
@@ -34,57 +36,87 @@ A stage whose outputs are complete is skipped; a killed training stage resumes.
 USAGE
 }
 
+# The drivers' one-line error, exit status 2.
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+# need_int FLAG VALUE MIN: VALUE must be a whole number >= MIN.
+need_int() {
+    [[ "$2" =~ ^(0|[1-9][0-9]{0,8})$ ]] && [ "$2" -ge "$3" ] || die "$1 must be an integer >= $3, not '$2'"
+}
+
+# need_dir PATH: PATH must be a folder, or a path where one can be made (no file on the way).
+need_dir() {
+    local path="$1"
+    while [ ! -e "$path" ] && [ "$path" != "$(dirname "$path")" ]; do
+        path="$(dirname "$path")"
+    done
+    [ -d "$path" ] || die "$path: not a directory"
+}
+
+# The stage of a --STAGE option (train_cam for --train-cam), or nothing.
+stage_of() {
+    local name="${1#--}"
+    name="${name//-/_}"
+    if [[ " ${STAGE_NAMES[*]} " == *" $name "* ]]; then echo "$name"; fi
+}
+
 parse_driver_args() {
     while [ $# -gt 0 ]; do
         case "$1" in
-            --toy) TOY=1 ;;
-            --toy-images) TOY_IMAGES="$2"; shift ;;
-            --toy-image-size) TOY_IMAGE_SIZE="$2"; shift ;;
-            --dataset) DATASET="$2"; shift ;;
-            --data-root) DATA_ROOT="$2"; DATA_ROOT_GIVEN=1; shift ;;
-            --work-dir) WORK_DIR="$2"; shift ;;
-            --method) METHOD="$2"; shift ;;
-            --affinity) AFFINITY="$2"; shift ;;
-            --gpus) GPUS="$2"; shift ;;
-            --nnodes) NNODES="$2"; shift ;;
+            --toy) TOY=1; shift; continue ;;
             -h|--help) driver_usage; exit 0 ;;
-            --*)
-                local name="${1#--}"
-                name="${name//-/_}"
-                if [[ " ${STAGE_NAMES[*]} " == *" $name "* ]] && [ $# -gt 1 ]; then
-                    STAGE_ARGS[$name]="${STAGE_ARGS[$name]:-} $2"
-                    shift
-                else
-                    echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
-                fi ;;
+            --toy-images|--toy-image-size|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
+            --*) if [ -z "$(stage_of "$1")" ]; then
+                     echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
+                 fi ;;
             *) echo "error: unknown argument $1" >&2; driver_usage >&2; exit 2 ;;
         esac
-        shift
+        [ $# -gt 1 ] || die "$1 needs a value"
+        case "$1" in
+            --toy-images) TOY_IMAGES="$2" ;;
+            --toy-image-size) TOY_IMAGE_SIZE="$2" ;;
+            --dataset) DATASET="$2" ;;
+            --data-root) DATA_ROOT="$2"; DATA_ROOT_GIVEN=1 ;;
+            --work-dir) WORK_DIR="$2" ;;
+            --method) METHOD="$2" ;;
+            --affinity) AFFINITY="$2" ;;
+            --gpus) GPUS="$2" ;;
+            --nnodes) NNODES="$2" ;;
+            *) local name; name="$(stage_of "$1")"; STAGE_ARGS[$name]="${STAGE_ARGS[$name]:-} $2" ;;
+        esac
+        shift 2
     done
-    case "$METHOD" in sipe|ae_sipe|cam) ;; *) echo "error: --method must be sipe, ae_sipe or cam" >&2; exit 2 ;; esac
-    case "$AFFINITY" in irn|affinitynet|none) ;; *) echo "error: --affinity must be irn, affinitynet or none" >&2; exit 2 ;; esac
+    # the toy dataset's val split holds a fifth of its images: at least one
+    need_int --toy-images "$TOY_IMAGES" 5
+    need_int --toy-image-size "$TOY_IMAGE_SIZE" 16
+    need_int --gpus "$GPUS" 1
+    need_int --nnodes "$NNODES" 1
+    case "$METHOD" in sipe|ae_sipe|cam) ;; *) die "--method must be sipe, ae_sipe or cam" ;; esac
+    case "$AFFINITY" in irn|affinitynet|none) ;; *) die "--affinity must be irn, affinitynet or none" ;; esac
     case "$DATASET" in
         voc|coco) ;;
         custom)
             if [ "$DATA_ROOT_GIVEN" = 0 ] && [ "$TOY" = 0 ]; then
-                echo "error: --dataset custom needs --data-root DIR (a folder in VOC layout)" >&2; exit 2
+                die "--dataset custom needs --data-root DIR (a folder in VOC layout)"
             fi
             TRAIN_SPLIT=train CAM_SPLIT=train EVAL_SPLIT=train SEG_SPLIT=val ;;
-        *) echo "error: --dataset must be voc, coco or custom" >&2; exit 2 ;;
+        *) die "--dataset must be voc, coco or custom" ;;
     esac
 }
 
-# Toy settings for a 2-core CPU: small crops, few steps, no ImageNet weights.
+# Toy settings for a 2-core CPU: small crops, few steps, no ImageNet weights.  The toy
+# dataset is made once per run directory; data.toy refuses one made with other settings.
 use_toy_dataset() {
     DATASET=custom
     DATA_ROOT="$WORK_DIR/toy_data"
     TRAIN_SPLIT=train
     CAM_SPLIT=train
     EVAL_SPLIT=train
-    if [ ! -f "$DATA_ROOT/class_names.txt" ]; then
-        python -m data.toy --out "$DATA_ROOT" --num-train "$TOY_IMAGES" --num-val $((TOY_IMAGES / 5)) \
-            --image-size "$TOY_IMAGE_SIZE"
-    fi
+    python -m data.toy --out "$DATA_ROOT" --num-train "$TOY_IMAGES" --num-val $((TOY_IMAGES / 5)) \
+        --image-size "$TOY_IMAGE_SIZE"
     local cpu="--device cpu --num-workers 1"
     local crop="--crop-size 128 --batch-size 8"
     STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --resize-long 96 160 --epochs 15 --lr 0.02 --momentum 0.9
@@ -92,10 +124,12 @@ use_toy_dataset() {
     STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
     STAGE_ARGS[eval_cam]="--num-workers 2 ${STAGE_ARGS[eval_cam]:-}"
     STAGE_ARGS[make_affinity_labels]="--workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
-    STAGE_ARGS[train_affinity]="--pretrained $WORK_DIR/ckpt/cam.pth $cpu $crop --epochs 10 --save-every 50
+    STAGE_PATH_ARGS[train_affinity]=$'--pretrained\n'"$WORK_DIR/ckpt/cam.pth"
+    STAGE_ARGS[train_affinity]="$cpu $crop --epochs 10 --save-every 50
         --log-every 10 ${STAGE_ARGS[train_affinity]:-}"
     STAGE_ARGS[make_seg_labels]="$cpu --crf-workers 2 ${STAGE_ARGS[make_seg_labels]:-}"
-    STAGE_ARGS[train_seg]="--pretrained $WORK_DIR/ckpt/cam.pth --arch deeplabv3 --backbone resnet50 $cpu --crop-size 128
+    STAGE_PATH_ARGS[train_seg]=$'--pretrained\n'"$WORK_DIR/ckpt/cam.pth"
+    STAGE_ARGS[train_seg]="--arch deeplabv3 --backbone resnet50 $cpu --crop-size 128
         --batch-size 8 --iterations 60 --lr 0.01 --save-every 50 --log-every 10 ${STAGE_ARGS[train_seg]:-}"
     STAGE_ARGS[infer_seg]="$cpu --crf-workers 2 ${STAGE_ARGS[infer_seg]:-}"
 }
@@ -110,11 +144,18 @@ launch() {
     fi
 }
 
-# The extra flags of one stage as words (all its lines: `read -d ''` reads to the end).
+# extra STAGE ARRAY: the extra flags of STAGE into the array named ARRAY: its path words
+# (STAGE_PATH_ARGS, one a line, kept whole), then its other words (STAGE_ARGS, split at
+# white space over all its lines: `read -d ''` reads to the end).
 extra() {
+    local -n into="$2"
     local words=()
+    into=()
+    if [ -n "${STAGE_PATH_ARGS[$1]:-}" ]; then
+        mapfile -t into <<< "${STAGE_PATH_ARGS[$1]}"
+    fi
     read -r -d '' -a words <<< "${STAGE_ARGS[$1]:-}" || true
-    printf '%s\n' "${words[@]}"
+    into+=("${words[@]}")
 }
 
 # Train a network unless its final checkpoint exists; resume from its *_last.pth.
@@ -125,29 +166,33 @@ train_stage() {
         echo "== ${script%.py}: $WORK_DIR/ckpt/$name.pth exists, skipped"
         return
     fi
-    local resume=()
+    local resume=() more
     [ -f "$WORK_DIR/ckpt/${name}_last.pth" ] && resume=(--resume)
+    extra "${script%.py}" more
     echo "== ${script%.py}"
-    launch "$script" "$@" "${resume[@]}" $(extra "${script%.py}")
+    launch "$script" "$@" "${resume[@]}" "${more[@]}"
 }
 
 run_pipeline() {
     local data=(--dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$WORK_DIR")
     mkdir -p "$WORK_DIR"
-    local evaluate=(python eval_cam.py "${data[@]}" --split "$EVAL_SPLIT" $(extra eval_cam))
+    local more
+    extra eval_cam more
+    local evaluate=(python eval_cam.py "${data[@]}" --split "$EVAL_SPLIT" "${more[@]}")
     # AE-SIPE's published VOC figure (65.78) is of the checkpoint with the best train mIoU
     local checkpoint_note=()
     [ "$DATASET" = voc ] && checkpoint_note=(--note "final checkpoint; the published 65.78 used best.pth")
 
     train_stage train_cam.py cam "${data[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
     echo "== make_cam"
+    extra make_cam more
     if [ "$METHOD" = cam ]; then
         # PSA's plain CAM: its files hold the CAM alone, scored with a constant background
-        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" $(extra make_cam)
+        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" "${more[@]}"
         echo "== eval_cam"
         "${evaluate[@]}" --map cam --sweep --tag "CAM"
     else
-        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" --all-maps $(extra make_cam)
+        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" --all-maps "${more[@]}"
         echo "== eval_cam"
         "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
         "${evaluate[@]}" --map is_cam --tag "IS-CAM"
@@ -160,7 +205,8 @@ run_pipeline() {
     local mode=() pseudo_labels="$WORK_DIR/pseudo_labels"
     [ "$AFFINITY" = affinitynet ] && mode=(--mode psa)
     echo "== make_affinity_labels"
-    launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" $(extra make_affinity_labels)
+    extra make_affinity_labels more
+    launch make_affinity_labels.py "${data[@]}" --split "$CAM_SPLIT" "${mode[@]}" "${more[@]}"
     if [ "$AFFINITY" = none ]; then
         # SIPE's COCO route: the CRF labels of stage 4 are the pseudo-labels (255 where unsure)
         "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels (pseudo-labels)"
@@ -169,7 +215,8 @@ run_pipeline() {
         "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels"
         train_stage train_affinity.py affinity "${data[@]}" --split "$CAM_SPLIT" --arch "$AFFINITY"
         echo "== make_seg_labels"
-        launch make_seg_labels.py "${data[@]}" --split "$CAM_SPLIT" --crf $(extra make_seg_labels)
+        extra make_seg_labels more
+        launch make_seg_labels.py "${data[@]}" --split "$CAM_SPLIT" --crf "${more[@]}"
         "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels" --tag "random walk"
         "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels_crf" --tag "random walk + CRF"
     fi
@@ -177,7 +224,8 @@ run_pipeline() {
     # stage 7: the segmentation network on the pseudo-labels (255 ignored), scored on SEG_SPLIT
     train_stage train_seg.py seg "${data[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
     echo "== infer_seg"
-    launch infer_seg.py "${data[@]}" --split "$SEG_SPLIT" --crf $(extra infer_seg)
+    extra infer_seg more
+    launch infer_seg.py "${data[@]}" --split "$SEG_SPLIT" --crf "${more[@]}"
     "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation/$SEG_SPLIT" \
         --tag "segmentation ($SEG_SPLIT)"
     "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation_crf/$SEG_SPLIT" \
@@ -202,8 +250,11 @@ drive() {
             TOY_WORK_DIR="${TOY_WORK_DIR}_$name"
         fi
         WORK_DIR="${WORK_DIR:-$TOY_WORK_DIR}"
-        use_toy_dataset
     fi
     WORK_DIR="${WORK_DIR:-runs/${DATASET}_$name}"
+    need_dir "$WORK_DIR"
+    if [ "$TOY" = 1 ]; then
+        use_toy_dataset
+    fi
     run_pipeline
 }

@@ -1,5 +1,6 @@
 """Tests of data/: toy generator, dataset sources, transforms (SPEC 3)."""
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_toy_same_seed_identical_other_seed_different(tmp_path):
     b = file_bytes(toy.generate(tmp_path / "b", num_train=6, num_val=2, seed=3))
     c = file_bytes(toy.generate(tmp_path / "c", num_train=6, num_val=2, seed=4))
     assert a == b
-    assert len(a) == 8 * 3 + 3
+    assert len(a) == 8 * 3 + 4  # an image, its mask and annotation each; two lists, class names, toy.json
     jpegs = [name for name in a if name.endswith(".jpg")]
     assert len(jpegs) == 8 and all(a[name] != c[name] for name in jpegs)
 
@@ -110,6 +111,22 @@ def test_toy_cli(tmp_path):
     with Image.open(tmp_path / "t" / "JPEGImages" / "toy_0002.jpg") as img:
         assert 48 <= min(img.size) and max(img.size) <= 64
     assert (tmp_path / "t" / "ImageSets" / "Segmentation" / "val.txt").read_text() == "toy_0002\n"
+
+
+def test_toy_cli_keeps_a_dataset_of_the_same_settings_and_refuses_other_settings(tmp_path, capsys):
+    out = tmp_path / "t"
+    argv = ["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "32"]
+    toy.main(argv)
+    assert json.loads((out / "toy.json").read_text()) == {"num_train": 2, "num_val": 1, "size": [24, 32], "seed": 0}
+    before = file_bytes(out)
+    toy.main(argv)
+    assert capsys.readouterr().out.strip().endswith("(already there)") and file_bytes(out) == before
+    for other in (["--num-train", "3"], ["--image-size", "48"], ["--seed", "1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            toy.main(argv + other)
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and last.startswith(f"error: {out}: holds a toy dataset of other settings")
+        assert file_bytes(out) == before
 
 
 def test_toy_loads_as_custom_source(toy_root):
@@ -253,6 +270,29 @@ def test_custom_unknown_class_name(toy_root, tmp_path):
     (root / "class_names.txt").write_text("cat\ndog\n")
     with pytest.raises(PipelineError, match="background"):
         build_source("custom", root)
+
+
+def test_more_classes_than_a_label_png_holds_is_an_error(tmp_path):
+    """Label PNGs hold class ids 0..254 (255 is ignore): a 256th class would wrap to another id."""
+    root = tmp_path / "custom"
+    write_jpeg(root / "JPEGImages" / "x.jpg")
+    names = ["background", *(f"class{k}" for k in range(1, 255))]
+    (root / "class_names.txt").write_text("".join(f"{name}\n" for name in names))
+    assert build_source("custom", root).num_classes == 255
+    (root / "class_names.txt").write_text("".join(f"{name}\n" for name in [*names, "class255"]))
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(root / 'class_names.txt'))}: 256 classes "
+                                            r"\(background included\) do not fit a label PNG"):
+        build_source("custom", root)
+
+
+def test_more_coco_categories_than_a_label_png_holds_is_an_error(coco_root):
+    pytest.importorskip("pycocotools")
+    path = coco_root / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [dict(id=k, name=f"c{k}") for k in range(1, 256)]
+    path.write_text(json.dumps(data))
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: 256 classes"):
+        build_source("coco", coco_root).class_names
 
 
 # ---------------------------------------------------------------- transforms

@@ -113,3 +113,90 @@ def test_default_run_directory_names_the_method_and_a_non_default_affinity(args,
     result = subprocess.run(["bash", "-c", script, "driver", *args], cwd=REPO, capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == expected
+
+
+# ---- the drivers' arguments and quoting, with a `python` that records its arguments ------------------
+
+FAKE_PYTHON = """#!{python}
+import json, os, sys
+with open(os.environ["DRIVER_CALLS"], "a") as calls:
+    calls.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def drive_recorded(tmp_path, script, *args):
+    """Run a driver whose `python` only records its arguments; returns the result and the
+    recorded calls (one list of arguments per call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON.format(python=sys.executable))
+    (bin_dir / "python").chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DRIVER_CALLS": str(calls)}
+    result = subprocess.run(["bash", str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return result, recorded
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--work-dir"], "--work-dir needs a value"),
+    (["--toy", "--train-cam"], "--train-cam needs a value"),
+    (["--method"], "--method needs a value"),
+    (["--toy", "--toy-images", "0"], "--toy-images must be an integer >= 5, not '0'"),
+    (["--toy", "--toy-images", "4"], "--toy-images must be an integer >= 5, not '4'"),
+    (["--toy", "--toy-images", "1e3"], "--toy-images must be an integer >= 5, not '1e3'"),
+    (["--toy", "--toy-image-size", "15"], "--toy-image-size must be an integer >= 16, not '15'"),
+    (["--gpus", "two"], "--gpus must be an integer >= 1, not 'two'"),
+])
+def test_driver_argument_errors_are_one_line_before_anything_runs(tmp_path, args, message):
+    work = tmp_path / "run"
+    result, calls = drive_recorded(tmp_path, "run_voc.sh", "--work-dir", str(work), *args)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {message}"], result.stderr
+    assert calls == [] and not work.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "file/run"])
+def test_driver_work_dir_that_is_a_file_is_one_line(tmp_path, where):
+    (tmp_path / "file").write_text("")
+    result, calls = drive_recorded(tmp_path, "run_coco.sh", "--toy", "--work-dir", str(tmp_path / where))
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'file'}: not a directory"
+    assert calls == []
+
+
+def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
+    work = tmp_path / "run dir"
+    work.mkdir()
+    (work / "results.md").write_text("| stage | mIoU |\n\n")  # what the last line of the driver prints
+    result, calls = drive_recorded(tmp_path, "run_voc.sh", "--toy", "--work-dir", str(work),
+                                   "--train-seg", "--pretrained none --iterations 2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scripts = [call[1] if call[0] == "-m" else call[0] for call in calls]
+    assert scripts == ["data.toy", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
+                       "eval_cam.py", "train_affinity.py", "make_seg_labels.py", *["eval_cam.py"] * 2,
+                       "train_seg.py", "infer_seg.py", *["eval_cam.py"] * 2]
+    assert calls[0][:4] == ["-m", "data.toy", "--out", f"{work}/toy_data"]
+    for call in calls:
+        # every path is one word: nothing of the temporary folder but whole paths in the run directory
+        assert all(arg.startswith(str(work)) for arg in call if str(tmp_path) in arg), call
+        if call[0] != "-m":
+            assert call[call.index("--work-dir") + 1] == str(work)
+            assert call[call.index("--data-root") + 1] == f"{work}/toy_data"
+    flags = dict(zip(scripts, calls))
+    affinity = flags["train_affinity.py"]
+    assert affinity[affinity.index("--pretrained") + 1] == f"{work}/ckpt/cam.pth" and "--epochs" in affinity
+    seg = flags["train_seg.py"]
+    pretrained = [seg[i + 1] for i, arg in enumerate(seg) if arg == "--pretrained"]
+    assert pretrained == [f"{work}/ckpt/cam.pth", "none"]  # the driver's flags come after the toy recipe's
+    assert seg[seg.index("--label-dir") + 1] == f"{work}/pseudo_labels"
+
+
+def test_a_data_root_with_spaces_reaches_every_stage_whole(tmp_path):
+    data, work = tmp_path / "my data", tmp_path / "run dir"
+    work.mkdir()
+    (work / "results.md").write_text("\n")
+    result, calls = drive_recorded(tmp_path, "run_voc.sh", "--dataset", "custom", "--data-root", str(data),
+                                   "--work-dir", str(work), "--train-cam", "--epochs 1  --lr 0.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(calls) == 15 and all(call[call.index("--data-root") + 1] == str(data) for call in calls)
+    assert calls[0][0] == "train_cam.py" and calls[0][-4:] == ["--epochs", "1", "--lr", "0.1"]

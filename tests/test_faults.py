@@ -354,6 +354,25 @@ def test_foreign_cam_files_are_recognised(tmp_path):
     assert record["method"] == "sipe" and record["keys"].dtype == np.int64 and record["cam"].dtype == np.float16
 
 
+def test_a_cam_with_nan_or_infinite_values_is_an_error(tmp_path):
+    cam = np.zeros((2, 4, 5))
+    for name, value in (("nan", np.nan), ("inf", np.inf), ("float16_overflow", 1e5)):
+        bad = cam.copy()
+        bad[1, 2, 3] = value
+        path = tmp_path / f"{name}.npy"
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: maps \['cam'\] are not finite"):
+            save_cam(path, [0, 1], bad)
+        with pytest.raises(PipelineError, match=r"maps \['is_cam'\] are not finite"):
+            save_cam(path, [0, 1], cam, is_cam=bad)
+        assert not path.exists() and not temporaries(tmp_path)
+    for value in (np.nan, -np.inf):  # a file written by other code
+        cam[1, 2, 3] = value
+        path = tmp_path / "foreign.npy"
+        np.save(path, {"keys": np.array([0, 1]), "cam": cam}, allow_pickle=True)
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(path))}: map 'cam' is not finite"):
+            load_cam(path)
+
+
 @pytest.mark.parametrize("script", ["eval_cam.py", "make_affinity_labels.py", "make_seg_labels.py"])
 def test_cam_of_another_dataset_is_an_error(toy, ref, tmp_path, script):
     cam_dir = tmp_path / "cam"

@@ -46,6 +46,20 @@ def atomic_path(path):
         raise
 
 
+def make_dir(path):
+    """Create the folder ``path`` and its parents unless they exist; returns it as a Path.  A
+    file in the way (the path itself or one of its parents) is ``<file>: not a directory``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise PipelineError(f"{blocking}: not a directory") from exc
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot create the folder ({exc.strerror or exc})") from exc
+    return path
+
+
 def remove_stale_temporaries(folder, stems=("*",)):
     """Delete temporary files that a killed run left in ``folder`` (see atomic_path): those
     of every file, or of the files named ``<stem>.*`` only."""
@@ -131,12 +145,17 @@ def write_image(path, rgb):
 
 def save_cam(path, keys, cam, method=None, num_classes=None, **maps):
     """Write a CAM dict (SPEC 2): ``keys`` int64[K], ``cam`` float16[K,H,W], plus extra maps and,
-    when given, the method and the dataset's number of classes that made it (checked by load_cam)."""
-    record = {"keys": np.asarray(keys, dtype=np.int64), "cam": np.asarray(cam, dtype=np.float16)}
+    when given, the method and the dataset's number of classes that made it (checked by load_cam).
+    A map with NaN or infinite values (also after the float16 conversion) is not saved."""
+    with np.errstate(over="ignore"):  # an overflow to inf is reported below
+        stored = {name: np.asarray(value, dtype=np.float16) for name, value in {"cam": cam, **maps}.items()}
+    bad = [name for name, value in stored.items() if not np.isfinite(value).all()]
+    if bad:
+        raise PipelineError(f"{path}: maps {bad} are not finite (NaN, or beyond float16's 65504); not saved")
+    record = {"keys": np.asarray(keys, dtype=np.int64), "cam": stored.pop("cam")}
     record.update({name: value for name, value in (("method", method), ("num_classes", num_classes))
                    if value is not None})
-    for name, value in maps.items():
-        record[name] = np.asarray(value, dtype=np.float16)
+    record.update(stored)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, record, allow_pickle=True)
@@ -162,7 +181,8 @@ def load_cam(path, map_name="cam", num_classes=None, size=None):
     """Read a CAM dict; returns (keys int64[K], map float32[K,H,W]).  With ``num_classes``, a
     CAM that records another number of classes (made on another dataset) is an error, and
     with the image's ``size`` (H, W) too, so are keys that are not 0 followed by sorted
-    class ids below ``num_classes`` and a map of another size (SPEC 2)."""
+    class ids below ``num_classes`` and a map of another size (SPEC 2).  A map with NaN or
+    infinite values is an error."""
     path = Path(path)
     record, keys = _cam_record(path)
     if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
@@ -176,6 +196,8 @@ def load_cam(path, map_name="cam", num_classes=None, size=None):
     cam = np.asarray(record[map_name], dtype=np.float32)
     if cam.ndim != 3 or cam.shape[0] != len(keys):
         raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")
+    if not np.isfinite(cam).all():
+        raise PipelineError(f"{path}: map {map_name!r} is not finite (it holds NaN or infinite values)")
     if num_classes is not None and size is not None:
         _check_cam(path, keys, cam, num_classes, size)
     return keys, cam
