@@ -41,6 +41,7 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
+TEXTURED_FRACTION = 1.0  # the part of an object that carries its class's texture
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -129,19 +130,19 @@ def background(rng, grid):
     return image
 
 
-def object_classes(rng):
-    """Class ids of the objects of one image: 1-3 objects of 1-2 classes."""
+def object_classes(rng, num_classes=len(CLASS_NAMES)):
+    """Class ids (in 1..num_classes-1) of the objects of one image: 1-3 objects of 1-2 classes."""
     count = int(rng.integers(1, 4))
-    num_classes = 1 if count == 1 else int(rng.integers(1, 3))
-    chosen = rng.choice(np.arange(1, len(CLASS_NAMES)), size=num_classes, replace=False)
-    rest = rng.choice(chosen, size=count - num_classes)
+    present = 1 if count == 1 else int(rng.integers(1, 3))
+    chosen = rng.choice(np.arange(1, num_classes), size=present, replace=False)
+    rest = rng.choice(chosen, size=count - present)
     return [int(c) for c in np.concatenate([chosen, rest])]
 
 
-def propose_object(rng, shape_hw, previous):
+def propose_object(rng, shape_hw, previous, extent_range=EXTENT_RANGE):
     """Random geometry (cy, cx, angle, extent) of an object, often overlapping the previous one."""
     h, w = shape_hw
-    extent = rng.uniform(*EXTENT_RANGE) * min(h, w)
+    extent = rng.uniform(*extent_range) * min(h, w)
     margin = 0.3 * extent
     if previous is not None and rng.random() < 0.7:
         direction = rng.uniform(0, 2 * math.pi)
@@ -154,20 +155,22 @@ def propose_object(rng, shape_hw, previous):
         rng.uniform(0, 2 * math.pi), extent
 
 
-def place_objects(rng, classes, grid):
+def place_objects(rng, classes, grid, mask_of=None, extent_range=EXTENT_RANGE):
     """Draw object geometries so that every object keeps MIN_VISIBLE of its pixels.
 
+    ``mask_of(class_id, u, v, extent)`` is the shape of a class (default: the toy's).
     Returns (instances int [H, W] with 0 for background and k + 1 for object k, objects),
     objects being (class id, (cy, cx, angle, extent), shape mask) in drawing order.
     """
+    mask_of = mask_of or (lambda class_id, u, v, extent: shape_mask(CLASS_NAMES[class_id], u, v, extent))
     instances = np.zeros(grid.shape[1:], dtype=np.int64)
     objects = []
     for class_id in classes:
         previous = objects[-1][1] if objects else None
         for _ in range(20):
-            geometry = propose_object(rng, grid.shape[1:], previous)
+            geometry = propose_object(rng, grid.shape[1:], previous, extent_range)
             u, v = local_coords(grid, *geometry[:3])
-            mask = shape_mask(CLASS_NAMES[class_id], u, v, geometry[3])
+            mask = mask_of(class_id, u, v, geometry[3])
             trial = np.where(mask, len(objects) + 1, instances)
             if all((trial == k + 1).sum() >= MIN_VISIBLE * obj[2].sum() for k, obj in enumerate(objects)):
                 instances = trial
@@ -182,7 +185,12 @@ def paint_object(rng, image, grid, class_id, geometry, mask):
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
-    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)[..., None]
+    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)
+    if TEXTURED_FRACTION < 1:  # the texture on one end of the object, the rest plain
+        along = u[mask]
+        cut = np.quantile(along, 1 - TEXTURED_FRACTION) if along.size else 0
+        weight = np.where(u >= cut, weight, 0.0)
+    weight = weight[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     image[mask] = pattern[mask]
 
@@ -196,11 +204,11 @@ def void_border(labels):
     return np.where(edge, IGNORE, labels).astype(np.uint8)
 
 
-def render(rng, shape_hw):
+def render(rng, shape_hw, extent_range=EXTENT_RANGE):
     """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
     image = background(rng, grid)
-    instances, objects = place_objects(rng, object_classes(rng), grid)
+    instances, objects = place_objects(rng, object_classes(rng), grid, extent_range=extent_range)
     for k, (class_id, geometry, _) in enumerate(objects):
         paint_object(rng, image, grid, class_id, geometry, instances == k + 1)
     image += rng.normal(0, 5, image.shape)
@@ -209,7 +217,7 @@ def render(rng, shape_hw):
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), labels, instances, objects
 
 
-def annotation_xml(image_id, shape_hw, instances, objects):
+def annotation_xml(image_id, shape_hw, instances, objects, class_names=CLASS_NAMES):
     """VOC XML annotation text: one <object> per visible object, with its bounding box."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "toy"
@@ -221,7 +229,7 @@ def annotation_xml(image_id, shape_hw, instances, objects):
     for k, (class_id, _, _) in enumerate(objects):
         ys, xs = np.nonzero(instances == k + 1)
         obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = CLASS_NAMES[class_id]
+        ET.SubElement(obj, "name").text = class_names[class_id]
         ET.SubElement(obj, "difficult").text = "0"
         box = ET.SubElement(obj, "bndbox")
         for tag, value in (("xmin", xs.min()), ("ymin", ys.min()), ("xmax", xs.max()), ("ymax", ys.max())):
@@ -237,17 +245,17 @@ def side_range(size):
     return int(lo), int(hi)
 
 
-def write_sample(out_dir, image_id, rng, size):
+def write_sample(out_dir, image_id, rng, size, extent_range=EXTENT_RANGE):
     """Render and write one image, its mask and its annotation."""
     lo, hi = side_range(size)
     shape_hw = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
-    image, labels, instances, objects = render(rng, shape_hw)
+    image, labels, instances, objects = render(rng, shape_hw, extent_range)
     write_image(out_dir / "JPEGImages" / f"{image_id}.jpg", image)
     write_label_png(out_dir / "SegmentationClass" / f"{image_id}.png", labels, voc_palette())
     write_text(out_dir / "Annotations" / f"{image_id}.xml", annotation_xml(image_id, shape_hw, instances, objects))
 
 
-def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
+def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, extent_range=EXTENT_RANGE):
     """Write the toy dataset (VOC layout plus class_names.txt) to ``out_dir``; return its path.
 
     Image i draws everything from ``numpy.random.default_rng([seed, i])``.  Ids are
@@ -257,7 +265,7 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
     out_dir = Path(out_dir)
     ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
     for index, image_id in enumerate(ids):
-        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size)
+        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size, extent_range)
     lists = out_dir / "ImageSets" / "Segmentation"
     write_text(lists / "train.txt", "".join(f"{i}\n" for i in ids[:num_train]))
     write_text(lists / "val.txt", "".join(f"{i}\n" for i in ids[num_train:]))
