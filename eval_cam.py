@@ -28,7 +28,7 @@ def parse_args(argv=None):
                         help="with --label-dir: 255 in the labels means no label (affinity labels); score only "
                              "the labelled pixels and report the percentage of pixels labelled (coverage)")
     parser.add_argument("--map", default="cam", help="which map of the CAM files: cam, plain_cam, is_cam")
-    parser.add_argument("--bg-scale", type=flags.positive_float,
+    parser.add_argument("--bg-scale", type=flags.non_negative_float,
                         help="factor on the background channel before the argmax (default: from the method the "
                              "CAM files record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")
     parser.add_argument("--threshold", type=flags.fraction,
