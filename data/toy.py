@@ -41,7 +41,6 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
-TEXTURED_FRACTION = 1.0  # the part of an object that carries its class's texture
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -185,12 +184,7 @@ def paint_object(rng, image, grid, class_id, geometry, mask):
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
-    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)
-    if TEXTURED_FRACTION < 1:  # the texture on one end of the object, the rest plain
-        along = u[mask]
-        cut = np.quantile(along, 1 - TEXTURED_FRACTION) if along.size else 0
-        weight = np.where(u >= cut, weight, 0.0)
-    weight = weight[..., None]
+    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     image[mask] = pattern[mask]
 
@@ -204,11 +198,11 @@ def void_border(labels):
     return np.where(edge, IGNORE, labels).astype(np.uint8)
 
 
-def render(rng, shape_hw, extent_range=EXTENT_RANGE):
+def render(rng, shape_hw):
     """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
     image = background(rng, grid)
-    instances, objects = place_objects(rng, object_classes(rng), grid, extent_range=extent_range)
+    instances, objects = place_objects(rng, object_classes(rng), grid)
     for k, (class_id, geometry, _) in enumerate(objects):
         paint_object(rng, image, grid, class_id, geometry, instances == k + 1)
     image += rng.normal(0, 5, image.shape)
@@ -245,17 +239,17 @@ def side_range(size):
     return int(lo), int(hi)
 
 
-def write_sample(out_dir, image_id, rng, size, extent_range=EXTENT_RANGE):
+def write_sample(out_dir, image_id, rng, size):
     """Render and write one image, its mask and its annotation."""
     lo, hi = side_range(size)
     shape_hw = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
-    image, labels, instances, objects = render(rng, shape_hw, extent_range)
+    image, labels, instances, objects = render(rng, shape_hw)
     write_image(out_dir / "JPEGImages" / f"{image_id}.jpg", image)
     write_label_png(out_dir / "SegmentationClass" / f"{image_id}.png", labels, voc_palette())
     write_text(out_dir / "Annotations" / f"{image_id}.xml", annotation_xml(image_id, shape_hw, instances, objects))
 
 
-def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, extent_range=EXTENT_RANGE):
+def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
     """Write the toy dataset (VOC layout plus class_names.txt) to ``out_dir``; return its path.
 
     Image i draws everything from ``numpy.random.default_rng([seed, i])``.  Ids are
@@ -265,7 +259,7 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, extent_r
     out_dir = Path(out_dir)
     ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
     for index, image_id in enumerate(ids):
-        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size, extent_range)
+        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size)
     lists = out_dir / "ImageSets" / "Segmentation"
     write_text(lists / "train.txt", "".join(f"{i}\n" for i in ids[:num_train]))
     write_text(lists / "val.txt", "".join(f"{i}\n" for i in ids[num_train:]))

@@ -3,10 +3,10 @@
 The network is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
 parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
 torchvision's weights API.  ``resnet18`` and ``resnet34`` (basic blocks, narrower stages)
-serve small runs: the embedded toy run on a CPU, and users with little compute.  What this module adds is only what torchvision does not do:
-the stride change of ``layer4``, BatchNorm that keeps its ImageNet statistics, the
-frozen early stages, the stage outputs and the refusal of weights learned from pixel
-labels.
+serve small runs: the embedded toy run on a CPU, and users with little compute.  What this
+module adds is only what torchvision does not do: the stride change of ``layer4``,
+BatchNorm that keeps its ImageNet statistics, the frozen early stages, the stage outputs
+and the refusal of weights learned from pixel labels.
 """
 from pathlib import Path
 

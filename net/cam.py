@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import build_backbone, stage_channels, freeze, stage_outputs
+from net.backbone import build_backbone, freeze, stage_channels, stage_outputs
 from net.parameters import layer_groups
 from net.precision import full_precision
 

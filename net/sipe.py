@@ -98,7 +98,8 @@ class SIPENet(CAMNet):
         super().__init__(num_classes, pretrained, backbone)
         self.method = method
         self.bg_scale = bg_scale
-        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(stage_channels(backbone), SIDE_CHANNELS))
+        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
+                                  for cin, cout in zip(stage_channels(backbone), SIDE_CHANNELS))
         self.pamr = PAMR() if method == "ae_sipe" else None
 
     def new_layers(self):
