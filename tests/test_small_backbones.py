@@ -99,3 +99,16 @@ def test_corpus_shapes_fill_a_plausible_part_of_their_box(shape):
     assert 0.05 < fraction < 0.6, fraction  # a shape, neither a dot nor the whole box
     assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
     assert EXTENT_RANGE[0] < EXTENT_RANGE[1] <= 1
+
+
+def test_pretrain_refuses_images_of_several_classes(make_toy, tmp_path):
+    import pretrain
+    from tools.io import PipelineError
+    toy = make_toy(8, 2, (40, 48), 5)  # toy images hold one or two classes
+    source = build_source("custom", toy)
+    several = [i for i in source.ids("train") if len(source.labels(i)) > 1]
+    assert several
+    with pytest.raises(PipelineError, match=rf"{several[0]}\.jpg: 2 classes; pretrain.py trains a softmax"):
+        pretrain.check_single_labels(source, "train")
+    corpus = generate_corpus(tmp_path / "corpus", num_images=6, size=(40, 48), seed=1)
+    pretrain.check_single_labels(build_source("custom", corpus), "train")
