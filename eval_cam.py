@@ -1,17 +1,17 @@
 """Stage 3: mIoU of CAM files or of a folder of label PNGs (SPEC 7) -> results.json, results.md."""
 import functools
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
 from data.sources import CROWD_MODES, build_source
 from engine import stage
-from tools import dist, flags
+from tools import dist, flags, provenance
 from tools.io import PipelineError, image_size, load_cam, read_label_png
 from tools.methods import method_default
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results
+from tools.workers import WorkerPool
 
 log = stage.log
 SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
@@ -48,9 +48,9 @@ def parse_args(argv=None):
     return args
 
 
-def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
+def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds, made_by=None):
     """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``."""
-    keys, cam = load_cam(path, map_name, num_classes, gt_shape)
+    keys, cam = load_cam(path, map_name, num_classes, gt_shape, made_by)
     predictions = []
     for kind, value in backgrounds:
         scored = cam.copy()
@@ -59,7 +59,7 @@ def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds):
     return predictions
 
 
-def image_confusions(name, source, args, backgrounds):
+def image_confusions(name, source, args, backgrounds, made_by):
     """Confusion matrices of one image, one per background setting (one for label folders),
     and the image's number of evaluated (not ignored) ground-truth pixels."""
     n = source.num_classes
@@ -81,7 +81,7 @@ def image_confusions(name, source, args, backgrounds):
         pred = np.where(pred == 255, 0, pred)
         return [confusion_matrix(pred, gt, n)], evaluated
     path = Path(args.cam_dir) / f"{name}.npy"
-    predictions = cam_predictions(path, args.map, n, gt.shape, backgrounds)
+    predictions = cam_predictions(path, args.map, n, gt.shape, backgrounds, made_by)
     return [confusion_matrix(pred, gt, n) for pred in predictions], evaluated
 
 
@@ -103,11 +103,12 @@ def main(argv=None):
                 stage.save_flags(args, "eval_cam")
             backgrounds = [("scale", 1.0 if args.bg_scale is None else args.bg_scale)]
 
-        work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds)
+        _, checkpoints, made_by = provenance.folder_input(args.label_dir or args.cam_dir, "outputs")
+        work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds,
+                                 made_by=made_by)
         totals, evaluated = None, 0
-        with Pool(max(1, args.num_workers)) as pool:
-            for confusions, pixels in stage.progress(pool.imap(work, names, chunksize=4), total=len(names),
-                                                     desc="eval"):
+        with WorkerPool(max(1, args.num_workers), "scoring") as pool:
+            for confusions, pixels in stage.progress(pool.map(work, names), total=len(names), desc="eval"):
                 totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
                 evaluated += pixels
         entries = [summarize(total, source.class_names) for total in totals]
@@ -124,6 +125,7 @@ def main(argv=None):
             entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"
             if args.sweep and value in (SWEEP[0], SWEEP[-1]):
                 entry["note"] += " (an end of the sweep: the best may lie beyond it)"
+        entry["made_by"] = checkpoints
         if args.note:
             entry["note"] = f"{entry['note']}; {args.note}"
         if args.sweep:

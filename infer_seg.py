@@ -4,19 +4,18 @@ refined by the dense CRF -> segmentation/<split>/<name>.png (and segmentation_cr
 import functools
 from pathlib import Path
 
-from torch.utils.data import DataLoader
 
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.segmentation import build_segmentation_net, multiscale_probs
-from tools import dist, flags
+from tools import dist, flags, provenance
 from tools.crf import crf_segmentation
 from tools.io import read_image, read_label_png, write_image, write_label_png
 from tools.palette import voc_palette
 from tools.visualize import label_panel
-from tools.workers import StreamingPool
+from tools.workers import WorkerPool
 
 log = stage.log
 SERVER_DIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
@@ -35,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | prediction (| CRF) | ground truth pictures of the first N images "
                              "to vis/segmentation/")
+    stage.add_overwrite_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -51,7 +51,7 @@ def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "infer_seg") as (info, work_dir):
         source = build_source(args.dataset, args.data_root)
-        path = args.checkpoint or work_dir / "ckpt" / "seg.pth"
+        path = Path(args.checkpoint or work_dir / "ckpt" / "seg.pth")
         checkpoint = load_checkpoint(path, {"kind": "seg", "num_classes": source.num_classes})
         model = build_segmentation_net(checkpoint["arch"], source.num_classes, checkpoint["backbone"],
                                        pretrained="none")
@@ -62,16 +62,19 @@ def main(argv=None):
         crf_dir = work_dir / "segmentation_crf" / args.split
         server_dir = work_dir / SERVER_DIR if args.split == "test" else None
         out_dirs = [plain_dir] + ([crf_dir] if args.crf else []) + ([server_dir] if server_dir else [])
-        stage.prepare_output_dirs(out_dirs, info)
+        sha, described = provenance.checkpoint_input(path, checkpoint)
+        for folders, keep in ((out_dirs[:1 + args.crf], ()), ([server_dir] if server_dir else [], ("crf",))):
+            record = provenance.make_record("infer_seg", {"checkpoint": sha}, provenance.settings(args, keep=keep),
+                                            [described, *checkpoint.get("made_from", {}).get("checkpoints", [])])
+            stage.claim_outputs(folders, record, info, args.overwrite, ".png")
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
         source.render_masks(todo[:args.visualize])  # COCO: the ground truth of the pictures
         log.info("%s: %d of %d images to do on rank %d", plain_dir, len(todo), len(names), info.rank)
-        loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False),
-                            batch_size=1, collate_fn=single, num_workers=args.num_workers,
-                            pin_memory=info.device.type == "cuda")
+        loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False), info,
+                              args.num_workers, batch_size=1, collate_fn=single)
         draw = functools.partial(show, work_dir, source)
-        with StreamingPool(args.crf_workers if args.crf and todo else 0, draw) as pool:
+        with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF") as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="infer_seg")):
                 name, image = item["name"], item["image"]
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
@@ -84,10 +87,13 @@ def main(argv=None):
                 shown = (name, image, labels) if index < args.visualize else None
                 if pool:
                     crf_paths = [crf_dir / f"{name}.png"] + ([server_dir / f"{name}.png"] if server_dir else [])
-                    pool.submit(crf_refine, (str(source.image_path(name)), probs.cpu().numpy(), crf_paths), shown)
+                    crf_args = (str(source.image_path(name)), probs.cpu().numpy(), crf_paths)
+                    for done, refined in pool.submit(crf_refine, crf_args, tag=shown):
+                        draw(done, refined)
                 else:
                     draw(shown)
-            pool.finish()
+            for done, refined in pool.finish():
+                draw(done, refined)
 
 
 def show(work_dir, source, shown, *refined):

@@ -1,16 +1,16 @@
 """Stage 4: confident foreground / background / unsure labels from the CAMs by dense CRF
 -> affinity_labels/<name>.png (SPEC 2, 8)."""
 import functools
-from multiprocessing import Pool
 from pathlib import Path
 
 from data.sources import build_source
 from engine import stage
-from tools import dist, flags
+from tools import dist, flags, provenance
 from tools.affinity_labels import confident_labels, psa_labels
 from tools.io import load_cam, read_image, write_label_png
 from tools.methods import method_default
 from tools.palette import voc_palette
+from tools.workers import WorkerPool
 
 log = stage.log
 
@@ -34,18 +34,19 @@ def parse_args(argv=None):
                         help="psa mode: power of the confident-background CRF")
     parser.add_argument("--workers", type=flags.positive_int, default=dist.cpus_per_process(),
                         help="CRF processes; the default is the CPUs available, divided among torchrun processes")
+    stage.add_overwrite_arg(parser)
     args = parser.parse_args(argv)
     args.cam_dir = args.cam_dir or str(Path(args.work_dir) / "cam")
     args.out_dir = args.out_dir or str(Path(args.work_dir) / "affinity_labels")
     return args
 
 
-def label_image(item, args, num_classes):
+def label_image(item, args, num_classes, made_by):
     """Write the affinity label PNG of one ``(name, image path)`` (runs in a pool worker)."""
     name, image_path = item
     cam_path = Path(args.cam_dir) / f"{name}.npy"
     image = read_image(image_path)
-    keys, cam = load_cam(cam_path, args.map, num_classes, image.shape[:2])
+    keys, cam = load_cam(cam_path, args.map, num_classes, image.shape[:2], made_by)
     if args.mode == "psa":
         labels = psa_labels(image, keys, cam, args.low_alpha, args.high_alpha)
     else:
@@ -57,21 +58,21 @@ def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "make_affinity_labels", device="cpu") as (info, _):
         out_dir = Path(args.out_dir)
-        stage.prepare_output_dirs([out_dir], info)
-
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
-        todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
-        if args.mode == "sipe" and args.bg_conf_scale is None and todo:
-            args.bg_conf_scale = method_default("bg_conf_scale", Path(args.cam_dir) / f"{todo[0]}.npy")
+        if args.mode == "sipe" and args.bg_conf_scale is None:
+            args.bg_conf_scale = method_default("bg_conf_scale", Path(args.cam_dir) / f"{names[0]}.npy")
             stage.save_flags(args, "make_affinity_labels", info.is_main)
+        cams, checkpoints, made_by = provenance.folder_input(args.cam_dir, "CAM files")
+        record = provenance.make_record("make_affinity_labels", {"cams": cams}, provenance.settings(args), checkpoints)
+        stage.claim_outputs([out_dir], record, info, args.overwrite, ".png")
+        todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
         log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes, background x %s)", out_dir, len(todo),
                  len(names), info.rank, args.mode, args.workers, args.bg_conf_scale)
-        work = functools.partial(label_image, args=args, num_classes=source.num_classes)
+        work = functools.partial(label_image, args=args, num_classes=source.num_classes, made_by=made_by)
         items = [(name, str(source.image_path(name))) for name in todo]
-        with Pool(args.workers) as pool:
-            for _ in stage.progress(pool.imap_unordered(work, items), info.is_main, total=len(items),
-                                    desc="affinity labels"):
+        with WorkerPool(args.workers, "CRF") as pool:
+            for _ in stage.progress(pool.map(work, items), info.is_main, total=len(items), desc="affinity labels"):
                 pass
 
 

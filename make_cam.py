@@ -2,15 +2,14 @@
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.sipe import METHODS, PROTOTYPE_METHODS, build_classifier, inference_maps
-from tools import flags
-from tools.io import PipelineError, cam_method, save_cam, write_image
+from tools import flags, provenance
+from tools.io import PipelineError, make_dir, save_cam, write_image
 from tools.visualize import cam_panel
 
 log = stage.log
@@ -28,25 +27,14 @@ def parse_args(argv=None):
     parser.add_argument("--all-maps", action="store_true",
                         help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map "
                              "(sipe and ae_sipe checkpoints: the plain CAM classifier has no prototype maps)")
+    stage.add_overwrite_arg(parser)
     return parser.parse_args(argv)
-
-
-def check_same_method(out_dir, names, method, checkpoint_path):
-    """A resumed run adds to CAM files of the same method only: the first CAM file already
-    in ``out_dir`` must record ``method`` (files that record none are taken as they are)."""
-    done = next((out_dir / f"{name}.npy" for name in names if (out_dir / f"{name}.npy").exists()), None)
-    recorded = cam_method(done) if done else None
-    if recorded not in (None, method):
-        raise PipelineError(f"{done}: made by method {recorded}, but {checkpoint_path} is a {method} classifier; "
-                            "the CAM files of two methods would mix (use another --out-dir, or remove the old ones)")
 
 
 def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "make_cam") as (info, work_dir):
-        out_dir = Path(args.out_dir or work_dir / "cam")
-        stage.prepare_output_dirs([out_dir], info)
-
+        out_dir = make_dir(args.out_dir or work_dir / "cam")
         source = build_source(args.dataset, args.data_root)
         source.check_split(args.split)
         path = Path(args.checkpoint or work_dir / "ckpt" / "cam.pth")
@@ -62,12 +50,14 @@ def main(argv=None):
         load_weights(model, checkpoint["model"], path)
         model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
 
+        sha, described = provenance.checkpoint_input(path, checkpoint)
+        record = provenance.make_record("make_cam", {"checkpoint": sha}, provenance.settings(args), [described])
+        stage.claim_outputs([out_dir], record, info, args.overwrite, ".npy")
         names = source.ids(args.split)
-        check_same_method(out_dir, names, method, path)
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
         log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
-        loader = DataLoader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), batch_size=1,
-                            collate_fn=single, num_workers=args.num_workers, pin_memory=info.device.type == "cuda")
+        loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), info,
+                              args.num_workers, batch_size=1, collate_fn=single)
         for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
             images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
             keys = torch.as_tensor(item["keys"], device=info.device)
@@ -76,7 +66,7 @@ def main(argv=None):
             maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
             extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
             save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps["cam"], method=method,
-                     num_classes=source.num_classes, **extra)
+                     num_classes=source.num_classes, made_by=record["digest"], **extra)
             if index < args.visualize:
                 write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps["cam"]))
 

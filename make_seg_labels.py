@@ -11,14 +11,14 @@ from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
-from tools import dist, flags
+from tools import dist, flags, provenance
 from tools.crf import crf_labels
 from tools.io import load_cam, read_image, write_image, write_label_png
 from tools.methods import method_default
 from tools.normalization import normalize
 from tools.palette import voc_palette
 from tools.visualize import label_panel
-from tools.workers import StreamingPool
+from tools.workers import WorkerPool
 
 log = stage.log
 DEFAULT_BETA = {"affinitynet": 8, "irn": 10}
@@ -50,6 +50,7 @@ def parse_args(argv=None):
                         help="processes for the CRF; the default is the CPUs, divided among torchrun processes")
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
+    stage.add_overwrite_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -75,10 +76,14 @@ def crf_refine(image_path, label_index, keys, out_path):
     return refined
 
 
+def checkpoint_path(args, work_dir):
+    return Path(args.checkpoint or work_dir / "ckpt" / "affinity.pth")
+
+
 def load_affinity_net(args, work_dir, device):
     """The affinity network of stage 5 (``--checkpoint``, default ckpt/affinity.pth), ready
     for inference on ``device``; returns (checkpoint, model)."""
-    path = args.checkpoint or work_dir / "ckpt" / "affinity.pth"
+    path = checkpoint_path(args, work_dir)
     checkpoint = load_checkpoint(path, {"kind": "affinity"})
     model = build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
     load_weights(model, checkpoint["model"], path)
@@ -90,42 +95,48 @@ def main(argv=None):
     with stage.opened(args, "make_seg_labels") as (info, work_dir):
         cam_dir = Path(args.cam_dir or work_dir / "cam")
         out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
-        stage.prepare_output_dirs(out_dirs, info)
-
-        checkpoint, model = (None, None) if args.no_affinity else load_affinity_net(args, work_dir, info.device)
-        arch, beta = "none", 0
-        if checkpoint:
-            arch = checkpoint["arch"]
-            beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
+        cams, checkpoints, made_by = provenance.folder_input(cam_dir, "CAM files")
+        inputs = {"cams": cams}
+        checkpoint, model = (None, None) if args.no_affinity else load_affinity_net(args, work_dir, info.device)
+        arch = checkpoint["arch"] if checkpoint else "none"
+        if checkpoint:
+            args.beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
+            inputs["affinity"], described = provenance.checkpoint_input(checkpoint_path(args, work_dir), checkpoint)
+            checkpoints = [described, *checkpoints]
+        elif args.bg_scale is None:
+            args.bg_scale = method_default("bg_scale", cam_dir / f"{names[0]}.npy", args.map)
+        stage.save_flags(args, "make_seg_labels", info.is_main)
+        record = provenance.make_record("make_seg_labels", inputs, provenance.settings(args), checkpoints)
+        stage.claim_outputs(out_dirs, record, info, args.overwrite, ".png")
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
-        if model is None and args.bg_scale is None and todo:
-            args.bg_scale = method_default("bg_scale", cam_dir / f"{todo[0]}.npy", args.map)
-            stage.save_flags(args, "make_seg_labels", info.is_main)
-        log.info("%s: %d of %d images to do on rank %d (%s, beta %g, t %d)", out_dirs[0], len(todo), len(names),
-                 info.rank, arch, beta, args.steps)
+        log.info("%s: %d of %d images to do on rank %d (%s, beta %s, t %d)", out_dirs[0], len(todo), len(names),
+                 info.rank, arch, args.beta, args.steps)
         draw = functools.partial(show, work_dir)
-        with StreamingPool(args.crf_workers if args.crf and todo else 0, draw) as pool:
+        with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF") as pool:
             for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
                 image_path = source.image_path(name)
                 image = read_image(image_path)
                 cam_path = cam_dir / f"{name}.npy"
-                keys, cam = load_cam(cam_path, args.map, source.num_classes, image.shape[:2])
+                keys, cam = load_cam(cam_path, args.map, source.num_classes, image.shape[:2], made_by)
                 if model is None:
                     cam[0] *= args.bg_scale
                     label_index = cam.argmax(axis=0)
                 else:
-                    label_index = walk(model, checkpoint, image, torch.from_numpy(cam).to(info.device), beta,
+                    label_index = walk(model, checkpoint, image, torch.from_numpy(cam).to(info.device), args.beta,
                                        args).cpu().numpy()
                 labels = keys[label_index].astype(np.uint8)
                 write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
                 shown = (name, image, labels) if index < args.visualize else None
                 if pool:
-                    pool.submit(crf_refine, (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png"), shown)
+                    crf_args = (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png")
+                    for done, refined in pool.submit(crf_refine, crf_args, tag=shown):
+                        draw(done, refined)
                 else:
                     draw(shown)
-            pool.finish()
+            for done, refined in pool.finish():
+                draw(done, refined)
 
 
 def show(work_dir, shown, *refined):

@@ -83,7 +83,7 @@ def main(argv=None):
         meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
                 "crop_size": args.crop_size}
         train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), args, info, work_dir, "affinity",
-              meta)
+              meta, label_dir)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv=None):
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
         meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes}
-        train(model, dataset, pixel_losses, args, info, work_dir, "seg", meta)
+        train(model, dataset, pixel_losses, args, info, work_dir, "seg", meta, label_dir)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """What every stage script shares: common flags, the run directory, logging, errors, AMP."""
 import argparse
 import contextlib
+import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.sources import DATASETS
-from tools import dist, flags
+from tools import dist, flags, provenance
 from tools.io import PipelineError, make_dir, remove_stale_temporaries, write_json
+from tools.workers import die_with_parent
 
 log = logging.getLogger("wsss")
 
@@ -90,13 +94,27 @@ def opened(args, name, device=None, seed=None):
         dist.shutdown(info)
 
 
-def prepare_output_dirs(folders, info):
-    """Create an inference stage's output folders; the main process removes the temporary
-    files a killed run left there, before any process writes (SPEC 2)."""
-    for folder in folders:
-        make_dir(folder)
-        if info.is_main:
+def add_overwrite_arg(parser):
+    parser.add_argument("--overwrite", action="store_true",
+                        help="make every output again; without it, outputs that another network or other flags "
+                             "made stop the stage (their made_by.json says what made them)")
+
+
+def claim_outputs(folders, record, info, overwrite, suffix):
+    """Create an inference stage's output folders and tie them to ``record`` (SPEC 2,
+    tools/provenance.py): outputs of another record stop the stage unless ``overwrite``, and
+    then they are removed; the main process removes the temporary files a killed run left,
+    and writes the record before any output."""
+    removals = [provenance.outputs_to_remove(make_dir(folder), record, suffix, overwrite) for folder in folders]
+    dist.barrier(info)  # every process has looked before the main one changes anything
+    if info.is_main:
+        for folder, remove in zip(folders, removals):
             remove_stale_temporaries(folder)
+            if remove:
+                log.info("%s: removing its %s files (--overwrite)", folder, suffix)
+                for path in provenance.output_files(folder, suffix):
+                    path.unlink(missing_ok=True)
+            write_json(Path(folder) / provenance.RECORD_NAME, record)
     dist.barrier(info)
 
 
@@ -105,6 +123,13 @@ def images_to_do(names, info, outputs):
     complete.  Split by rank first, then skipped: the shares do not depend on when each
     process looks at the folders."""
     return [name for name in dist.shard(names, info) if not all(p.exists() for p in outputs(name))]
+
+
+def loader(dataset, info, num_workers, **kwargs):
+    """A DataLoader whose workers die with this process (``tools.workers.die_with_parent``),
+    pinning memory for a GPU."""
+    return DataLoader(dataset, num_workers=num_workers, pin_memory=info.device.type == "cuda",
+                      worker_init_fn=functools.partial(die_with_parent, os.getpid()), **kwargs)
 
 
 def progress(iterable, is_main=True, **kwargs):

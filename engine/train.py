@@ -4,11 +4,10 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from engine import stage
 from engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from tools import dist, flags
+from tools import dist, flags, provenance
 from tools.io import PipelineError, remove_stale_temporaries
 
 log = stage.log
@@ -78,7 +77,8 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     parser.add_argument("--resume", action="store_true", help="continue from the *_last.pth checkpoint")
     parser.add_argument("--stop-at-step", type=flags.non_negative_int, default=0,
                         help="stop with a resumable checkpoint after this many steps (for job time limits; 0: never)")
-    parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again from step 0, over a finished or a resumable run")
 
 
 def add_augmentation_args(parser):
@@ -108,15 +108,25 @@ def build_optimizer(model, args):
     return optimizer, [group["lr"] for group in groups]
 
 
-def claim_run(work_dir, name, overwrite, is_main):
+def claim_run(work_dir, name, record, overwrite, is_main):
     """The overwrite policy (SPEC 2): a run directory that holds a finished ``name`` network
-    is trained over only with ``--overwrite``, and then the old network is removed at once,
-    so that it cannot outlive a run that stops before its end.  Returns the paths of the
-    final and the resumable checkpoints."""
+    made from the same inputs and flags (``record``) is done; one made otherwise is trained
+    over only with ``--overwrite``, and then the old network is removed at once, so that it
+    cannot outlive a run that stops before its end.  Returns the paths of the final and the
+    resumable checkpoints, or None when the network is done."""
     final_path, last_path = work_dir / "ckpt" / f"{name}.pth", work_dir / "ckpt" / f"{name}_last.pth"
     if final_path.exists() and not overwrite:
-        raise PipelineError(f"{final_path}: this run directory already holds a trained {name} network "
-                            "(pass --overwrite to train again)")
+        made_from, what = None, "that records nothing of what made it"
+        try:
+            made_from = load_checkpoint(final_path).get("made_from")
+        except PipelineError as exc:
+            what = f"that cannot be read ({exc})"
+        if made_from and made_from["digest"] == record["digest"]:
+            return None
+        if made_from:
+            what = f"made from other inputs or flags (differs in {provenance.differences(made_from, record)})"
+        raise PipelineError(f"{final_path}: this run directory already holds a finished {name} network {what}; "
+                            "pass --overwrite to train again")
     if is_main:
         remove_stale_temporaries(final_path.parent, (final_path.stem, last_path.stem))
         final_path.unlink(missing_ok=True)
@@ -171,8 +181,15 @@ class Trainer:
         self.step = 0
 
     def resume(self):
-        """Continue from the resumable checkpoint: weights, optimizer, loss scaler, RNG, step."""
-        state = load_checkpoint(self.last_path, self.meta)
+        """Continue from the resumable checkpoint: weights, optimizer, loss scaler, RNG, step;
+        one made from other inputs or flags is an error."""
+        record = self.meta["made_from"]
+        state = load_checkpoint(self.last_path, {k: v for k, v in self.meta.items() if k != "made_from"})
+        made_from = state.get("made_from")
+        if not made_from or made_from["digest"] != record["digest"]:
+            differs = provenance.differences(made_from, record) if made_from else "it records nothing of what made it"
+            raise PipelineError(f"{self.last_path}: made from other inputs or flags than this run ({differs}); "
+                                "pass --overwrite to train from step 0")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -205,8 +222,8 @@ class Trainer:
         epoch, skip = divmod(self.step, self.steps_per_epoch)
         self.dataset.set_epoch(epoch)
         batches = epoch_batches(len(self.dataset), args.batch_size, args.seed, epoch, info.rank, info.world_size)
-        loader = DataLoader(self.dataset, batch_sampler=batches[skip:skip + self.max_step - self.step],
-                            num_workers=args.num_workers, pin_memory=info.device.type == "cuda")
+        loader = stage.loader(self.dataset, info, args.num_workers,
+                              batch_sampler=batches[skip:skip + self.max_step - self.step])
         for batch in loader:
             set_poly_lr(self.optimizer, self.base_lrs, self.step, self.max_step)
             batch = to_device(batch, info.device, args.channels_last)
@@ -246,16 +263,27 @@ class Trainer:
         dist.barrier(self.info)
 
 
-def train(model, dataset, loss_fn, args, info, work_dir, name, meta):
+def train(model, dataset, loss_fn, args, info, work_dir, name, meta, label_dir=None):
     """Train ``model`` on ``dataset`` and write ``ckpt/<name>.pth`` and ``ckpt/<name>_last.pth``.
 
     ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised;
     ``meta`` (architecture, number of classes...) goes into both checkpoints and must
-    match on ``--resume``.
+    match on ``--resume``, with the record of what the network is made from (SPEC 2,
+    tools/provenance.py): the ``--pretrained`` weights, the labels of ``label_dir`` and the
+    flags.  A finished network of the same record is left as it is.
     """
-    paths = claim_run(work_dir, name, args.overwrite, info.is_main)
-    trainer = Trainer(model, dataset, loss_fn, args, info, paths, meta)
-    if args.resume and trainer.last_path.exists():
+    inputs, checkpoints = {}, []
+    inputs["pretrained"], checkpoints = provenance.weights_input(args.pretrained)
+    if label_dir is not None:
+        inputs["labels"], made_labels, _ = provenance.folder_input(label_dir, "labels")
+        checkpoints += made_labels
+    record = provenance.make_record(name, inputs, provenance.settings(args, keep=("split",)), checkpoints)
+    paths = claim_run(work_dir, name, record, args.overwrite, info.is_main)
+    if paths is None:
+        log.info("%s: trained from these inputs and flags already; nothing to do", work_dir / "ckpt" / f"{name}.pth")
+        return
+    trainer = Trainer(model, dataset, loss_fn, args, info, paths, {**meta, "made_from": record})
+    if args.resume and trainer.last_path.exists() and not args.overwrite:
         trainer.resume()
     trainer.run(name)
 

@@ -9,6 +9,7 @@ TOY_IMAGES=160
 TOY_IMAGE_SIZE=128
 STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
 DATA_ROOT_GIVEN=0
+OVERWRITE_FROM=""
 declare -A STAGE_ARGS=()       # a stage's extra flags, split into words at white space
 declare -A STAGE_PATH_ARGS=()  # a stage's extra flags, one word a line: paths may hold spaces
 
@@ -32,7 +33,10 @@ usage: $0 [options]
   --nnodes N            machines; with --nnodes > 1 also set RDZV_ENDPOINT=host:port on every machine
   --STAGE "FLAGS"       extra flags for one stage, quoted, e.g. --train-cam "--amp --channels-last";
                         stages: ${STAGE_NAMES[*]//_/-}
-A stage whose outputs are complete is skipped; a killed training stage resumes.
+  --overwrite-from STAGE  make the outputs of STAGE and of every later stage again (--overwrite),
+                        e.g. after a change to the flags of STAGE
+A stage whose outputs were made from the same inputs and flags is skipped, a killed one resumes;
+outputs made otherwise stop the run with a line that says what differs (pass --overwrite-from).
 USAGE
 }
 
@@ -69,6 +73,7 @@ parse_driver_args() {
             --toy) TOY=1; shift; continue ;;
             -h|--help) driver_usage; exit 0 ;;
             --toy-images|--toy-image-size|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
+            --overwrite-from) ;;
             --*) if [ -z "$(stage_of "$1")" ]; then
                      echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
                  fi ;;
@@ -85,6 +90,8 @@ parse_driver_args() {
             --affinity) AFFINITY="$2" ;;
             --gpus) GPUS="$2" ;;
             --nnodes) NNODES="$2" ;;
+            --overwrite-from) OVERWRITE_FROM="$(stage_of "--$2")"
+                              [ -n "$OVERWRITE_FROM" ] || die "--overwrite-from must be a stage: ${STAGE_NAMES[*]//_/-}" ;;
             *) local name; name="$(stage_of "$1")"; STAGE_ARGS[$name]="${STAGE_ARGS[$name]:-} $2" ;;
         esac
         shift 2
@@ -134,6 +141,18 @@ use_toy_dataset() {
     STAGE_ARGS[infer_seg]="$cpu --crf-workers 2 ${STAGE_ARGS[infer_seg]:-}"
 }
 
+# --overwrite for the stage --overwrite-from names and for every later one.
+overwrite_from() {
+    [ -n "$OVERWRITE_FROM" ] || return 0
+    local name
+    for name in "${STAGE_NAMES[@]}"; do
+        [ "$name" = "$OVERWRITE_FROM" ] && OVERWRITING=1
+        if [ "${OVERWRITING:-0}" = 1 ] && [ "$name" != eval_cam ]; then
+            STAGE_ARGS[$name]="${STAGE_ARGS[$name]:-} --overwrite"
+        fi
+    done
+}
+
 # python, or torchrun with --gpus processes per machine (and --nnodes machines).
 launch() {
     if [ "$GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
@@ -158,14 +177,11 @@ extra() {
     into+=("${words[@]}")
 }
 
-# Train a network unless its final checkpoint exists; resume from its *_last.pth.
+# Train a network, resuming from its *_last.pth; the stage itself leaves a network made
+# from the same inputs and flags as it is, and stops at one made otherwise (tools/provenance.py).
 train_stage() {
     local script="$1" name="$2"
     shift 2
-    if [ -f "$WORK_DIR/ckpt/$name.pth" ]; then
-        echo "== ${script%.py}: $WORK_DIR/ckpt/$name.pth exists, skipped"
-        return
-    fi
     local resume=() more
     [ -f "$WORK_DIR/ckpt/${name}_last.pth" ] && resume=(--resume)
     extra "${script%.py}" more
@@ -256,5 +272,6 @@ drive() {
     if [ "$TOY" = 1 ]; then
         use_toy_dataset
     fi
+    overwrite_from
     run_pipeline
 }

@@ -1,14 +1,20 @@
 """Stage 4, affinity labels (SPEC 8): the combination rules, the CRFs on a synthetic scene, the
 stage script end to end on toy images with synthetic CAMs, its errors, and eval_cam --confident."""
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from data.sources import build_source
-from tests.scripts import run
+from tests.scripts import REPO, run
 from tools.affinity_labels import confident_labels, psa_background, psa_labels
 from tools.io import read_image, read_label_png, save_cam
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
@@ -247,3 +253,40 @@ def test_stage_errors_are_one_line_and_exit_2(toy, tmp_path, breakage, expected)
     assert re.fullmatch(rf"error: {re.escape(str(work / 'cam' / bad))}\.npy: .*{expected}.*", last), last
     assert "Traceback" not in result.stderr
     assert not (work / "affinity_labels" / f"{bad}.png").exists()
+
+
+def spawned_children(pid):
+    """The pids of the multiprocessing workers that ``pid`` spawned."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_crf_worker_stops_the_stage_at_once_with_one_line(toy, tmp_path):
+    work = tmp_path / "run"
+    synthetic_cams(toy, work / "cam")
+    proc = subprocess.Popen([sys.executable, str(REPO / "make_affinity_labels.py"), *map(str, stage_args(toy, work))],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := spawned_children(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no pool worker appeared"
+            time.sleep(0.005)
+        os.kill(workers[0], signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.monotonic() - killed < 10
+    assert proc.returncode == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: a CRF process died"), stderr
+    assert "Traceback" not in stderr

@@ -23,6 +23,7 @@ from data.sources import build_source
 from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, assert_error, run
 from tools.io import PipelineError, atomic_path, load_cam, read_image, read_label_png, save_cam, write_label_png
+from tools.provenance import RECORD_NAME
 from tools.report import summarize, update_results
 
 pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
@@ -38,10 +39,10 @@ def temporaries(folder):
 
 
 def finished(folder):
-    """{name: bytes} of the files in ``folder`` that are not temporaries."""
+    """{name: bytes} of the output files in ``folder``: not temporaries, not its provenance record."""
     folder = Path(folder)
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if not p.name.startswith(".")} \
-        if folder.is_dir() else {}
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*"))
+            if not p.name.startswith(".") and p.name != RECORD_NAME} if folder.is_dir() else {}
 
 
 def assert_readable(folder):
@@ -456,7 +457,7 @@ def test_finished_training_is_overwritten_only_when_asked(toy, ref, tmp_path):
     for name in ("cam", "affinity"):
         (work / "ckpt" / f"{name}.pth").write_bytes(b"finished")
     result = run_stage("train_affinity", toy, ref, work, check=False)
-    assert_error(result, work / "ckpt" / "affinity.pth", "already holds a trained affinity network.*--overwrite")
+    assert_error(result, work / "ckpt" / "affinity.pth", "already holds a finished affinity network.*--overwrite")
     assert (work / "ckpt" / "affinity.pth").read_bytes() == b"finished"
 
     # retrained; the old network is gone as soon as an overwriting run starts

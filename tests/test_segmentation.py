@@ -155,7 +155,8 @@ def test_infer_seg_writes_predictions_crf_and_pictures(toy, seg_run):
     assert "segmentation (val): mIoU" in result.stdout
     # run again: every image is done, nothing is rewritten
     stamp = (seg_run / "segmentation" / "val" / f"{source.ids('val')[0]}.png").stat().st_mtime_ns
-    run("infer_seg.py", *data_args(toy, seg_run, "val"), "--device", "cpu", "--num-workers", "0", "--crf")
+    run("infer_seg.py", *data_args(toy, seg_run, "val"), "--device", "cpu", "--num-workers", "0", "--crf",
+        "--scales", "1.0", "0.5")
     assert (seg_run / "segmentation" / "val" / f"{source.ids('val')[0]}.png").stat().st_mtime_ns == stamp
 
 

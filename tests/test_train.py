@@ -48,7 +48,7 @@ def squared_error(model, batch):
 def flags(**changes):
     args = dict(lr=0.05, new_layer_lr_mult=2.0, momentum=0.9, weight_decay=0.0, batch_size=2, epochs=2,
                 channels_last=False, amp=False, clip_grad=0.0, seed=0, num_workers=0, log_every=1, save_every=1,
-                stop_at_step=0, overwrite=False, resume=False)
+                stop_at_step=0, overwrite=False, resume=False, pretrained="none")
     return argparse.Namespace(**{**args, **changes})
 
 
@@ -75,13 +75,28 @@ def test_resume_restores_the_loss_scaler(tmp_path, scaled_fp16):
     assert all(torch.equal(unbroken["model"][key], resumed["model"][key]) for key in unbroken["model"])
 
 
-def test_a_finished_run_is_kept_unless_overwritten(tmp_path):
-    run(tmp_path)
-    with pytest.raises(PipelineError, match="already holds a trained tiny network"):
-        run(tmp_path)
+def test_a_finished_run_of_the_same_flags_is_done_and_one_of_other_flags_is_kept_unless_overwritten(tmp_path):
     final = tmp_path / "ckpt" / "tiny.pth"
-    assert training.claim_run(tmp_path, "tiny", overwrite=True, is_main=True) == (final, final.with_stem("tiny_last"))
+    first = run(tmp_path)
+    made = final.stat().st_mtime_ns
+    assert run(tmp_path)["step"] == first["step"] and final.stat().st_mtime_ns == made  # nothing to do
+    with pytest.raises(PipelineError, match=r"already holds a finished tiny network made from other inputs or flags "
+                                            r"\(differs in settings.lr: 0.05 -> 0.1\); pass --overwrite"):
+        run(tmp_path, lr=0.1)
+    assert final.stat().st_mtime_ns == made
+    record = load_checkpoint(final)["made_from"]
+    assert training.claim_run(tmp_path, "tiny", record, overwrite=True, is_main=True) == (
+        final, final.with_stem("tiny_last"))
     assert not final.exists()  # removed at once: it cannot outlive a run that stops early
+
+
+def test_a_resume_with_other_flags_is_refused_and_overwrite_starts_from_step_0(tmp_path):
+    run(tmp_path, stop_at_step=3)
+    with pytest.raises(PipelineError, match=r"tiny_last.pth: made from other inputs or flags than this run "
+                                            r"\(settings.seed: 0 -> 1\); pass --overwrite"):
+        run(tmp_path, resume=True, seed=1)
+    assert run(tmp_path, resume=True, seed=1, overwrite=True)["step"] == 8
+    assert load_checkpoint(tmp_path / "ckpt" / "tiny.pth")["made_from"]["settings"]["seed"] == 1
 
 
 def test_loss_window_reports_means_since_the_last_report():

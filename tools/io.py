@@ -143,9 +143,10 @@ def write_image(path, rgb):
         Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, quality=95)
 
 
-def save_cam(path, keys, cam, method=None, num_classes=None, **maps):
+def save_cam(path, keys, cam, method=None, num_classes=None, made_by=None, **maps):
     """Write a CAM dict (SPEC 2): ``keys`` int64[K], ``cam`` float16[K,H,W], plus extra maps and,
-    when given, the method and the dataset's number of classes that made it (checked by load_cam).
+    when given, the method and the dataset's number of classes that made it and the digest of
+    its folder's provenance record (``made_by``; all three checked by load_cam).
     A map with NaN or infinite values (also after the float16 conversion) is not saved."""
     with np.errstate(over="ignore"):  # an overflow to inf is reported below
         stored = {name: np.asarray(value, dtype=np.float16) for name, value in {"cam": cam, **maps}.items()}
@@ -153,8 +154,8 @@ def save_cam(path, keys, cam, method=None, num_classes=None, **maps):
     if bad:
         raise PipelineError(f"{path}: maps {bad} are not finite (NaN, or beyond float16's 65504); not saved")
     record = {"keys": np.asarray(keys, dtype=np.int64), "cam": stored.pop("cam")}
-    record.update({name: value for name, value in (("method", method), ("num_classes", num_classes))
-                   if value is not None})
+    record.update({name: value for name, value in (("method", method), ("num_classes", num_classes),
+                                                   ("made_by", made_by)) if value is not None})
     record.update(stored)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -177,17 +178,21 @@ def cam_method(path):
     return _cam_record(path)[0].get("method")
 
 
-def load_cam(path, map_name="cam", num_classes=None, size=None):
+def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
     """Read a CAM dict; returns (keys int64[K], map float32[K,H,W]).  With ``num_classes``, a
     CAM that records another number of classes (made on another dataset) is an error, and
     with the image's ``size`` (H, W) too, so are keys that are not 0 followed by sorted
     class ids below ``num_classes`` and a map of another size (SPEC 2).  A map with NaN or
-    infinite values is an error."""
+    infinite values is an error, and with ``made_by`` (its folder's record digest) so is a
+    file that another run made."""
     path = Path(path)
     record, keys = _cam_record(path)
     if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
         raise PipelineError(f"{path}: CAM made for a dataset of {record['num_classes']} classes, this dataset "
                             f"has {num_classes}")
+    if made_by is not None and record.get("made_by") != made_by:
+        raise PipelineError(f"{path}: made by another run than the rest of its folder (its made_by "
+                            f"{record.get('made_by')}, the folder's made_by.json {made_by}); make the CAMs again")
     maps = sorted(k for k, v in record.items() if k != "keys" and isinstance(v, np.ndarray))
     if map_name not in maps:
         hint = ("a plain CAM classifier's file (method cam) has no prototype maps" if record.get("method") == "cam"

@@ -44,11 +44,13 @@ def update_results(work_dir, tag, entry):
 
 
 def markdown(results):
-    """The ladder (one row per evaluated map or label set) and the per-class IoU table."""
-    lines = ["| stage | mIoU | precision | recall | note |", "| --- | ---: | ---: | ---: | --- |"]
+    """The ladder (one row per evaluated map or label set, with the checkpoints that made
+    it) and the per-class IoU table."""
+    lines = ["| stage | mIoU | precision | recall | note | made by |", "| --- | ---: | ---: | ---: | --- | --- |"]
     for tag, entry in results.items():
+        made_by = ", ".join(entry["made_by"]) if entry.get("made_by") else "unrecorded"
         lines.append(f"| {tag} | {entry['miou']:.2f} | {entry['precision']:.2f} | {entry['recall']:.2f} "
-                     f"| {entry.get('note', '')} |")
+                     f"| {entry.get('note', '')} | {made_by} |")
     if results:
         names = list(next(iter(results.values()))["iou"])
         lines += ["", "| class | " + " | ".join(results) + " |", "| --- |" + " ---: |" * len(results)]

@@ -1,53 +1,109 @@
-"""A process pool for per-image work beside the main loop (the CRF of stages 6 and 7)."""
-import multiprocessing
+"""Worker processes beside a stage's main loop (SPEC 2): process pools that stop the stage
+at once when a worker raises or dies, and workers (pool and DataLoader) that die with the
+main process, so that nothing is written after it."""
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+
+from tools.io import PipelineError
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-class StreamingPool:
-    """Tasks run in ``processes`` spawned workers and ``on_result(tag, result)`` is called in
-    the main process, in submission order, as they finish, with at most two tasks per worker
-    in flight: memory stays flat whatever the split's size, and a worker's error is raised
-    in the main process at the next ``submit`` or ``finish``.  With ``processes`` 0 there is
-    no pool (``bool(pool)`` is False).  Use it as a context manager: the workers are joined
-    on success and terminated on error.
+def die_with_parent(parent, *_):
+    """Have the kernel kill this process when its parent, the process ``parent`` (a pid),
+    ends (Linux; a no-op elsewhere): the initializer of pool workers and the
+    ``worker_init_fn`` of the DataLoaders.  A parent gone already ends this process now."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class WorkerPool:
+    """``processes`` spawned workers that run tasks while the main process goes on, with at
+    most two tasks per worker in flight, so memory stays flat whatever the split's size.
+
+    A task's exception is raised in the main process at the next call; a worker that dies
+    (killed, out of memory) is a PipelineError at the next call, not a wait for a result
+    that never comes.  Leaving the ``with`` block on an error kills the workers at once.
+    With ``processes`` 0 there is no pool (``bool(pool)`` is False).
     """
 
-    def __init__(self, processes, on_result):
-        self.pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 0 else None
-        self.on_result = on_result
+    def __init__(self, processes, what="worker"):
+        self.what = what
         self.limit = 2 * processes
-        self.pending = deque()  # (tag, AsyncResult), oldest first
+        self.executor = (ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=die_with_parent,
+                                             initargs=(os.getpid(),))
+                         if processes > 0 else None)
+        self.pending = deque()  # (tag, Future), oldest first
 
     def __bool__(self):
-        return self.pool is not None
+        return self.executor is not None
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self.pool is None:
+        if self.executor is None:
             return
         if exc_type is None:
-            self.pool.close()
+            self.executor.shutdown(wait=True)
         else:
-            self.pool.terminate()
-        self.pool.join()
+            self.kill()
+
+    def kill(self):
+        """Cancel what is queued and kill the workers now (ProcessPoolExecutor only lets
+        running tasks finish: a worker would go on writing after the stage has failed)."""
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())  # shutdown forgets them
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.kill()
+            process.join()
 
     def submit(self, fn, args, tag=None):
-        """Queue ``fn(*args)``; hand on the results finished by now, oldest first, waiting for
-        the oldest while more than the limit are in flight."""
-        self.pending.append((tag, self.pool.apply_async(fn, args)))
-        for _, result in self.pending:  # a failed task stops the stage now, not when its turn comes
-            if result.ready() and not result.successful():
-                result.get()
-        while self.pending and (len(self.pending) > self.limit or self.pending[0][1].ready()):
-            self._hand_on_oldest()
+        """Queue ``fn(*args)``; returns the ``(tag, result)`` pairs finished by now, oldest
+        first, waiting for the oldest while more than the limit are in flight.  A failed
+        task raises now, not when its turn comes."""
+        try:
+            self.pending.append((tag, self.executor.submit(fn, *args)))
+        except BrokenProcessPool as exc:
+            raise self._broken(exc) from exc
+        for _, future in self.pending:
+            if future.done() and future.exception() is not None:
+                self._result(future)
+        done = []
+        while self.pending and (len(self.pending) > self.limit or self.pending[0][1].done()):
+            done.append(self._oldest())
+        return done
 
     def finish(self):
-        """Wait for every task and hand on its result, in submission order."""
-        while self.pending:
-            self._hand_on_oldest()
+        """Wait for every task; returns the ``(tag, result)`` pairs in submission order."""
+        return [self._oldest() for _ in range(len(self.pending))]
 
-    def _hand_on_oldest(self):
-        tag, result = self.pending.popleft()
-        self.on_result(tag, result.get())
+    def map(self, fn, items):
+        """``fn(item)`` of every item, yielded in order as the workers finish them."""
+        for item in items:
+            yield from (result for _, result in self.submit(fn, (item,)))
+        yield from (result for _, result in self.finish())
+
+    def _oldest(self):
+        tag, future = self.pending.popleft()
+        return tag, self._result(future)
+
+    def _result(self, future):
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            raise self._broken(exc) from exc
+
+    def _broken(self, exc):
+        return PipelineError(f"a {self.what} process died (killed, or out of memory?); the stage stops ({exc})")

@@ -1,0 +1,132 @@
+"""What made an output (SPEC 2): a record of a stage's inputs (the digests of the checkpoints
+and of the upstream folders' records it read) and of the flags that change what it writes.
+
+Each inference stage keeps its record as ``made_by.json`` in every output folder (and its
+digest in every CAM file); each training stage keeps it in its checkpoints.  Two records
+are the same output when their digests are equal: where they differ, the outputs of one
+must not be taken for those of the other.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+from tools.io import PipelineError
+
+RECORD_NAME = "made_by.json"
+
+# Flags that never change what a stage writes: where things are, how fast it runs, what it
+# logs or shows, how it resumes.  Paths of inputs enter a record as digests instead.
+RUNTIME_FLAGS = frozenset({
+    "work_dir", "data_root", "out_dir", "cam_dir", "label_dir", "checkpoint", "pretrained", "device",
+    "num_workers", "workers", "crf_workers", "channels_last", "visualize", "crf", "split", "overwrite",
+    "resume", "stop_at_step", "save_every", "log_every", "tag", "note",
+})
+
+
+def file_digest(path):
+    """The first 16 hex digits of the SHA-256 of a file's bytes."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def digest(obj):
+    """The first 16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings(args, keep=(), drop=()):
+    """The flags of ``args`` that shape a stage's output: all but the runtime ones (and
+    ``drop``), plus those of ``keep`` even when runtime elsewhere; JSON-normal (tuples as lists)."""
+    chosen = {k: v for k, v in vars(args).items() if k in keep or (k not in RUNTIME_FLAGS and k not in drop)}
+    return json.loads(json.dumps(chosen, sort_keys=True, default=str))
+
+
+def checkpoint_input(path, checkpoint):
+    """What a record holds of a checkpoint it read: its digest (the input) and, for people,
+    its name, step and digest (the record's ``checkpoints``)."""
+    sha = file_digest(path)
+    step = checkpoint.get("step")
+    return sha, f"{Path(path).name}{'' if step is None else f' step {step}'} {sha[:8]}"
+
+
+def weights_input(value):
+    """What a record holds of a ``--pretrained`` value: (the input, the checkpoints behind
+    it): a name (imagenet, none) as it is, a file by its digest."""
+    if value in ("imagenet", "none") or not Path(value).is_file():
+        return value, []
+    sha = file_digest(value)
+    return sha, [f"{Path(value).name} {sha[:8]}"]
+
+
+def make_record(stage, inputs, flags, checkpoints=()):
+    """The record of a stage's output: ``inputs`` (name -> digest), ``flags`` (``settings``),
+    and ``checkpoints``, the networks behind it (descriptions for results.md)."""
+    body = {"stage": stage, "inputs": inputs, "settings": flags}
+    return {"digest": digest(body), **body, "checkpoints": list(dict.fromkeys(checkpoints))}
+
+
+def read_record(folder):
+    """The record of ``folder``, or None when it has none."""
+    path = Path(folder) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: not a provenance record ({exc})") from exc
+    if not isinstance(record, dict) or "digest" not in record:
+        raise PipelineError(f"{path}: not a provenance record (no digest)")
+    return record
+
+
+def folder_input(folder, what):
+    """What a record holds of an upstream folder it read: (the input, the checkpoints behind
+    it, the folder's record digest or None).  A folder that records nothing (outputs made
+    elsewhere) enters as its path, so that the stage still runs on it."""
+    record = read_record(folder)
+    if record is None:
+        return f"unrecorded {what} in {Path(folder).resolve()}", [], None
+    return record["digest"], record.get("checkpoints", []), record["digest"]
+
+
+def differences(old, new):
+    """What differs between two records, as ``inputs.checkpoint`` or ``settings.lr: 0.1 -> 0.2``
+    (at most four, then a count)."""
+    found = []
+    for part in ("stage", "inputs", "settings"):
+        a, b = old.get(part), new.get(part)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                found.append(f"{part}: {a} -> {b}")
+            continue
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                found.append(f"{part}.{key}" if part == "inputs" else f"{part}.{key}: {a.get(key)} -> {b.get(key)}")
+    if len(found) > 4:
+        found = found[:4] + [f"{len(found) - 4} more"]
+    return ", ".join(found) or "nothing recorded (another version of the pipeline?)"
+
+
+def output_files(folder, suffix):
+    """The ``*<suffix>`` outputs of ``folder`` (not the hidden temporaries of tools.io.atomic_path)."""
+    return (path for path in Path(folder).glob(f"*{suffix}") if not path.name.startswith("."))
+
+
+def outputs_to_remove(folder, record, suffix, overwrite):
+    """Whether the ``*<suffix>`` outputs of ``folder`` must go before this run writes (True
+    with ``overwrite``); outputs that another record made, or that record nothing, are a
+    PipelineError saying so (a run never adds to, or skips over, another run's outputs)."""
+    has_outputs = any(output_files(folder, suffix))
+    if overwrite or not has_outputs:
+        return has_outputs
+    old = read_record(folder)
+    hint = "pass --overwrite to make them again, or use another --out-dir"
+    if old is None:
+        raise PipelineError(f"{folder}: holds {suffix} files that record nothing of what made them; {hint}")
+    if old["digest"] != record["digest"]:
+        raise PipelineError(f"{folder}: its files were made by another network or other flags "
+                            f"(differs in {differences(old, record)}); {hint}")
+    return False
