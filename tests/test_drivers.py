@@ -149,6 +149,8 @@ def drive_recorded(tmp_path, script, *args):
     (["--toy", "--toy-images", "1e3"], "--toy-images must be an integer >= 5, not '1e3'"),
     (["--toy", "--toy-image-size", "15"], "--toy-image-size must be an integer >= 16, not '15'"),
     (["--gpus", "two"], "--gpus must be an integer >= 1, not 'two'"),
+    (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: train-cam make-cam eval-cam "
+                                        "make-affinity-labels train-affinity make-seg-labels train-seg infer-seg"),
 ])
 def test_driver_argument_errors_are_one_line_before_anything_runs(tmp_path, args, message):
     work = tmp_path / "run"
@@ -163,6 +165,19 @@ def test_driver_work_dir_that_is_a_file_is_one_line(tmp_path, where):
     result, calls = drive_recorded(tmp_path, "run_coco.sh", "--toy", "--work-dir", str(tmp_path / where))
     assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'file'}: not a directory"
     assert calls == []
+
+
+def test_overwrite_from_reaches_that_stage_and_every_later_one(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "results.md").write_text("| stage | mIoU |\n\n")
+    result, calls = drive_recorded(tmp_path, "run_voc.sh", "--toy", "--work-dir", str(work),
+                                   "--overwrite-from", "make-affinity-labels")
+    assert result.returncode == 0, result.stderr[-3000:]
+    overwriting = {call[0]: "--overwrite" in call for call in calls if call[0].endswith(".py")}
+    assert overwriting == {"train_cam.py": False, "make_cam.py": False, "eval_cam.py": False,
+                           "make_affinity_labels.py": True, "train_affinity.py": True, "make_seg_labels.py": True,
+                           "train_seg.py": True, "infer_seg.py": True}
 
 
 def test_paths_with_spaces_reach_every_stage_whole(tmp_path):

@@ -65,7 +65,12 @@ def make_record(stage, inputs, flags, checkpoints=()):
     """The record of a stage's output: ``inputs`` (name -> digest), ``flags`` (``settings``),
     and ``checkpoints``, the networks behind it (descriptions for results.md)."""
     body = {"stage": stage, "inputs": inputs, "settings": flags}
-    return {"digest": digest(body), **body, "checkpoints": list(dict.fromkeys(checkpoints))}
+    by_digest = {}  # one description per checkpoint (they end in its digest), the fullest
+    for described in checkpoints:
+        key = described.split()[-1]
+        if len(described) > len(by_digest.get(key, "")):
+            by_digest[key] = described
+    return {"digest": digest(body), **body, "checkpoints": list(by_digest.values())}
 
 
 def read_record(folder):
