@@ -1,5 +1,4 @@
 """Stage 3: mIoU of CAM files or of a folder of label PNGs (SPEC 7) -> results.json, results.md."""
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +84,29 @@ def image_confusions(name, source, args, backgrounds, made_by):
     return [confusion_matrix(pred, gt, n) for pred in predictions], evaluated
 
 
+_SCORING = []  # a pool worker's (source, args, backgrounds, made_by), set once as it starts
+
+
+def start_scoring(*state):
+    _SCORING[:] = state
+
+
+def score_image(name):
+    """``image_confusions`` of one image in a pool worker (``start_scoring`` gave the rest)."""
+    return image_confusions(name, *_SCORING)
+
+
+def scored_images(source, names):
+    """The images of ``names`` that have a ground-truth mask.  A custom dataset may have
+    masks for a subset (or none: own data needs none); VOC and COCO have one for every
+    image, and a missing one is an error."""
+    scored = [name for name in names if source.mask_path(name) is not None]
+    if len(scored) < len(names) and source.name != "custom":
+        missing = next(name for name in names if source.mask_path(name) is None)
+        raise PipelineError(f"{source.image_path(missing)}: no ground-truth mask for this image")
+    return scored
+
+
 def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "eval_cam", device="cpu") as (_, work_dir):
@@ -92,7 +114,16 @@ def main(argv=None):
             args.cam_dir = args.cam_dir or str(work_dir / "cam")
         source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
         names = source.ids(args.split)
-        source.render_masks(names)  # COCO: once, here, not in the pool's workers
+        source.render_masks(names, workers=args.num_workers)  # COCO: once, before the pool's workers read them
+        _, checkpoints, made_by = provenance.folder_input(args.label_dir or args.cam_dir, "outputs")
+        names, listed = scored_images(source, names), len(names)
+        tag = args.tag or (Path(args.label_dir).name if args.label_dir else args.map)
+        if not names:
+            update_results(work_dir, tag, {"miou": None, "note": f"not scored: no image of {args.split} has a mask",
+                                           "made_by": checkpoints, "split": args.split, "images": 0,
+                                           "listed": listed})
+            print(f"{tag}: not scored (no image of the {listed} of {args.split} has a ground-truth mask)")
+            return
         if args.sweep:
             backgrounds = [("const", t) for t in SWEEP]
         elif args.threshold is not None:
@@ -103,12 +134,10 @@ def main(argv=None):
                 stage.save_flags(args, "eval_cam")
             backgrounds = [("scale", 1.0 if args.bg_scale is None else args.bg_scale)]
 
-        _, checkpoints, made_by = provenance.folder_input(args.label_dir or args.cam_dir, "outputs")
-        work = functools.partial(image_confusions, source=source, args=args, backgrounds=backgrounds,
-                                 made_by=made_by)
         totals, evaluated = None, 0
-        with WorkerPool(max(1, args.num_workers), "scoring") as pool:
-            for confusions, pixels in stage.progress(pool.map(work, names), total=len(names), desc="eval"):
+        setup = (start_scoring, (source, args, backgrounds, made_by))
+        with WorkerPool(max(1, args.num_workers), "scoring", setup) as pool:
+            for confusions, pixels in stage.progress(pool.map(score_image, names), total=len(names), desc="eval"):
                 totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
                 evaluated += pixels
         entries = [summarize(total, source.class_names) for total in totals]
@@ -116,12 +145,11 @@ def main(argv=None):
         entry = entries[best]
         kind, value = backgrounds[best]
         if args.label_dir:
-            tag, entry["note"] = args.tag or Path(args.label_dir).name, "labels"
+            entry["note"] = "labels"
             if args.confident:
                 entry["coverage"] = round(100 * coverage(totals[best], evaluated), 2)
                 entry["note"] = f"confident, coverage {entry['coverage']:.1f}%"
         else:
-            tag = args.tag or args.map
             entry["note"] = f"bg x {value}" if kind == "scale" else f"bg threshold {value}"
             if args.sweep and value in (SWEEP[0], SWEEP[-1]):
                 entry["note"] += " (an end of the sweep: the best may lie beyond it)"
@@ -132,7 +160,9 @@ def main(argv=None):
             entry["sweep"] = {str(t): e["miou"] for (_, t), e in zip(backgrounds, entries)}
             for (_, t), e in zip(backgrounds, entries):
                 print(f"threshold {t:.2f}: mIoU {e['miou']:.2f}")
-        entry.update(split=args.split, images=len(names))
+        entry.update(split=args.split, images=len(names), listed=listed)
+        if len(names) < listed:
+            entry["note"] += f"; {len(names)} of {listed} images have masks"
         update_results(work_dir, tag, entry)
         print(f"{tag}: mIoU {entry['miou']:.2f} ({entry['note']}, {len(names)} images of {args.split})")
         width = max(len(n) for n in source.class_names)

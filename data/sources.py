@@ -7,8 +7,10 @@ that names the file or folder.  The torch datasets built on them are in data/dat
 """
 import abc
 import contextlib
+import csv
 import io
 import re
+import sys
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from tools.io import PipelineError, image_size, read_label_png, write_label_png
 from tools.palette import voc_palette
+from tools.workers import WorkerPool
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -28,8 +31,10 @@ VOC_HINT = ("VOCdevkit/VOC2012 with JPEGImages/, SegmentationClass/, Annotations
             "(get VOCtrainval_11-May-2012.tar, plus SBD's SegmentationClassAug in VOC2012/ for train_aug)")
 COCO_HINT = ("train2014/, val2014/ and annotations/instances_{train,val}2014.json (get train2014.zip, "
              "val2014.zip and annotations_trainval2014.zip from cocodataset.org)")
-CUSTOM_HINT = ("a VOC-layout folder with JPEGImages/, ImageSets/Segmentation/<split>.txt and class_names.txt "
-               "(for the toy dataset run `python -m data.toy --out DIR`)")
+CUSTOM_HINT = ("a folder with JPEGImages/, class_names.txt, and labels.csv (columns image,labels[,split]) or "
+               "ImageSets/Segmentation/<split>.txt with Annotations/*.xml (for the toy dataset run "
+               "`python -m data.toy --out DIR`)")
+LABELS_CSV = "labels.csv"
 
 
 def read_id_list(list_path, image_path):
@@ -85,6 +90,42 @@ def read_class_names(path):
     return names
 
 
+def read_labels_csv(path, class_names):
+    """Image-level labels of a ``labels.csv`` (header ``image,labels`` and optionally ``split``;
+    class names separated by spaces): {id: (sorted class ids int64, split or None)}, in row
+    order.  An image may be named with or without ``.jpg``.  An unknown class name, an image
+    without labels or named twice is an error naming the file and the row."""
+    index = {name: k for k, name in enumerate(class_names) if k > 0}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            if "image" not in header or "labels" not in header:
+                raise PipelineError(f"{path}: header must name the columns image and labels (and optionally "
+                                    f"split), not {','.join(header) or 'nothing'}")
+            rows = {}
+            for row in reader:
+                where = f"{path}: row {reader.line_num}"
+                image_id = (row["image"] or "").strip()
+                image_id = image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
+                names = (row["labels"] or "").split()
+                if not image_id:
+                    raise PipelineError(f"{where}: no image named")
+                if image_id in rows:
+                    raise PipelineError(f"{where}: image {image_id!r} is named a second time")
+                if not names:
+                    raise PipelineError(f"{where}: image {image_id!r} has no labels")
+                unknown = [name for name in names if name not in index]
+                if unknown:
+                    raise PipelineError(f"{where}: {unknown[0]!r} is not a class of the class name file "
+                                        f"({', '.join(class_names[1:])})")
+                split = (row.get("split") or "").strip() or None
+                rows[image_id] = (np.array(sorted({index[name] for name in names}), dtype=np.int64), split)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PipelineError(f"{path}: cannot read the label CSV ({exc})") from exc
+    return rows
+
+
 def describe_files(paths):
     """'a (missing), b' style list of the files consulted for a label."""
     return ", ".join(f"{p}" if p.is_file() else f"{p} (missing)" for p in paths)
@@ -119,9 +160,10 @@ class Source(abc.ABC):
     def mask_path(self, image_id):
         """Ground-truth label PNG of an image, or None when there is none."""
 
-    def render_masks(self, ids):
+    def render_masks(self, ids, workers=0):
         """Make the ground-truth PNGs of ``ids`` that are not files yet (COCO's, from its
-        annotations); an explicit step before any reader, e.g. before a pool starts."""
+        annotations, in ``workers`` processes); an explicit step before any reader, e.g.
+        before a pool starts."""
 
     def labels(self, image_id):
         """Sorted unique foreground class ids (int64, in 1..C-1) of an image; never empty."""
@@ -136,6 +178,10 @@ class Source(abc.ABC):
             if not path.is_file():
                 raise PipelineError(f"{path}: image of {image_id!r} ({self.name} {split}) not found")
             self.labels(image_id)
+
+    @abc.abstractmethod
+    def has_split(self, split):
+        """Whether the dataset lists a split of this name (its list may still be broken)."""
 
     @abc.abstractmethod
     def _load_ids(self, split):
@@ -162,6 +208,9 @@ class VOCLayoutSource(Source):
     @property
     def list_dir(self):
         return self.root / "ImageSets" / "Segmentation"
+
+    def has_split(self, split):
+        return (self.list_dir / f"{split}.txt").is_file()
 
     def _load_ids(self, split):
         return read_id_list(self.list_dir / f"{split}.txt", self.image_path)
@@ -209,10 +258,13 @@ class VOCLayoutSource(Source):
 
 
 class CustomSource(VOCLayoutSource):
-    """Any VOC-layout folder plus a class name file (SPEC 3); the toy dataset is one.
+    """Any folder of JPEGImages/ plus a class name file (SPEC 3); the toy dataset is one.
 
-    Splits are the ``ImageSets/Segmentation/*.txt`` files.  ``class_names_file`` (default
-    ``root/class_names.txt``) has one name a line, line 0 background.
+    ``class_names_file`` (default ``root/class_names.txt``) has one name a line, line 0
+    background.  Image-level labels come from ``labels.csv`` at the root where it names
+    the image, else from the XML annotations or masks of the VOC layout.  Splits are the
+    ``ImageSets/Segmentation/*.txt`` lists, or where a list is missing the CSV rows whose
+    ``split`` column names it.  Masks are optional: only scoring needs them.
     """
 
     name = "custom"
@@ -221,6 +273,38 @@ class CustomSource(VOCLayoutSource):
         super().__init__(root, CUSTOM_HINT)
         self.class_names_file = Path(class_names_file) if class_names_file else self.root / "class_names.txt"
         self.class_names = read_class_names(self.class_names_file)
+        self._csv = None
+
+    @property
+    def csv_rows(self):
+        """The rows of ``labels.csv`` ({id: (class ids, split)}; empty without the file), read once."""
+        if self._csv is None:
+            path = self.root / LABELS_CSV
+            self._csv = read_labels_csv(path, self.class_names) if path.is_file() else {}
+        return self._csv
+
+    def has_split(self, split):
+        return super().has_split(split) or any(row_split == split for _, row_split in self.csv_rows.values())
+
+    def _load_ids(self, split):
+        if super().has_split(split) or not self.csv_rows:
+            return super()._load_ids(split)
+        ids = [image_id for image_id, (_, row_split) in self.csv_rows.items() if row_split == split]
+        if not ids:
+            splits = sorted({row_split for _, row_split in self.csv_rows.values() if row_split})
+            raise PipelineError(f"{self.list_dir / (split + '.txt')}: split list not found, and no row of "
+                                f"{self.root / LABELS_CSV} has split {split!r} (splits there: "
+                                f"{', '.join(splits) or 'none: add a split column'})")
+        for image_id in ids:
+            if not self.image_path(image_id).is_file():
+                raise PipelineError(f"{self.root / LABELS_CSV}: image {image_id!r} of split {split!r} has no "
+                                    f"file {self.image_path(image_id)}")
+        return ids
+
+    def _load_labels(self, image_id):
+        if image_id in self.csv_rows:
+            return self.csv_rows[image_id][0]
+        return super()._load_labels(image_id)
 
 
 class VOCSource(VOCLayoutSource):
@@ -252,6 +336,9 @@ class VOCSource(VOCLayoutSource):
                 raise PipelineError(f"{aug_dir / (image_id + '.png')}: id {image_id!r} has no image "
                                     f"{self.image_path(image_id)}")
         return ids
+
+    def has_split(self, split):
+        return (self.root / "SegmentationClassAug").is_dir() if split == "train_aug" else super().has_split(split)
 
     def _mask_candidates(self, image_id):
         return [self.root / folder / f"{image_id}.png" for folder in ("SegmentationClass", "SegmentationClassAug")]
@@ -288,6 +375,9 @@ class COCOSource(Source):
         self._apis = {}
         self._class_of_category = None
         self._class_names = None
+
+    def has_split(self, split):
+        return Path(self.annotation_file(split)).is_file()
 
     def annotation_file(self, split):
         return self.root / "annotations" / f"instances_{split}2014.json"
@@ -353,38 +443,80 @@ class COCOSource(Source):
                                 f"(no non-crowd annotation in {self.annotation_file(self.split_of(image_id))})")
         return np.array(classes, dtype=np.int64)
 
-    def render_mask(self, image_id):
-        """Semantic uint8 mask of an image (SPEC 3): the non-crowd instances painted in
-        annotation order (a later one over an earlier one), crowd regions 0, or 255 where
-        no instance covers them when ``crowd == "ignore"``."""
+    def _mask_task(self, image_id):
+        """What ``coco_semantic_mask`` needs of an image: (height, width, its annotations,
+        the class of each category, the crowd mode), no more of the annotation file."""
         api, number = self._image_record(image_id)
         info = api.imgs[number]
-        mask = np.zeros((info["height"], info["width"]), dtype=np.uint8)
-        crowd = np.zeros(mask.shape, dtype=bool)
-        for ann in api.imgToAnns[number]:
-            region = api.annToMask(ann).astype(bool)
-            if ann.get("iscrowd", 0):
-                crowd |= region
-            else:
-                mask[region] = self._class_of_category[ann["category_id"]]
-        if self.crowd == "ignore":
-            mask[crowd & (mask == 0)] = IGNORE
-        return mask
+        return info["height"], info["width"], api.imgToAnns[number], self._class_of_category, self.crowd
+
+    def render_mask(self, image_id):
+        """Semantic uint8 mask of an image (``coco_semantic_mask``)."""
+        return coco_semantic_mask(*self._mask_task(image_id))
 
     def _mask_cache(self, image_id):
         return self.cache_dir / f"{self.split_of(image_id)}2014" / f"{image_id}.png"
 
-    def render_masks(self, ids):
-        """Render the masks of ``ids`` missing from the cache (``render_mask``), once."""
+    def render_masks(self, ids, workers=0):
+        """Render the masks of ``ids`` missing from the cache (``render_mask``), once, in
+        ``workers`` processes (0: here); each task carries its image's annotations, so no
+        worker loads the annotation file.  A killed run resumes: the PNGs are written whole."""
+        missing, tasks = self.mask_tasks(ids)
+        with WorkerPool(workers, "mask rendering") as pool:
+            done = pool.map(write_semantic_mask, tasks) if pool else map(write_semantic_mask, tasks)
+            for _ in tqdm(done, total=missing, desc="COCO masks", disable=not missing, dynamic_ncols=True):
+                pass
+
+    def mask_tasks(self, ids):
+        """(how many, the ``write_semantic_mask`` tasks) of the masks of ``ids`` not cached yet."""
         missing = [image_id for image_id in ids if not self._mask_cache(image_id).is_file()]
-        for image_id in tqdm(missing, desc="COCO masks", disable=not missing, dynamic_ncols=True):
-            write_label_png(self._mask_cache(image_id), self.render_mask(image_id), voc_palette())
+        return len(missing), ((self._mask_task(image_id), self._mask_cache(image_id)) for image_id in missing)
+
+    def __getstate__(self):
+        """Pickled for pool workers without the annotation files (hundreds of MB for train):
+        the categories are resolved first, and a worker needs no more (mask paths come
+        from the ids)."""
+        names = self.class_names  # loads the categories, here, once
+        return {**self.__dict__, "_apis": {}, "_class_names": names}
 
     def mask_path(self, image_id):
         path = self._mask_cache(image_id)
         if not path.is_file():
             raise PipelineError(f"{path}: COCO mask not rendered (render_masks makes it from the annotations)")
         return path
+
+
+def coco_semantic_mask(height, width, annotations, class_of_category, crowd_mode):
+    """Semantic uint8 mask of one COCO image (SPEC 3): the non-crowd instances painted in
+    annotation order (a later one over an earlier one), crowd regions 0, or 255 where no
+    instance covers them with ``crowd_mode`` "ignore".  Polygons and RLEs are decoded by
+    pycocotools, as its ``COCO.annToMask`` does."""
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((height, width), dtype=np.uint8)
+    crowd = np.zeros(mask.shape, dtype=bool)
+    for ann in annotations:
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        region = mask_utils.decode(rle).astype(bool)
+        if ann.get("iscrowd", 0):
+            crowd |= region
+        else:
+            mask[region] = class_of_category[ann["category_id"]]
+    if crowd_mode == "ignore":
+        mask[crowd & (mask == 0)] = IGNORE
+    return mask
+
+
+def write_semantic_mask(item):
+    """Render one ``(coco_semantic_mask arguments, PNG path)`` and write it (a pool task)."""
+    task, path = item
+    write_label_png(path, coco_semantic_mask(*task), voc_palette())
 
 
 SOURCES = {"voc": VOCSource, "coco": COCOSource, "custom": CustomSource}
@@ -422,3 +554,24 @@ def check_label_maps(source, split, label_dir, threads=8):
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(check, names):
             pass
+
+
+def main(argv=None):
+    """``python -m data.sources --has-split SPLIT``: exit status 0 when the dataset lists the
+    split, 1 when not (the drivers ask before running stage 7 on a custom dataset's val)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--has-split", required=True, metavar="SPLIT")
+    args = parser.parse_args(argv)
+    try:
+        found = build_source(args.dataset, args.data_root).has_split(args.has_split)
+    except PipelineError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    sys.exit(0 if found else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data.sources import LABELS_CSV
 from tools import flags
 from tools.io import PipelineError, write_image, write_json, write_label_png, write_text
 from tools.palette import voc_palette
@@ -300,6 +301,9 @@ def main(argv=None):
     wanted = settings(args.num_train, args.num_val, size, args.seed)
     try:
         recorded = recorded_settings(args.out)
+        if recorded is None and (Path(args.out) / LABELS_CSV).is_file():
+            print(f"toy mode: {args.out} holds a dataset of its own ({LABELS_CSV}, no {RECORD}); used as it is")
+            return
         if recorded not in (None, wanted):
             raise PipelineError(f"{args.out}: holds a toy dataset of other settings ({recorded}, not {wanted}); "
                                 "remove it or write the new one elsewhere (the drivers: another --work-dir)")

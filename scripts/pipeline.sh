@@ -20,8 +20,9 @@ usage: $0 [options]
   --toy-images N        training images of the toy dataset, at least 5 (its val split has N/5)
                         (default: $TOY_IMAGES); a run directory keeps the toy settings it began with
   --toy-image-size PX   longest side of the toy images, at least 16 (default: $TOY_IMAGE_SIZE)
-  --dataset D           $DATASET, or custom: any folder in VOC layout with a class_names.txt (--data-root;
-                        its train split is learned from, its val split scores stage 7)
+  --dataset D           $DATASET, or custom: a folder of JPEGImages/ and class_names.txt with labels.csv
+                        (image,labels[,split]) or VOC-layout lists and XML (--data-root; its train split is
+                        learned from, its val split scores stage 7; masks, where some images have them, score)
   --data-root DIR       dataset folder (default: $DATA_ROOT)
   --work-dir DIR        run directory (default: runs/<dataset>_<method>, with _<affinity> when not the
                         default one; runs/toy with --toy and the default method and affinity)
@@ -239,13 +240,18 @@ run_pipeline() {
 
     # stage 7: the segmentation network on the pseudo-labels (255 ignored), scored on SEG_SPLIT
     train_stage train_seg.py seg "${data[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
-    echo "== infer_seg"
-    extra infer_seg more
-    launch infer_seg.py "${data[@]}" --split "$SEG_SPLIT" --crf "${more[@]}"
-    "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation/$SEG_SPLIT" \
-        --tag "segmentation ($SEG_SPLIT)"
-    "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation_crf/$SEG_SPLIT" \
-        --tag "segmentation + CRF ($SEG_SPLIT)"
+    if [ "$DATASET" = custom ] && ! python -m data.sources --dataset custom --data-root "$DATA_ROOT" \
+            --has-split "$SEG_SPLIT"; then
+        echo "== infer_seg: $DATA_ROOT lists no $SEG_SPLIT split; the segmentation network is trained, not scored"
+    else
+        echo "== infer_seg"
+        extra infer_seg more
+        launch infer_seg.py "${data[@]}" --split "$SEG_SPLIT" --crf "${more[@]}"
+        "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation/$SEG_SPLIT" \
+            --tag "segmentation ($SEG_SPLIT)"
+        "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation_crf/$SEG_SPLIT" \
+            --tag "segmentation + CRF ($SEG_SPLIT)"
+    fi
     echo
     echo "== mIoU of every stage ($EVAL_SPLIT split; stage 7: $SEG_SPLIT), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"

@@ -1,5 +1,6 @@
 """Tests of data/: toy generator, dataset sources, transforms (SPEC 3)."""
 import json
+import pickle
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,7 +14,7 @@ from data import toy
 from data.datasets import ClassificationDataset, InferenceDataset
 from data.sources import DATASETS, VOC_CLASSES, build_source
 from data.transforms import TrainTransform, scaled_images
-from tools.io import PipelineError
+from tools.io import PipelineError, read_label_png
 from tools.normalization import denormalize, normalize
 from tools.palette import voc_palette
 
@@ -464,6 +465,40 @@ def test_coco_ids_labels_masks(coco_root):
     Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(path)
     source.render_masks(source.ids("val"))
     assert not np.array(Image.open(source.mask_path("COCO_val2014_000000000042"))).any()  # cached, not redrawn
+
+
+@pytest.mark.parametrize("crowd", ["background", "ignore"])
+def test_coco_masks_rendered_in_workers_equal_pycocotools_ann_to_mask(coco_root, crowd):
+    pytest.importorskip("pycocotools")
+    source = build_source("coco", coco_root, coco_crowd=crowd)
+    names = source.ids("val")
+    source.render_masks(names, workers=2)
+    api, class_of = source._api("val"), source._class_of_category
+    for name in names:
+        number = int(name.rsplit("_", 1)[1])
+        info = api.imgs[number]
+        expected = np.zeros((info["height"], info["width"]), dtype=np.uint8)
+        covered = np.zeros(expected.shape, dtype=bool)
+        for ann in api.imgToAnns[number]:  # pycocotools' own decoding, as the published masks
+            region = api.annToMask(ann).astype(bool)
+            if ann["iscrowd"]:
+                covered |= region
+            else:
+                expected[region] = class_of[ann["category_id"]]
+        if crowd == "ignore":
+            expected[covered & (expected == 0)] = 255
+        assert np.array_equal(read_label_png(source.mask_path(name)), expected), name
+
+
+def test_a_pickled_coco_source_leaves_the_annotation_file_behind(coco_root):
+    pytest.importorskip("pycocotools")
+    source = build_source("coco", coco_root)
+    source.ids("val")
+    copy = pickle.loads(pickle.dumps(source))
+    assert source._apis and copy._apis == {}  # a pool worker gets no annotation file to hold
+    assert copy.class_names == source.class_names and copy.num_classes == 4
+    source.render_masks(source.ids("val"))
+    assert copy.mask_path("COCO_val2014_000000000042") == source.mask_path("COCO_val2014_000000000042")
 
 
 def test_coco_crowd_ignore_marks_uncovered_crowd_pixels_255(coco_root):

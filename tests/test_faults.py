@@ -352,12 +352,12 @@ def test_foreign_cam_files_are_recognised(tmp_path):
     with pytest.raises(PipelineError, match=r"no map 'method' \(has \['cam'\]"):
         load_cam(path, "method")
     record = np.load(tmp_path / "voc.npy", allow_pickle=True).item()
-    assert record["method"] == "sipe" and record["keys"].dtype == np.int64 and record["cam"].dtype == np.float16
+    assert record["method"] == "sipe" and record["keys"].dtype == np.int64 and record["format"] == 2
 
 
 def test_a_cam_with_nan_or_infinite_values_is_an_error(tmp_path):
     cam = np.zeros((2, 4, 5))
-    for name, value in (("nan", np.nan), ("inf", np.inf), ("float16_overflow", 1e5)):
+    for name, value in (("nan", np.nan), ("inf", np.inf), ("minus_inf", -np.inf)):
         bad = cam.copy()
         bad[1, 2, 3] = value
         path = tmp_path / f"{name}.npy"
@@ -381,8 +381,8 @@ def test_cam_of_another_dataset_is_an_error(toy, ref, tmp_path, script):
     record = np.load(ref / "cam" / "toy_0000.npy", allow_pickle=True).item()
     assert record["num_classes"] == 5 and record["method"] == "sipe"
     bad = cam_dir / f"{bad_id(toy)}.npy"
-    record = np.load(bad, allow_pickle=True).item()
-    save_cam(bad, record["keys"], record["cam"], method="sipe", num_classes=21)
+    keys, cam = load_cam(bad)
+    save_cam(bad, keys, cam, method="sipe", num_classes=21)
     work = tmp_path / "run"
     flags = {"eval_cam.py": ["--num-workers", "1"], "make_affinity_labels.py": ["--workers", "1"],
              "make_seg_labels.py": ["--checkpoint", ref / "ckpt" / "affinity.pth", "--device", "cpu"]}[script]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.io import read_image
+from tools.io import load_cam, read_image
 from tests.scripts import REPO, assert_error, run
 
 pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
@@ -45,10 +45,12 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
         keys = record["keys"]
         assert keys.dtype == np.int64 and keys[0] == 0 and np.all(np.diff(keys) > 0) and len(keys) >= 2
         height, width = read_image(toy / "JPEGImages" / f"{name}.jpg").shape[:2]
+        assert record["format"] == 2 and sorted(record["maps"]) == ["cam", "is_cam", "plain_cam"]
         for map_name in ("cam", "plain_cam", "is_cam"):
-            cam = record[map_name]
-            assert cam.dtype == np.float16 and cam.shape == (len(keys), height, width)
+            cam = load_cam(work / "cam" / f"{name}.npy", map_name)[1]
+            assert cam.dtype == np.float32 and cam.shape == (len(keys), height, width)
             assert cam.min() >= 0 and cam.max() <= 1
+            assert record["maps"][map_name]["range"] == (0.0, 1.0)  # [0, 1] maps keep the fixed grid
 
     for map_name, tag in (("plain_cam", "CAM"), ("is_cam", "IS-CAM"), ("cam", "AE-IS-CAM")):
         result = run("eval_cam.py", *data_args(toy), "--work-dir", work, "--map", map_name, "--tag", tag,
@@ -88,10 +90,10 @@ def test_amp_and_channels_last_on_the_cpu(toy, tmp_path):
     run("make_cam.py", *data_args(toy), "--work-dir", work, "--device", "cpu", "--num-workers", "0",
         "--scales", "1.0", "--amp", "--channels-last")
     for path in sorted((work / "cam").glob("*.npy")):
-        record = np.load(path, allow_pickle=True).item()
+        keys, cam = load_cam(path)
         height, width = read_image(toy / "JPEGImages" / f"{path.stem}.jpg").shape[:2]
-        assert record["cam"].shape == (len(record["keys"]), height, width)
-        assert np.isfinite(record["cam"]).all() and record["cam"].min() >= 0 and record["cam"].max() <= 1
+        assert cam.shape == (len(keys), height, width)
+        assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
 
 
 def test_torchrun_two_processes_train_and_split_inference(toy, tmp_path):

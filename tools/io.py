@@ -7,6 +7,7 @@ raises :class:`PipelineError` with a one-line message that names the file.
 import contextlib
 import json
 import os
+import bz2
 import secrets
 from pathlib import Path
 
@@ -143,20 +144,51 @@ def write_image(path, rgb):
         Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, quality=95)
 
 
+CAM_FORMAT = 2  # uint8 maps, square-root companded, difference filtered, bzip2 (format 1: float16)
+
+
+def encode_map(values):
+    """A [K,H,W] map in [lo, hi] (lo <= 0, hi >= 1: the grid of [0, 1] maps is fixed) as
+    uint8 steps of the square root of (value - lo) / (hi - lo), differenced along the rows
+    and then down the columns (mod 256) and compressed with bzip2 (SPEC 2).  The square root keeps the
+    order of the small values that decide the argmax over the background of IS-CAM's empty
+    regions (a linear grid's 1/255 ties them); the differences of a bilinearly upsampled
+    map are nearly constant, so smooth maps and empty channels compress to a small part of a
+    byte a value (bzip2 level 9: 12 % smaller than zlib level 6 on make_cam's maps at 600 px,
+    as fast to write; bench/cam_files.py)."""
+    values = np.asarray(values, dtype=np.float32)
+    lo, hi = min(0.0, float(values.min(initial=0.0))), max(1.0, float(values.max(initial=1.0)))
+    steps = np.rint(np.sqrt((values - lo) / (hi - lo)) * 255.0).astype(np.uint8)
+    deltas = np.diff(steps, axis=-1, prepend=np.zeros_like(steps[..., :1]))
+    deltas = np.diff(deltas, axis=-2, prepend=np.zeros_like(deltas[..., :1, :]))
+    return {"codec": "bz2", "range": (lo, hi), "shape": steps.shape, "data": bz2.compress(deltas.tobytes(), 9)}
+
+
+def decode_map(encoded):
+    """The float32 [K,H,W] map of ``encode_map``: an error of at most (hi - lo) / 255, falling
+    to (hi - lo) / 260,000 at lo."""
+    if encoded.get("codec") != "bz2":
+        raise ValueError(f"unknown codec {encoded.get('codec')!r}")
+    lo, hi = encoded["range"]
+    deltas = np.frombuffer(bz2.decompress(encoded["data"]), dtype=np.uint8).reshape(encoded["shape"])
+    # uint8 sums wrap mod 256: they undo the differences exactly
+    steps = np.cumsum(np.cumsum(deltas, axis=-2, dtype=np.uint8), axis=-1, dtype=np.uint8)
+    return np.square(steps.astype(np.float32) / np.float32(255.0)) * np.float32(hi - lo) + np.float32(lo)
+
+
 def save_cam(path, keys, cam, method=None, num_classes=None, made_by=None, **maps):
-    """Write a CAM dict (SPEC 2): ``keys`` int64[K], ``cam`` float16[K,H,W], plus extra maps and,
-    when given, the method and the dataset's number of classes that made it and the digest of
-    its folder's provenance record (``made_by``; all three checked by load_cam).
-    A map with NaN or infinite values (also after the float16 conversion) is not saved."""
-    with np.errstate(over="ignore"):  # an overflow to inf is reported below
-        stored = {name: np.asarray(value, dtype=np.float16) for name, value in {"cam": cam, **maps}.items()}
-    bad = [name for name, value in stored.items() if not np.isfinite(value).all()]
+    """Write a CAM dict (SPEC 2): ``keys`` int64[K], the map ``cam`` [K,H,W] plus extra maps,
+    each as ``encode_map`` stores it, and, when given, the method and the dataset's number of
+    classes that made it and the digest of its folder's provenance record (``made_by``; all
+    three checked by load_cam).  A map with NaN or infinite values is not saved."""
+    arrays = {name: np.asarray(value, dtype=np.float32) for name, value in {"cam": cam, **maps}.items()}
+    bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
     if bad:
-        raise PipelineError(f"{path}: maps {bad} are not finite (NaN, or beyond float16's 65504); not saved")
-    record = {"keys": np.asarray(keys, dtype=np.int64), "cam": stored.pop("cam")}
+        raise PipelineError(f"{path}: maps {bad} are not finite (NaN or infinite); not saved")
+    record = {"format": CAM_FORMAT, "keys": np.asarray(keys, dtype=np.int64),
+              "maps": {name: encode_map(value) for name, value in arrays.items()}}
     record.update({name: value for name, value in (("method", method), ("num_classes", num_classes),
                                                    ("made_by", made_by)) if value is not None})
-    record.update(stored)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, record, allow_pickle=True)
@@ -173,18 +205,25 @@ def _cam_record(path):
         raise PipelineError(f"{path}: not a CAM file ({exc})") from exc
 
 
+def _cam_maps(record):
+    """{name: the stored map} of a CAM dict: encoded (format 2) or float16 arrays (format 1)."""
+    if record.get("format") == CAM_FORMAT:
+        return record["maps"]
+    return {k: v for k, v in record.items() if k != "keys" and isinstance(v, np.ndarray)}
+
+
 def cam_method(path):
     """The method recorded in a CAM file (``cam``, ``sipe``, ``ae_sipe``), or None."""
     return _cam_record(path)[0].get("method")
 
 
 def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
-    """Read a CAM dict; returns (keys int64[K], map float32[K,H,W]).  With ``num_classes``, a
-    CAM that records another number of classes (made on another dataset) is an error, and
-    with the image's ``size`` (H, W) too, so are keys that are not 0 followed by sorted
-    class ids below ``num_classes`` and a map of another size (SPEC 2).  A map with NaN or
-    infinite values is an error, and with ``made_by`` (its folder's record digest) so is a
-    file that another run made."""
+    """Read a CAM dict, of this format or of format 1 (float16 arrays); returns (keys
+    int64[K], map float32[K,H,W]).  With ``num_classes``, a CAM that records another number
+    of classes (made on another dataset) is an error, and with the image's ``size`` (H, W)
+    too, so are keys that are not 0 followed by sorted class ids below ``num_classes`` and a
+    map of another size (SPEC 2).  A map with NaN or infinite values is an error, and with
+    ``made_by`` (its folder's record digest) so is a file that another run made."""
     path = Path(path)
     record, keys = _cam_record(path)
     if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
@@ -193,12 +232,16 @@ def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
     if made_by is not None and record.get("made_by") != made_by:
         raise PipelineError(f"{path}: made by another run than the rest of its folder (its made_by "
                             f"{record.get('made_by')}, the folder's made_by.json {made_by}); make the CAMs again")
-    maps = sorted(k for k, v in record.items() if k != "keys" and isinstance(v, np.ndarray))
+    maps = _cam_maps(record)
     if map_name not in maps:
         hint = ("a plain CAM classifier's file (method cam) has no prototype maps" if record.get("method") == "cam"
                 else "make_cam.py --all-maps writes the intermediate maps")
-        raise PipelineError(f"{path}: no map {map_name!r} (has {maps}; {hint})")
-    cam = np.asarray(record[map_name], dtype=np.float32)
+        raise PipelineError(f"{path}: no map {map_name!r} (has {sorted(maps)}; {hint})")
+    try:
+        stored = maps[map_name]
+        cam = decode_map(stored) if isinstance(stored, dict) else np.asarray(stored, dtype=np.float32)
+    except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:  # bz2: OSError, EOFError
+        raise PipelineError(f"{path}: map {map_name!r} cannot be decoded ({exc})") from exc
     if cam.ndim != 3 or cam.shape[0] != len(keys):
         raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")
     if not np.isfinite(cam).all():

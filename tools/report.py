@@ -49,12 +49,13 @@ def markdown(results):
     lines = ["| stage | mIoU | precision | recall | note | made by |", "| --- | ---: | ---: | ---: | --- | --- |"]
     for tag, entry in results.items():
         made_by = ", ".join(entry["made_by"]) if entry.get("made_by") else "unrecorded"
-        lines.append(f"| {tag} | {entry['miou']:.2f} | {entry['precision']:.2f} | {entry['recall']:.2f} "
-                     f"| {entry.get('note', '')} | {made_by} |")
-    if results:
-        names = list(next(iter(results.values()))["iou"])
-        lines += ["", "| class | " + " | ".join(results) + " |", "| --- |" + " ---: |" * len(results)]
+        scores = [f"{entry[key]:.2f}" if entry.get(key) is not None else "-" for key in ("miou", "precision", "recall")]
+        lines.append(f"| {tag} | {' | '.join(scores)} | {entry.get('note', '')} | {made_by} |")
+    scored = {tag: entry for tag, entry in results.items() if entry.get("iou")}  # rows without masks have none
+    if scored:
+        names = list(next(iter(scored.values()))["iou"])
+        lines += ["", "| class | " + " | ".join(scored) + " |", "| --- |" + " ---: |" * len(scored)]
         for name in names:
-            cells = [entry["iou"].get(name) for entry in results.values()]
+            cells = [entry["iou"].get(name) for entry in scored.values()]
             lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"

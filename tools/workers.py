@@ -28,6 +28,12 @@ def die_with_parent(parent, *_):
         os._exit(1)
 
 
+def _start_worker(parent, setup):
+    die_with_parent(parent)
+    if setup is not None:
+        setup[0](*setup[1])
+
+
 class WorkerPool:
     """``processes`` spawned workers that run tasks while the main process goes on, with at
     most two tasks per worker in flight, so memory stays flat whatever the split's size.
@@ -35,14 +41,16 @@ class WorkerPool:
     A task's exception is raised in the main process at the next call; a worker that dies
     (killed, out of memory) is a PipelineError at the next call, not a wait for a result
     that never comes.  Leaving the ``with`` block on an error kills the workers at once.
-    With ``processes`` 0 there is no pool (``bool(pool)`` is False).
+    ``setup``, a ``(function, args)`` pair, runs once in each worker as it starts: state
+    that every task needs (a dataset source) travels once a worker, not once a task.  With
+    ``processes`` 0 there is no pool (``bool(pool)`` is False).
     """
 
-    def __init__(self, processes, what="worker"):
+    def __init__(self, processes, what="worker", setup=None):
         self.what = what
         self.limit = 2 * processes
-        self.executor = (ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=die_with_parent,
-                                             initargs=(os.getpid(),))
+        self.executor = (ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_start_worker,
+                                             initargs=(os.getpid(), setup))
                          if processes > 0 else None)
         self.pending = deque()  # (tag, Future), oldest first
 
