@@ -190,13 +190,14 @@ def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
     scripts = [call[1] if call[0] == "-m" else call[0] for call in calls]
     assert scripts == ["data.toy", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
                        "eval_cam.py", "train_affinity.py", "make_seg_labels.py", *["eval_cam.py"] * 2,
-                       "train_seg.py", "infer_seg.py", *["eval_cam.py"] * 2]
+                       "train_seg.py", "data.sources", "infer_seg.py", *["eval_cam.py"] * 2]
     assert calls[0][:4] == ["-m", "data.toy", "--out", f"{work}/toy_data"]
     for call in calls:
         # every path is one word: nothing of the temporary folder but whole paths in the run directory
         assert all(arg.startswith(str(work)) for arg in call if str(tmp_path) in arg), call
         if call[0] != "-m":
             assert call[call.index("--work-dir") + 1] == str(work)
+        if call[0] != "-m" or call[1] == "data.sources":  # it asks whether the dataset lists val
             assert call[call.index("--data-root") + 1] == f"{work}/toy_data"
     flags = dict(zip(scripts, calls))
     affinity = flags["train_affinity.py"]
@@ -214,5 +215,5 @@ def test_a_data_root_with_spaces_reaches_every_stage_whole(tmp_path):
     result, calls = drive_recorded(tmp_path, "run_voc.sh", "--dataset", "custom", "--data-root", str(data),
                                    "--work-dir", str(work), "--train-cam", "--epochs 1  --lr 0.1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(calls) == 15 and all(call[call.index("--data-root") + 1] == str(data) for call in calls)
+    assert len(calls) == 16 and all(call[call.index("--data-root") + 1] == str(data) for call in calls)
     assert calls[0][0] == "train_cam.py" and calls[0][-4:] == ["--epochs", "1", "--lr", "0.1"]
