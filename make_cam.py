@@ -31,6 +31,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def classifier_of(checkpoint, num_classes):
+    """The classifier a checkpoint holds, built with the settings it trained with (backbone,
+    the structure seeds' background factor; checkpoints that record none: the defaults)."""
+    return build_classifier(num_classes, checkpoint["method"], pretrained="none",
+                            backbone=checkpoint.get("backbone", "resnet50"), bg_scale=checkpoint.get("bg_scale", 0.5))
+
+
 def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "make_cam") as (info, work_dir):
@@ -45,8 +52,7 @@ def main(argv=None):
         if args.all_maps and method not in PROTOTYPE_METHODS:
             raise PipelineError(f"{path}: a plain CAM classifier (--method {method}) has no prototype maps; "
                                 "--all-maps needs a sipe or ae_sipe checkpoint")
-        model = build_classifier(source.num_classes, method, pretrained="none",
-                                 backbone=checkpoint.get("backbone", "resnet50"))
+        model = classifier_of(checkpoint, source.num_classes)
         load_weights(model, checkpoint["model"], path)
         model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
 

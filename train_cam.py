@@ -43,7 +43,8 @@ def main(argv=None):
         transform = TrainTransform(args.resize_long, args.crop_size, color_jitter=args.color_jitter)
         dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
         model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale)
-        meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes}
+        meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes,
+                "bg_scale": args.bg_scale}
         train(model.to(info.device), dataset, classifier_losses, args, info, work_dir, "cam", meta)
 
 

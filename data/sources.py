@@ -37,6 +37,14 @@ CUSTOM_HINT = ("a folder with JPEGImages/, class_names.txt, and labels.csv (colu
 LABELS_CSV = "labels.csv"
 
 
+def check_images(ids, image_path, where):
+    """Every id of ``ids`` has its image file (``image_path(id)``); the first that has none is
+    ``<where(id)>: id '...' has no image <path>``."""
+    for image_id in ids:
+        if not image_path(image_id).is_file():
+            raise PipelineError(f"{where(image_id)}: id {image_id!r} has no image {image_path(image_id)}")
+
+
 def read_id_list(list_path, image_path):
     """Ids of a split list file, blank lines skipped and duplicates dropped (first kept).
 
@@ -48,9 +56,7 @@ def read_id_list(list_path, image_path):
         raise PipelineError(f"{list_path}: split list not found (lists there: {available})")
     ids = dict.fromkeys(line.strip() for line in list_path.read_text().splitlines())
     ids.pop("", None)
-    for image_id in ids:
-        if not image_path(image_id).is_file():
-            raise PipelineError(f"{list_path}: id {image_id!r} has no image {image_path(image_id)}")
+    check_images(ids, image_path, lambda _: list_path)
     return list(ids)
 
 
@@ -295,10 +301,7 @@ class CustomSource(VOCLayoutSource):
             raise PipelineError(f"{self.list_dir / (split + '.txt')}: split list not found, and no row of "
                                 f"{self.root / LABELS_CSV} has split {split!r} (splits there: "
                                 f"{', '.join(splits) or 'none: add a split column'})")
-        for image_id in ids:
-            if not self.image_path(image_id).is_file():
-                raise PipelineError(f"{self.root / LABELS_CSV}: image {image_id!r} of split {split!r} has no "
-                                    f"file {self.image_path(image_id)}")
+        check_images(ids, self.image_path, lambda _: f"{self.root / LABELS_CSV}: split {split!r}")
         return ids
 
     def _load_labels(self, image_id):
@@ -331,10 +334,7 @@ class VOCSource(VOCLayoutSource):
                                 "(the augmented masks, one PNG per image) beside JPEGImages/")
         val = set(self.ids("val"))
         ids = sorted(({p.stem for p in aug_dir.glob("*.png")} | set(self.ids("train"))) - val)
-        for image_id in ids:
-            if not self.image_path(image_id).is_file():
-                raise PipelineError(f"{aug_dir / (image_id + '.png')}: id {image_id!r} has no image "
-                                    f"{self.image_path(image_id)}")
+        check_images(ids, self.image_path, lambda image_id: aug_dir / f"{image_id}.png")
         return ids
 
     def has_split(self, split):

@@ -74,7 +74,7 @@ def test_the_csv_wins_over_the_xml_and_a_list_over_its_split_column(toy_root, tm
     ("image,labels\n{id},\n", r"row 2: image '{id}' has no labels"),
     ("image,labels\n{id},{cls}\n{id}.jpg,{cls}\n", r"row 3: image '{id}' is named a second time"),
     ("image,labels\n,{cls}\n", r"row 2: no image named"),
-    ("image,labels,split\n{id},{cls},train\nghost,{cls},train\n", r"image 'ghost' of split 'train' has no file"),
+    ("image,labels,split\n{id},{cls},train\nghost,{cls},train\n", r"split 'train': id 'ghost' has no image"),
 ])
 def test_a_bad_csv_is_one_line_naming_the_file_and_the_row(toy_root, tmp_path, text, problem):
     root = own_dataset(toy_root, tmp_path / "own")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tools.io import load_cam, read_image
+from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, assert_error, run
+from tools.io import load_cam, read_image
 
 pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
 
@@ -78,6 +79,21 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     run(*cams, "--scales", "1.0", "0.5", "--all-maps")
     assert_error(run(*cams, check=False), work / "cam", r"settings.all_maps: True -> False, settings.scales")
     assert {f: f.stat().st_mtime_ns for f in files} == before
+
+
+def test_the_seed_background_factor_travels_with_the_checkpoint(toy, tmp_path):
+    """train_cam's --bg-scale shapes the structure seeds, in training and in make_cam's
+    IS-CAM: make_cam rebuilds the classifier with the value it trained with."""
+    import make_cam
+
+    work = tmp_path / "bg"
+    run("train_cam.py", *data_args(toy), "--work-dir", work, "--method", "sipe", "--epochs", "1", "--bg-scale", "0.3",
+        "--backbone", "resnet18", *TINY_TRAIN)
+    checkpoint = load_checkpoint(work / "ckpt" / "cam.pth")
+    assert checkpoint["bg_scale"] == 0.3
+    assert make_cam.classifier_of(checkpoint, 5).bg_scale == 0.3
+    del checkpoint["bg_scale"]  # a checkpoint written before it was recorded: the default
+    assert make_cam.classifier_of(checkpoint, 5).bg_scale == 0.5
 
 
 def test_amp_and_channels_last_on_the_cpu(toy, tmp_path):
