@@ -99,7 +99,7 @@ def read_class_names(path):
 def read_labels_csv(path, class_names):
     """Image-level labels of a ``labels.csv`` (header ``image,labels`` and optionally ``split``;
     class names separated by spaces): {id: (sorted class ids int64, split or None)}, in row
-    order.  An image may be named with or without ``.jpg``.  An unknown class name, an image
+    order.  An image may be named with or without ``.jpg`` and its folder.  An unknown class name, an image
     without labels or named twice is an error naming the file and the row."""
     index = {name: k for k, name in enumerate(class_names) if k > 0}
     try:
@@ -112,7 +112,7 @@ def read_labels_csv(path, class_names):
             rows = {}
             for row in reader:
                 where = f"{path}: row {reader.line_num}"
-                image_id = (row["image"] or "").strip()
+                image_id = Path((row["image"] or "").strip()).name  # JPEGImages/a.jpg names a.jpg
                 image_id = image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
                 names = (row["labels"] or "").split()
                 if not image_id:

@@ -25,7 +25,8 @@ def own_dataset(toy_root, out, masked=(), split_column=True, lists=False):
     for split in ("train", "val"):
         for name in source.ids(split):
             labels = " ".join(source.class_names[k] for k in source.labels(name))
-            rows.append(f"{name}.jpg,{labels}" + (f",{split}" if split_column else ""))
+            named = {0: name, 1: f"{name}.jpg", 2: f"JPEGImages/{name}.jpg"}[len(rows) % 3]  # each way of naming
+            rows.append(f"{named},{labels}" + (f",{split}" if split_column else ""))
     (out / "labels.csv").write_text("\n".join(rows) + "\n")
     if masked:
         (out / "SegmentationClass").mkdir()
