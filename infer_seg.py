@@ -4,7 +4,6 @@ refined by the dense CRF -> segmentation/<split>/<name>.png (and segmentation_cr
 import functools
 from pathlib import Path
 
-
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage

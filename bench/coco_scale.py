@@ -111,7 +111,7 @@ def render_measured(source, ids, workers):
     count, tasks = source.mask_tasks(ids)
     peaks, sizes = {}, []
     with WorkerPool(workers, "mask rendering") as pool:
-        for pid, peak, size in (pool.map if pool else map)(_write_and_measure, tasks):
+        for pid, peak, size in pool.map(_write_and_measure, tasks):
             peaks[pid] = max(peak, peaks.get(pid, 0))
             sizes.append(size)
     return max(peaks.values()), sum(sizes) / max(count, 1)

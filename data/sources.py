@@ -6,6 +6,7 @@ Problems with the files raise :class:`tools.io.PipelineError` with a one-line me
 that names the file or folder.  The torch datasets built on them are in data/datasets.py.
 """
 import abc
+import argparse
 import contextlib
 import csv
 import io
@@ -463,8 +464,8 @@ class COCOSource(Source):
         worker loads the annotation file.  A killed run resumes: the PNGs are written whole."""
         missing, tasks = self.mask_tasks(ids)
         with WorkerPool(workers, "mask rendering") as pool:
-            done = pool.map(write_semantic_mask, tasks) if pool else map(write_semantic_mask, tasks)
-            for _ in tqdm(done, total=missing, desc="COCO masks", disable=not missing, dynamic_ncols=True):
+            for _ in tqdm(pool.map(write_semantic_mask, tasks), total=missing, desc="COCO masks", disable=not missing,
+                          dynamic_ncols=True):
                 pass
 
     def mask_tasks(self, ids):
@@ -559,8 +560,6 @@ def check_label_maps(source, split, label_dir, threads=8):
 def main(argv=None):
     """``python -m data.sources --has-split SPLIT``: exit status 0 when the dataset lists the
     split, 1 when not (the drivers ask before running stage 7 on a custom dataset's val)."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--data-root", required=True)

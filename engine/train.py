@@ -272,8 +272,8 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta, label_dir=N
     tools/provenance.py): the ``--pretrained`` weights, the labels of ``label_dir`` and the
     flags.  A finished network of the same record is left as it is.
     """
-    inputs, checkpoints = {}, []
-    inputs["pretrained"], checkpoints = provenance.weights_input(args.pretrained)
+    pretrained, checkpoints = provenance.weights_input(args.pretrained)
+    inputs = {"pretrained": pretrained}
     if label_dir is not None:
         inputs["labels"], made_labels, _ = provenance.folder_input(label_dir, "labels")
         checkpoints += made_labels

@@ -96,6 +96,7 @@ def test_an_error_in_the_main_loop_kills_the_workers_before_they_write(tmp_path)
 def test_no_processes_no_pool():
     with WorkerPool(0) as pool:
         assert not pool and pool.finish() == []
+        assert list(pool.map(square, range(4))) == [0, 1, 4, 9]  # computed here, in order
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

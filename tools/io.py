@@ -4,10 +4,10 @@ Every writer here is atomic: it writes to a temporary name in the destination fo
 and renames it into place, so an output file appears whole or not at all.  Every reader
 raises :class:`PipelineError` with a one-line message that names the file.
 """
+import bz2
 import contextlib
 import json
 import os
-import bz2
 import secrets
 from pathlib import Path
 

@@ -37,10 +37,10 @@ def digest(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def settings(args, keep=(), drop=()):
-    """The flags of ``args`` that shape a stage's output: all but the runtime ones (and
-    ``drop``), plus those of ``keep`` even when runtime elsewhere; JSON-normal (tuples as lists)."""
-    chosen = {k: v for k, v in vars(args).items() if k in keep or (k not in RUNTIME_FLAGS and k not in drop)}
+def settings(args, keep=()):
+    """The flags of ``args`` that shape a stage's output: all but the runtime ones, plus those
+    of ``keep`` even when runtime elsewhere; JSON-normal (tuples as lists)."""
+    chosen = {k: v for k, v in vars(args).items() if k in keep or k not in RUNTIME_FLAGS}
     return json.loads(json.dumps(chosen, sort_keys=True, default=str))
 
 

@@ -98,7 +98,11 @@ class WorkerPool:
         return [self._oldest() for _ in range(len(self.pending))]
 
     def map(self, fn, items):
-        """``fn(item)`` of every item, yielded in order as the workers finish them."""
+        """``fn(item)`` of every item, yielded in order as the workers finish them (without
+        workers, computed here as they are asked for)."""
+        if self.executor is None:
+            yield from map(fn, items)
+            return
         for item in items:
             yield from (result for _, result in self.submit(fn, (item,)))
         yield from (result for _, result in self.finish())
