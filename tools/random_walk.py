@@ -154,7 +154,7 @@ def random_walk(cam, affinity, size, radius=5, beta=8, t=256):
     step is ``v'_j = sum_i v_i T_ij``: pixel ``j`` becomes the ``A^beta``-weighted mean of
     itself and its neighbours.  Computed exactly as ``t`` sparse products with ``T^T``
     (never a dense ``N x N`` matrix) on ``cam``'s device, in ``cam``'s dtype promoted to
-    at least float32.  Returns ``[C, h*w]``, equal to ``v @ matrix_power(T, t)``.
+    at least float32, also under autocast.  Returns ``[C, h*w]``, equal to ``v @ matrix_power(T, t)``.
     """
     rows, cols = _source_shape(radius, size)
     expected = len(directions(radius)), rows * cols
@@ -163,10 +163,11 @@ def random_walk(cam, affinity, size, radius=5, beta=8, t=256):
                          f" and affinity {list(expected)}, got {list(cam.shape)} and "
                          f"{list(affinity.shape)}")
     dtype = torch.promote_types(cam.dtype, torch.float32)
-    step = _transition_rows(affinity.to(dtype), size, radius, beta)
-    state = cam.to(dtype).t().contiguous()
-    for _ in range(t):
-        state = step @ state
+    with torch.autocast(cam.device.type, enabled=False):  # under --amp too: sparse products have no bf16
+        step = _transition_rows(affinity.to(dtype), size, radius, beta)
+        state = cam.to(dtype).t().contiguous()
+        for _ in range(t):
+            state = step @ state
     return state.t().contiguous()
 
 
