@@ -55,7 +55,7 @@ def main(argv=None):
         model = build_segmentation_net(checkpoint["arch"], source.num_classes, checkpoint["backbone"],
                                        pretrained="none")
         load_weights(model, checkpoint["model"], path)
-        model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
+        model = stage.inference_model(model, info.device, args.channels_last)
 
         plain_dir = work_dir / "segmentation" / args.split
         crf_dir = work_dir / "segmentation_crf" / args.split

@@ -7,7 +7,7 @@ from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
-from net.sipe import METHODS, PROTOTYPE_METHODS, build_classifier, inference_maps
+from net.sipe import METHODS, PROTOTYPE_METHODS, classifier_of, inference_maps
 from tools import flags, provenance
 from tools.io import PipelineError, make_dir, save_cam, write_image
 from tools.visualize import cam_panel
@@ -31,13 +31,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def classifier_of(checkpoint, num_classes):
-    """The classifier a checkpoint holds, built with the settings it trained with (backbone,
-    the structure seeds' background factor; checkpoints that record none: the defaults)."""
-    return build_classifier(num_classes, checkpoint["method"], pretrained="none",
-                            backbone=checkpoint.get("backbone", "resnet50"), bg_scale=checkpoint.get("bg_scale", 0.5))
-
-
 def main(argv=None):
     args = parse_args(argv)
     with stage.opened(args, "make_cam") as (info, work_dir):
@@ -54,7 +47,7 @@ def main(argv=None):
                                 "--all-maps needs a sipe or ae_sipe checkpoint")
         model = classifier_of(checkpoint, source.num_classes)
         load_weights(model, checkpoint["model"], path)
-        model = stage.channels_last(model.to(info.device).eval(), args.channels_last)
+        model = stage.inference_model(model, info.device, args.channels_last)
 
         sha, described = provenance.checkpoint_input(path, checkpoint)
         record = provenance.make_record("make_cam", {"checkpoint": sha}, provenance.settings(args), [described])

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.sources import DATASETS
+from net.fold import fold_batchnorm
 from tools import dist, flags, provenance
 from tools.io import PipelineError, make_dir, remove_stale_temporaries, write_json
 from tools.workers import die_with_parent
@@ -35,11 +36,12 @@ def add_runtime_args(parser):
                        help="auto: CUDA when present (one GPU per torchrun process), else the CPU")
     group.add_argument("--num-workers", type=flags.non_negative_int, default=dist.cpus_per_process(limit=8),
                        help="data-loading processes; the default is this process's share of the CPUs, at most 8")
-    group.add_argument("--channels-last", action="store_true",
-                       help="channels-last memory format (faster convolutions, on GPUs and CPUs)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       help="channels-last memory format: the same numbers, faster convolutions (default: on with "
+                            "CUDA, off on the CPU)")
     group.add_argument("--amp", action="store_true",
-                       help="mixed precision: bf16 (fp16 on GPUs without bf16); fast on GPUs and on CPUs with "
-                            "bf16 instructions (avx512_bf16, AMX)")
+                       help="mixed precision: bf16 (fp16 on GPUs without bf16); fast on GPUs and on CPUs with AMX. "
+                            "Off by default: the maps move under it (README, Precision)")
 
 
 class LogFile(logging.FileHandler):
@@ -77,13 +79,22 @@ def prepare_run(args, stage, is_main=True):
     return work_dir
 
 
+def resolve_formats(args, device):
+    """``--channels-last`` not given: on with CUDA (the same numbers, faster convolutions:
+    README, Precision), off on the CPU.  ``--amp`` stays as given: it moves the maps."""
+    if getattr(args, "channels_last", False) is None:
+        args.channels_last = device.type == "cuda"
+
+
 @contextlib.contextmanager
 def opened(args, name, device=None, seed=None):
     """Every stage's opening and ending in one place (SPEC 2): the process group and this
-    process's device (``device``, default ``args.device``), the run directory with the flags
+    process's device (``device``, default ``args.device``) and the formats that depend on it
+    (``--channels-last``: on with CUDA unless given), the run directory with the flags
     and ``logs/<name>.log``, the seed when given; at the end every process waits for the
     others, and the process group is shut down, on error too.  Yields (info, work_dir)."""
     info = dist.init_distributed(device or args.device)
+    resolve_formats(args, info.device)
     try:
         work_dir = prepare_run(args, name, info.is_main)
         if seed is not None:
@@ -140,6 +151,12 @@ def progress(iterable, is_main=True, **kwargs):
 def channels_last(model, enabled):
     """``model`` in channels-last memory format when ``enabled`` (``--channels-last``)."""
     return model.to(memory_format=torch.channels_last) if enabled else model
+
+
+def inference_model(model, device, channels_last_format):
+    """An inference stage's network on ``device``: eval mode, BatchNorm folded into the
+    convolutions (``net.fold``), channels-last when asked."""
+    return channels_last(fold_batchnorm(model.to(device).eval()), channels_last_format)
 
 
 def amp_dtype(device, enabled):

@@ -212,6 +212,14 @@ def build_classifier(num_classes, method="sipe", pretrained="imagenet", backbone
     return SIPENet(num_classes, method, pretrained, backbone, bg_scale)
 
 
+def classifier_of(checkpoint, num_classes):
+    """The classifier a stage-1 checkpoint holds (without its weights), built with the
+    settings it trained with: method, backbone, the structure seeds' background factor
+    (checkpoints that record none: the defaults)."""
+    return build_classifier(num_classes, checkpoint["method"], pretrained="none",
+                            backbone=checkpoint.get("backbone", "resnet50"), bg_scale=checkpoint.get("bg_scale", 0.5))
+
+
 def inference_maps(model, scaled_images, keys, size):
     """make_cam's maps of one image (SPEC 5.9, 5.10): {name: float32 [K,H,W]} with the
     method's final map under ``cam``; SIPENet adds ``plain_cam`` and ``is_cam``."""
