@@ -7,13 +7,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.datasets import CamDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
 from tools import dist, flags, provenance
 from tools.crf import crf_labels
-from tools.io import load_cam, read_image, write_image, write_label_png
+from tools.io import read_image, write_image, write_label_png
 from tools.methods import method_default
 from tools.normalization import normalize
 from tools.palette import voc_palette
@@ -87,7 +88,7 @@ def load_affinity_net(args, work_dir, device):
     checkpoint = load_checkpoint(path, {"kind": "affinity"})
     model = build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
     load_weights(model, checkpoint["model"], path)
-    return checkpoint, stage.channels_last(model.to(device).eval(), args.channels_last)
+    return checkpoint, stage.inference_model(model, device, args.channels_last)
 
 
 def main(argv=None):
@@ -114,12 +115,12 @@ def main(argv=None):
         log.info("%s: %d of %d images to do on rank %d (%s, beta %s, t %d)", out_dirs[0], len(todo), len(names),
                  info.rank, arch, args.beta, args.steps)
         draw = functools.partial(show, work_dir)
+        loader = stage.loader(CamDataset(source, todo, cam_dir, args.map, made_by), info, args.num_workers,
+                              batch_size=1, collate_fn=single)
         with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF") as pool:
-            for index, name in enumerate(stage.progress(todo, info.is_main, desc="make_seg_labels")):
-                image_path = source.image_path(name)
-                image = read_image(image_path)
-                cam_path = cam_dir / f"{name}.npy"
-                keys, cam = load_cam(cam_path, args.map, source.num_classes, image.shape[:2], made_by)
+            for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo),
+                                                        desc="make_seg_labels")):
+                name, image, keys, cam = item["name"], item["image"], item["keys"], item["cam"]
                 if model is None:
                     cam[0] *= args.bg_scale
                     label_index = cam.argmax(axis=0)
@@ -130,7 +131,7 @@ def main(argv=None):
                 write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
                 shown = (name, image, labels) if index < args.visualize else None
                 if pool:
-                    crf_args = (str(image_path), label_index, keys, out_dirs[1] / f"{name}.png")
+                    crf_args = (str(source.image_path(name)), label_index, keys, out_dirs[1] / f"{name}.png")
                     for done, refined in pool.submit(crf_refine, crf_args, tag=shown):
                         draw(done, refined)
                 else:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from data.transforms import scaled_images
-from tools.io import PipelineError, read_image, read_label_png
+from tools.io import PipelineError, load_cam, read_image, read_label_png
 
 def multi_hot(labels, num_classes):
     """float32 [C-1] with 1 at index k-1 for every class k in ``labels``."""
@@ -98,3 +98,24 @@ class InferenceDataset(torch.utils.data.Dataset):
         if self.scales is not None:
             item["scaled"] = scaled_images(item["image"], self.scales)
         return item
+
+
+class CamDataset(torch.utils.data.Dataset):
+    """Full-size images with one map of their CAM files (SPEC 2), for the random walk
+    (SPEC 10): the CAM files' decoding runs in the loader's workers, beside the network.
+    Items: name, image, keys and the map [K, H, W] (``tools.io.load_cam``'s checks: the
+    file's size, classes and ``made_by`` record)."""
+
+    def __init__(self, source, ids, cam_dir, map_name, made_by=None):
+        self.source, self.ids, self.cam_dir = source, list(ids), Path(cam_dir)
+        self.map_name, self.made_by = map_name, made_by
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        image = read_image(self.source.image_path(image_id))
+        keys, cam = load_cam(self.cam_dir / f"{image_id}.npy", self.map_name, self.source.num_classes,
+                             image.shape[:2], self.made_by)
+        return {"name": image_id, "image": image, "keys": keys, "cam": cam}
