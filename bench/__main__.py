@@ -1,7 +1,9 @@
 """``python -m bench [NAME ...]``: run the benchmarks and print their tables.
 
 NAME is any of structure_seeds, pamr, random_walk, confusion, crf, loading, throughput,
-segmentation (default: all, in that order).  Each row of the first table gives the
+segmentation (default: all, in that order), or pipeline: every stage of the VOC route on
+generated VOC-size images, with each stage's rate and the projected hours of a VOC and a
+COCO run (bench/pipeline.py; minutes on a GPU, not in the default).  Each row of the first table gives the
 component, the device, the input size, the baseline's and our time / peak extra memory,
 their ratios and a check that both give the same result; the worker-process rows (crf,
 loading) set each process count against one process.  The second table (throughput)
@@ -14,7 +16,7 @@ import os
 
 import torch
 
-from bench import confusion, crf, loading, pamr, random_walk, segmentation, structure_seeds, throughput
+from bench import confusion, crf, loading, pamr, pipeline, random_walk, segmentation, structure_seeds, throughput
 from bench.measure import COLUMNS, devices, table
 from tools.dist import usable_cpus
 
@@ -30,7 +32,9 @@ BENCHMARKS = {"structure_seeds": (structure_seeds.run, COLUMNS), "pamr": (pamr.r
               "random_walk": (_random_walk_rows, COLUMNS), "confusion": (confusion.run, COLUMNS),
               "crf": (crf.run, COLUMNS), "loading": (loading.run, COLUMNS),
               "throughput": (throughput.run, throughput.COLUMNS),
-              "segmentation": (segmentation.run, segmentation.COLUMNS)}
+              "segmentation": (segmentation.run, segmentation.COLUMNS),
+              "pipeline": (pipeline.run, pipeline.COLUMNS)}
+DEFAULT = [name for name in BENCHMARKS if name != "pipeline"]
 
 
 def machine():
@@ -49,8 +53,8 @@ def main(argv=None):
     """Run the named benchmarks (all by default) and print the table."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
-    names = parser.parse_args(argv).names or list(BENCHMARKS)
+                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all but pipeline)")
+    names = parser.parse_args(argv).names or DEFAULT
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")

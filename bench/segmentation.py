@@ -4,11 +4,13 @@
 loop's own step (DeepLab-v2 and -v3 on ResNet-101 at output stride 8, crops of 321, batch
 10 on a GPU as published, 2 on the CPU) and infer_seg's inference of one 500x375 image
 (five scales 0.5-1.5, each with its flip, on a GPU; the 1.0 scale with its flip on the
-CPU), in fp32 and with ``--amp`` (bf16; fp16 on GPUs without it), both channels-last.
+CPU), in fp32 and with ``--amp`` (bf16; fp16 on GPUs without it), both channels-last; on a
+GPU fp32 twice, with TF32 tensor cores off and on (PyTorch's default for convolutions).
 Random weights and data; the backbone is loaded from a weights file, so BatchNorm is
-frozen as in a real run.
+frozen as in a real run, and folded into the convolutions for inference as infer_seg does.
 """
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -30,8 +32,27 @@ BATCH = {"cuda": 10, "cpu": 2}  # DeepLab-v3 trains BatchNorm: 2 images at least
 
 
 def _model(arch, weights, device, train):
-    model = build_segmentation_net(arch, VOC_CLASSES, "resnet101", pretrained=str(weights)).to(device)
-    return stage.channels_last(model.train(train), True)
+    """The training network, or infer_seg's (BatchNorm folded, ``stage.inference_model``)."""
+    model = build_segmentation_net(arch, VOC_CLASSES, "resnet101", pretrained=str(weights))
+    if not train:
+        return stage.inference_model(model, device, True)
+    return stage.channels_last(model.to(device).train(), True)
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    """TF32 tensor cores for fp32 convolutions and matrix products on or off (CUDA)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# (name, AMP, TF32) of each timed precision; TF32 only matters on a GPU
+PRECISIONS = {"cuda": (("fp32, TF32 off", False, False), ("fp32, TF32", False, True), ("amp", True, True)),
+              "cpu": (("fp32", False, True), ("amp", True, True))}
 
 
 def training_rate(arch, weights, device, amp, batch, calls):
@@ -62,12 +83,13 @@ def inference_rate(arch, weights, device, amp, calls):
     return images_per_second(infer, 1, device, calls)
 
 
-COLUMNS = ("device", "arch", "precision", "train img/s", "step time", "AMP speed-up (train)", "infer_seg img/s",
-           "AMP speed-up (infer)")
+COLUMNS = ("device", "arch", "precision", "train img/s", "step time", "speed-up (train)", "infer_seg img/s",
+           "speed-up (infer)")
 
 
 def run(calls=None):
-    """One row per device, architecture and precision."""
+    """One row per device, architecture and precision, each precision's speed-up set against
+    the first (on a GPU: fp32 without TF32)."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "resnet101.pth"
@@ -77,18 +99,18 @@ def run(calls=None):
             count = calls or (10 if device.type == "cuda" else 1)
             scales = f"{len(SCALES[device.type])} scales" if len(SCALES[device.type]) > 1 else "1 scale"
             for arch in ARCHS:
-                train_fp32 = infer_fp32 = None
-                for amp in (False, True):
-                    train_rate = training_rate(arch, weights, device, amp, batch, count)
-                    infer_rate = inference_rate(arch, weights, device, amp, count)
-                    rows.append({"device": device.type, "arch": arch, "precision": "amp" if amp else "fp32",
+                first = None
+                for name, amp, tensor_cores in PRECISIONS[device.type]:
+                    with tf32(tensor_cores):
+                        train_rate = training_rate(arch, weights, device, amp, batch, count)
+                        infer_rate = inference_rate(arch, weights, device, amp, count)
+                    rows.append({"device": device.type, "arch": arch, "precision": name,
                                  "train img/s": f"{train_rate:.3g} (batch {batch}, crop {CROP})",
                                  "step time": cost(batch / train_rate),
-                                 "AMP speed-up (train)": ratio(train_rate, train_fp32) if amp else "-",
+                                 "speed-up (train)": ratio(train_rate, first[0]) if first else "-",
                                  "infer_seg img/s": f"{infer_rate:.3g} ({scales})",
-                                 "AMP speed-up (infer)": ratio(infer_rate, infer_fp32) if amp else "-"})
-                    if not amp:
-                        train_fp32, infer_fp32 = train_rate, infer_rate
+                                 "speed-up (infer)": ratio(infer_rate, first[1]) if first else "-"})
+                    first = first or (train_rate, infer_rate)
     return rows
 
 

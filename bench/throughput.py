@@ -3,7 +3,8 @@
 ``python -m bench.throughput`` times training steps of train_cam (SIPE and AE-SIPE: batch
 16 of 512x512 crops on a GPU, 2 on the CPU) through the training loop's own step, and
 make_cam's multi-scale + flip inference of one 500x375 image, in fp32 and with ``--amp``
-(bf16; fp16 on GPUs without it), both with ``--channels-last``.  It prints AMP's
+(bf16; fp16 on GPUs without it), both with ``--channels-last`` (and make_cam's network with
+its BatchNorm folded, ``stage.inference_model``).  It prints AMP's
 training speed-up over fp32 and AE-SIPE's step time over SIPE's.  make_cam's resizing of
 the scales (PIL, in its loader's workers) is timed apart, in milliseconds per image for
 one worker: the network's rate holds when the workers keep up with it.
@@ -49,7 +50,7 @@ def inference_rate(method, device, amp, calls):
     """make_cam images per second on a 500x375 image: four scales, each with its flip, from
     the scaled images as make_cam's loader workers hand them over."""
     torch.backends.cudnn.benchmark = False  # as in make_cam: every scale of every image has its own size
-    model = stage.channels_last(SIPENet(VOC_CLASSES, method, pretrained="none").to(device).eval(), True)
+    model = stage.inference_model(SIPENet(VOC_CLASSES, method, pretrained="none"), device, True)
     image = _test_image()
     scaled = scaled_images(image, SCALES)
     keys = torch.tensor([0, 3, 15], device=device)
