@@ -32,7 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", help="affinity network (default: WORK_DIR/ckpt/affinity.pth)")
     parser.add_argument("--no-affinity", action="store_true",
                         help="no random walk: labels are the CAM argmax (background times --bg-scale), "
-                             "to be refined with --crf (SIPE's COCO setting)")
+                             "to be refined with --crf; a baseline without an affinity network (the COCO route "
+                             "uses stage 4's CRF labels instead)")
     parser.add_argument("--bg-scale", type=flags.positive_float,
                         help="--no-affinity: factor on the background (default: from the method the CAM files "
                              "record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")

@@ -70,9 +70,3 @@ def shutdown(info):
 def shard(items, info):
     """This rank's share of ``items`` (every world_size-th one), for inference stages."""
     return items[info.rank::info.world_size]
-
-
-def all_reduce_sum(tensor, info):
-    if info.distributed:
-        dist.all_reduce(tensor)
-    return tensor
