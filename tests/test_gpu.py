@@ -1,5 +1,6 @@
-"""The networks on a CUDA device: the same results as on the CPU, and a mixed-precision
-channels-last training step that learns (skipped without CUDA)."""
+"""The networks on a CUDA device: the same results as on the CPU, inference without a
+synchronisation, and a mixed-precision channels-last training step that learns (skipped
+without CUDA)."""
 import argparse
 
 import pytest
@@ -45,3 +46,34 @@ def test_amp_channels_last_training_step_learns_on_cuda():
     batch = to_device({"image": torch.randn(2, 3, 64, 64), "labels": labels}, CUDA, channels_last=True)
     losses = [train_step(model, batch, pixel_losses, optimizer, scaler, 0.0, True)[1].item() for _ in range(10)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("method", ["sipe", "ae_sipe"])
+def test_make_cam_inference_never_waits_for_the_gpu(method):
+    """make_cam's multi-scale + flip pass of one image queues every scale without a
+    synchronisation (torch's sync debug mode raises on one), on the folded channels-last
+    network make_cam runs."""
+    torch.manual_seed(0)
+    model = stage.inference_model(SIPENet(5, method, pretrained="none"), CUDA, True)
+    scaled = [torch.randn(1, 3, 64, 80, device=CUDA), torch.randn(1, 3, 32, 40, device=CUDA)]
+    keys = torch.tensor([0, 2, 4], device=CUDA)
+    multiscale_maps(model, scaled, keys, (60, 75))  # warm-up: lazy initialisation may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        maps = multiscale_maps(model, scaled, keys, (60, 75))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert maps["is_cam"].shape == (3, 60, 75)
+
+
+def test_infer_seg_inference_never_waits_for_the_gpu():
+    torch.manual_seed(0)
+    model = stage.inference_model(build_segmentation_net("deeplabv2", 5, "resnet50", pretrained="none"), CUDA, True)
+    scaled = [torch.randn(1, 3, 41, 57, device=CUDA), torch.randn(1, 3, 61, 85, device=CUDA)]
+    multiscale_probs(model, scaled, (41, 57))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        probs = multiscale_probs(model, scaled, (41, 57))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert probs.shape == (5, 41, 57)
