@@ -27,8 +27,9 @@ def parse_args(argv=None):
     parser.add_argument("--method", choices=METHODS, default="sipe",
                         help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
-    parser.add_argument("--bg-scale", type=flags.positive_float, default=0.5,
-                        help="background IoU factor of the structure seeds (sipe, ae_sipe)")
+    parser.add_argument("--seed-bg-scale", type=flags.positive_float, default=0.5,
+                        help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (SPEC 5.4); "
+                             "it travels in the checkpoint to make_cam")
     add_training_args(parser, batch_size=16, epochs=None, lr=0.1, crop_size=None, new_layer_lr_mult=10.0)
     add_augmentation_args(parser)
     stage.recipe_defaults(parser, argv, "--method", RECIPES, "sipe")
@@ -42,9 +43,9 @@ def main(argv=None):
         source.check_split(args.split)
         transform = TrainTransform(args.resize_long, args.crop_size, color_jitter=args.color_jitter)
         dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
-        model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone, args.bg_scale)
+        model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone, args.seed_bg_scale)
         meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes,
-                "bg_scale": args.bg_scale}
+                "seed_bg_scale": args.seed_bg_scale}
         train(model.to(info.device), dataset, classifier_losses, args, info, work_dir, "cam", meta)
 
 

@@ -10,7 +10,7 @@ training stages run at lr 1e-6, as random weights diverge at the published rates
 
 Each stage's rate is taken from its progress bar: the items (images, or training steps
 times the batch) after the first ``WARMUP`` ones, over the time from then to the stage's
-end, which waits for the device; start-up (model building, loader workers) is shown
+end, which waits for the device; start-up (model building, loader workers, the warm-up items) is shown
 apart.  The projection multiplies the per-image time by the images of a full run: VOC
 train_aug (10,582; eval on train, 1,464, and val, 1,449) and COCO train (82,783; val
 40,504), with the published epochs (stage 1: 5; IRN: 3) and iterations (stage 7: 20,000 on
@@ -47,7 +47,7 @@ RUN = {"voc": {"train": 10582, "eval": 1464, "val": 1449, "map_evals": 2, "label
        "coco": {"train": 82783, "eval": 82783, "val": 40504, "map_evals": 1, "label_evals": 1,
                 "train_seg_iterations": 100000, "pixels": 640 * 480 / (500 * 375)}}
 CPU_POOL_STAGES = ("eval_cam", "make_affinity_labels")
-COLUMNS = ("stage", "device", "images timed", "start-up", "img/s", "VOC projected", "COCO projected",
+COLUMNS = ("stage", "device", "images timed", "start-up + warm-up", "img/s", "VOC projected", "COCO projected",
            "VOC with 16 CPUs", "COCO with 16 CPUs")
 
 
@@ -191,7 +191,7 @@ def run(options=None):
             batch = saved.get("batch_size", 1) if name.startswith("train_") else 1
             rate = items * batch / seconds
             row = {"stage": name, "device": "cpu" if name in CPU_POOL_STAGES else device,
-                   "images timed": items * batch, "start-up": f"{startup:.1f} s", "img/s": f"{rate:.3g}"}
+                   "images timed": items * batch, "start-up + warm-up": f"{startup:.1f} s", "img/s": f"{rate:.3g}"}
             for route in RUN:
                 scale = RUN[route]["pixels"] if per_pixel else 1.0
                 projected = full_images(RUN[route]) * scale / rate

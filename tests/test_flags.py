@@ -31,7 +31,7 @@ BAD = [
     (train_cam, ["--epochs", "0"], "--epochs"),
     (train_affinity, ["--epochs", "-3"], "--epochs"),
     (train_seg, ["--iterations", "0"], "--iterations"),
-    (train_cam, ["--bg-scale", "0"], "--bg-scale"),
+    (train_cam, ["--seed-bg-scale", "0"], "--seed-bg-scale"),
     (train_cam, ["--resize-long", "640", "320"], "--resize-long"),
     (train_cam, ["--resize-long", "0", "320"], "--resize-long"),
     (train_cam, ["--color-jitter", "0.3", "-0.3", "0.3", "0.1"], "--color-jitter"),

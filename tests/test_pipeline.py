@@ -82,18 +82,20 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
 
 
 def test_the_seed_background_factor_travels_with_the_checkpoint(toy, tmp_path):
-    """train_cam's --bg-scale shapes the structure seeds, in training and in make_cam's
+    """train_cam's --seed-bg-scale shapes the structure seeds, in training and in make_cam's
     IS-CAM: make_cam rebuilds the classifier with the value it trained with."""
     from net.sipe import classifier_of
 
     work = tmp_path / "bg"
-    run("train_cam.py", *data_args(toy), "--work-dir", work, "--method", "sipe", "--epochs", "1", "--bg-scale", "0.3",
-        "--backbone", "resnet18", *TINY_TRAIN)
+    run("train_cam.py", *data_args(toy), "--work-dir", work, "--method", "sipe", "--epochs", "1",
+        "--seed-bg-scale", "0.3", "--backbone", "resnet18", *TINY_TRAIN)
     checkpoint = load_checkpoint(work / "ckpt" / "cam.pth")
-    assert checkpoint["bg_scale"] == 0.3
-    assert classifier_of(checkpoint, 5).bg_scale == 0.3
+    assert checkpoint["seed_bg_scale"] == 0.3
+    assert classifier_of(checkpoint, 5).seed_bg_scale == 0.3
+    checkpoint["bg_scale"] = checkpoint.pop("seed_bg_scale")  # written before the rename: still read
+    assert classifier_of(checkpoint, 5).seed_bg_scale == 0.3
     del checkpoint["bg_scale"]  # a checkpoint written before it was recorded: the default
-    assert classifier_of(checkpoint, 5).bg_scale == 0.5
+    assert classifier_of(checkpoint, 5).seed_bg_scale == 0.5
 
 
 def test_amp_and_channels_last_on_the_cpu(toy, tmp_path):
