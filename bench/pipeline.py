@@ -10,8 +10,8 @@ training stages run at lr 1e-6, as random weights diverge at the published rates
 
 Each stage's rate is taken from its progress bar: the items (images, or training steps
 times the batch) after the first ``WARMUP`` ones, over the time from then to the stage's
-end, which waits for the device; start-up (model building, loader workers, the warm-up items) is shown
-apart.  The projection multiplies the per-image time by the images of a full run: VOC
+end, which waits for the device; start-up (model building, loader workers, the warm-up
+items) is shown apart.  The projection multiplies the per-image time by the images of a full run: VOC
 train_aug (10,582; eval on train, 1,464, and val, 1,449) and COCO train (82,783; val
 40,504), with the published epochs (stage 1: 5; IRN: 3) and iterations (stage 7: 20,000 on
 VOC, 100,000 on COCO, batch 10).  COCO's images (640x480) have 1.64 times the pixels of
