@@ -4,7 +4,8 @@ mixed precision (``python -m bench precision``).
 For make_cam (AE-SIPE: the plain CAM, IS-CAM and AE-IS-CAM of four scales with flips),
 make_seg_labels (IRN's boundary map and the random walk's labels from the CAM) and
 infer_seg (DeepLab-v2's five-scale probabilities), each variant is set against plain fp32
-(contiguous, BatchNorm unfolded) on the same images: the share of pixels whose argmax
+(contiguous, BatchNorm unfolded) on the same images, on the CPU (bf16 and fp16 round the
+tensors as they would on a GPU, and TF32 does not interfere): the share of pixels whose argmax
 agrees and the largest difference of a map value.  The variants: channels-last, BatchNorm
 folded (``net.fold``), and autocast to bf16 and to fp16 on top of both.  The networks are
 those of a finished run (``--run-dir``, e.g. the toy run's, with its dataset), or
