@@ -1,4 +1,6 @@
-"""Stage 3: mIoU of CAM files or of a folder of label PNGs (SPEC 7) -> results.json, results.md."""
+"""Stage 3 and the scoring of every later stage: mIoU of CAM files, or of a folder of label
+PNGs (affinity labels, pseudo-labels, segmentation predictions) (SPEC 7) -> results.json,
+results.md."""
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", required=True, help="run directory (results.json and results.md go here)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--cam-dir", help="folder of CAM .npy files (default: WORK_DIR/cam)")
-    what.add_argument("--label-dir", help="folder of label PNGs to evaluate instead of CAMs")
+    what.add_argument("--label-dir", help="folder of label PNGs to evaluate instead of CAMs: affinity labels, "
+                                         "pseudo-labels or a segmentation network's predictions")
     parser.add_argument("--confident", action="store_true",
                         help="with --label-dir: 255 in the labels means no label (affinity labels); score only "
                              "the labelled pixels and report the percentage of pixels labelled (coverage)")
@@ -39,8 +42,9 @@ def parse_args(argv=None):
     parser.add_argument("--coco-crowd", choices=CROWD_MODES, default="background",
                         help="COCO ground truth: crowd regions are background (0, as the published masks) "
                              "or ignored (255)")
-    parser.add_argument("--num-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
-                        help="processes that read the files; the default is the CPUs available")
+    parser.add_argument("--score-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
+                        help="processes that read and score the files (and render COCO's masks first); the "
+                             "default is the CPUs available")
     args = parser.parse_args(argv)
     if args.confident and not args.label_dir:
         parser.error("--confident needs --label-dir")
@@ -114,7 +118,7 @@ def main(argv=None):
             args.cam_dir = args.cam_dir or str(work_dir / "cam")
         source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
         names = source.ids(args.split)
-        source.render_masks(names, workers=args.num_workers)  # COCO: once, before the pool's workers read them
+        source.render_masks(names, workers=args.score_workers)  # COCO: once, before the pool's workers read them
         _, checkpoints, made_by = provenance.folder_input(args.label_dir or args.cam_dir, "outputs")
         names, listed = scored_images(source, names), len(names)
         tag = args.tag or (Path(args.label_dir).name if args.label_dir else args.map)
@@ -136,7 +140,7 @@ def main(argv=None):
 
         totals, evaluated = None, 0
         setup = (start_scoring, (source, args, backgrounds, made_by))
-        with WorkerPool(max(1, args.num_workers), "scoring", setup) as pool:
+        with WorkerPool(max(1, args.score_workers), "scoring", setup) as pool:
             for confusions, pixels in stage.progress(pool.map(score_image, names), total=len(names), desc="eval"):
                 totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
                 evaluated += pixels

@@ -6,7 +6,7 @@ from pathlib import Path
 from data.sources import build_source
 from engine import stage
 from tools import dist, flags, provenance
-from tools.affinity_labels import confident_labels, psa_labels
+from tools.confident_labels import confident_labels, psa_labels
 from tools.io import load_cam, read_image, write_label_png
 from tools.methods import method_default
 from tools.palette import voc_palette
@@ -32,7 +32,7 @@ def parse_args(argv=None):
                         help="psa mode: power of the confident-foreground CRF")
     parser.add_argument("--high-alpha", type=flags.positive_float, default=32,
                         help="psa mode: power of the confident-background CRF")
-    parser.add_argument("--workers", type=flags.positive_int, default=dist.cpus_per_process(),
+    parser.add_argument("--crf-workers", type=flags.positive_int, default=dist.cpus_per_process(),
                         help="CRF processes; the default is the CPUs available, divided among torchrun processes")
     stage.add_overwrite_arg(parser)
     args = parser.parse_args(argv)
@@ -68,10 +68,10 @@ def main(argv=None):
         stage.claim_outputs([out_dir], record, info, args.overwrite, ".png")
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
         log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes, background x %s)", out_dir, len(todo),
-                 len(names), info.rank, args.mode, args.workers, args.bg_conf_scale)
+                 len(names), info.rank, args.mode, args.crf_workers, args.bg_conf_scale)
         work = functools.partial(label_image, args=args, num_classes=source.num_classes, made_by=made_by)
         items = [(name, str(source.image_path(name))) for name in todo]
-        with WorkerPool(args.workers, "CRF") as pool:
+        with WorkerPool(args.crf_workers, "CRF") as pool:
             for _ in stage.progress(pool.map(work, items), info.is_main, total=len(items), desc="affinity labels"):
                 pass
 

@@ -1,6 +1,6 @@
 """CRF affinity labels (SPEC 8): throughput against the number of worker processes.
 
-``python -m bench.crf`` runs ``tools.affinity_labels.confident_labels`` (two label CRFs
+``python -m bench.crf`` runs ``tools.confident_labels.confident_labels`` (two label CRFs
 per image, ``tools.crf.crf_labels``) over 40 synthetic images of half VOC size
 (188x250, a background and two classes) through a ``multiprocessing.Pool`` as
 ``make_affinity_labels.py`` does, with 1, 2, 4, ... processes up to the usable CPUs, and
@@ -15,7 +15,7 @@ from multiprocessing import Pool
 import numpy as np
 
 from bench.measure import COLUMNS, scaling_rows, table, worker_counts
-from tools.affinity_labels import confident_labels
+from tools.confident_labels import confident_labels
 
 CASE = {"images": 40, "size": (188, 250), "classes": 2, "bg_conf_scale": 0.8}
 

@@ -146,7 +146,7 @@ def plan(root, work, weights, options, cpu_workers):
         sizes += ["--crop-size", str(options.crop_size)]
     per_epoch = lambda batch: max(1, options.images // (options.batch_size or batch))  # noqa: E731
     epochs = lambda batch: str(math.ceil((options.steps + WARMUP) / per_epoch(batch)))  # noqa: E731
-    evaluate = [*train, "--num-workers", str(cpu_workers)]
+    evaluate = [*train, "--score-workers", str(cpu_workers)]
     return [
         ("train_cam", [*train, "--method", "ae_sipe", "--pretrained", str(weights["resnet50"]), *sizes,
                        "--epochs", epochs(16)], lambda run: 5 * run["train"], False),
@@ -155,7 +155,7 @@ def plan(root, work, weights, options, cpu_workers):
          lambda run: run["eval"], True),
         ("eval_cam", [*evaluate, "--map", "is_cam", "--tag", "IS-CAM"],
          lambda run: run["map_evals"] * run["eval"], True),
-        ("make_affinity_labels", [*train, "--workers", str(cpu_workers)], lambda run: run["train"], True),
+        ("make_affinity_labels", [*train, "--crf-workers", str(cpu_workers)], lambda run: run["train"], True),
         ("eval_cam", [*evaluate, "--label-dir", str(work / "affinity_labels"), "--confident",
                       "--tag", "affinity labels"],
          lambda run: run["label_evals"] * run["eval"] + 2 * run["val"], True),

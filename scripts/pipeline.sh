@@ -130,8 +130,8 @@ use_toy_dataset() {
     STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --resize-long 96 160 --epochs 15 --lr 0.02 --momentum 0.9
         --clip-grad 1 --save-every 50 --log-every 10 ${STAGE_ARGS[train_cam]:-}"
     STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
-    STAGE_ARGS[eval_cam]="--num-workers 2 ${STAGE_ARGS[eval_cam]:-}"
-    STAGE_ARGS[make_affinity_labels]="--workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
+    STAGE_ARGS[eval_cam]="--score-workers 2 ${STAGE_ARGS[eval_cam]:-}"
+    STAGE_ARGS[make_affinity_labels]="--crf-workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
     STAGE_PATH_ARGS[train_affinity]=$'--pretrained\n'"$WORK_DIR/ckpt/cam.pth"
     STAGE_ARGS[train_affinity]="$cpu $crop --epochs 10 --save-every 50
         --log-every 10 ${STAGE_ARGS[train_affinity]:-}"

@@ -83,7 +83,7 @@ STAGES = {
     "make_cam": Stage("make_cam.py", "cam", ["--checkpoint", "REF/ckpt/cam.pth", "--device", "cpu",
                                              "--num-workers", "0", "--scales", "1.0"]),
     "make_affinity_labels": Stage("make_affinity_labels.py", "affinity_labels", ["--cam-dir", "REF/cam",
-                                                                                 "--workers", "1"]),
+                                                                                 "--crf-workers", "1"]),
     # crop 80: IRN's stride-4 map of 20 x 20 has pairs at its training radius 10
     "train_affinity": Stage("train_affinity.py", "ckpt", [*TRAIN, "--crop-size", "80", "--arch", "irn", "--label-dir",
                                                           "REF/affinity_labels"], checkpoint="affinity"),
@@ -395,7 +395,7 @@ def test_cam_of_another_dataset_is_an_error(toy, ref, tmp_path, script):
     keys, cam = load_cam(bad)
     save_cam(bad, keys, cam, method="sipe", num_classes=21)
     work = tmp_path / "run"
-    flags = {"eval_cam.py": ["--num-workers", "1"], "make_affinity_labels.py": ["--workers", "1"],
+    flags = {"eval_cam.py": ["--score-workers", "1"], "make_affinity_labels.py": ["--crf-workers", "1"],
              "make_seg_labels.py": ["--checkpoint", ref / "ckpt" / "affinity.pth", "--device", "cpu"]}[script]
     result = run(script, "--dataset", "custom", "--data-root", toy, "--split", "train", "--work-dir", work,
                  "--cam-dir", cam_dir, *flags, check=False)

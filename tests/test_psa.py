@@ -236,7 +236,7 @@ def test_method_cam_through_the_scripts_and_its_bad_input(make_toy, tmp_path):
                  "--num-workers", "1")
     assert "CAM: mIoU" in result.stdout
     first = work / "cam" / f"{names[0]}.npy"
-    assert_error(run("eval_cam.py", *data, "--work-dir", work, "--map", "is_cam", "--num-workers", "1",
+    assert_error(run("eval_cam.py", *data, "--work-dir", work, "--map", "is_cam", "--score-workers", "1",
                      check=False), first, "no prototype maps")
 
     # a SIPE checkpoint over the plain CAM files: the two methods' files would mix

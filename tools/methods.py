@@ -6,9 +6,12 @@ drivers pass none of them:
 - ``bg_scale``: the factor on the background of the final map (``cam``) when it is
   scored (eval_cam) or turned into labels (make_seg_labels --no-affinity): AE-SIPE's
   AE-IS-CAM is scored with its background times 0.8 (SPEC 6.4); the other maps keep 1.0.
-- ``bg_conf_scale``: the background factor of stage 4's second, confident-foreground CRF
-  (SPEC 8): 0.5 for SIPE, 0.8 for AE-SIPE.  PSA's plain CAM (``cam``) is meant for stage 4's
-  ``--mode psa``, which has no such factor; in the default mode it takes SIPE's 0.5.
+- ``bg_conf_scale``: the factor on the background of stage 4's second label CRF (SPEC 8,
+  ``tools.confident_labels.confident_labels``): with the background made smaller, the
+  pixels that this CRF still calls background are the confident background (the first
+  CRF, background as is, gives the confident foreground): 0.5 for SIPE, 0.8 for AE-SIPE.
+  PSA's plain CAM (``cam``) is meant for stage 4's ``--mode psa``, which has no such
+  factor; in the default mode it takes SIPE's 0.5.
 """
 from tools.io import PipelineError, cam_method
 

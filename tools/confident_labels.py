@@ -1,4 +1,6 @@
-"""Affinity labels from CAMs (SPEC 8): confident foreground, confident background, unsure.
+"""Stage 4's labels from CAMs (SPEC 8): confident foreground, confident background, unsure.
+(Not ``tools.random_walk.affinity_labels``, SPEC 9's pair labels that stage 5 derives from
+these maps.)
 
 Both rules take the image as uint8 ``[H, W, 3]`` RGB, the CAM's ``keys`` (int, ``keys[0] == 0``
 background, then the image's class ids) and its map ``cam`` float ``[K, H, W]`` (background

@@ -15,7 +15,7 @@ from PIL import Image
 
 from data.sources import build_source
 from tests.scripts import REPO, run
-from tools.affinity_labels import confident_labels, psa_background, psa_labels
+from tools.confident_labels import confident_labels, psa_background, psa_labels
 from tools.io import read_image, read_label_png, save_cam
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.palette import voc_palette
@@ -175,7 +175,7 @@ def toy(make_toy):
 
 
 def stage_args(root, work, *extra):
-    return ["--dataset", "custom", "--data-root", root, "--work-dir", work, "--workers", "2", *extra]
+    return ["--dataset", "custom", "--data-root", root, "--work-dir", work, "--crf-workers", "2", *extra]
 
 
 @pytest.mark.slow
@@ -207,13 +207,13 @@ def test_stage_end_to_end_resume_and_eval(toy, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
     result = run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work,
-                 "--label-dir", work / "affinity_labels", "--confident", "--num-workers", "1")
+                 "--label-dir", work / "affinity_labels", "--confident", "--score-workers", "1")
     entry = json.loads((work / "results.json").read_text())["affinity_labels"]
     assert 0 < entry["coverage"] <= 100 and entry["precision"] > 80
     assert entry["note"] == f"confident, coverage {entry['coverage']:.1f}%" and entry["note"] in result.stdout
     assert f"| {entry['note']} |" in (work / "results.md").read_text()
     run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work, "--label-dir",
-        work / "affinity_labels", "--confident", "--num-workers", "1", "--tag", "noted", "--note", "final checkpoint")
+        work / "affinity_labels", "--confident", "--score-workers", "1", "--tag", "noted", "--note", "final checkpoint")
     noted = json.loads((work / "results.json").read_text())["noted"]
     assert noted["note"] == f"{entry['note']}; final checkpoint" and noted["miou"] == entry["miou"]
 
