@@ -1,4 +1,5 @@
 """Stage 2: multi-scale + flip inference of the classifier -> cam/<name>.npy (SPEC 2, 5.9, 5.10)."""
+import functools
 from pathlib import Path
 
 import torch
@@ -8,9 +9,10 @@ from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.sipe import METHODS, PROTOTYPE_METHODS, classifier_of, inference_maps
-from tools import flags, provenance
+from tools import dist, flags, provenance
 from tools.io import PipelineError, make_dir, save_cam, write_image
 from tools.visualize import cam_panel
+from tools.workers import WorkerPool
 
 log = stage.log
 
@@ -27,6 +29,10 @@ def parse_args(argv=None):
     parser.add_argument("--all-maps", action="store_true",
                         help="also store plain_cam and is_cam, for the ladder of eval_cam.py --map "
                              "(sipe and ae_sipe checkpoints: the plain CAM classifier has no prototype maps)")
+    parser.add_argument("--write-workers", type=flags.non_negative_int,
+                        help="processes that compress and write the CAM files while the network goes on (0: this "
+                             "process; default: the CPUs of this process with CUDA, 0 on the CPU, where the network "
+                             "is the slow part)")
     stage.add_overwrite_arg(parser)
     return parser.parse_args(argv)
 
@@ -57,17 +63,29 @@ def main(argv=None):
         log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
         loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), info,
                               args.num_workers, batch_size=1, collate_fn=single)
-        for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
-            images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
-            keys = torch.as_tensor(item["keys"], device=info.device)
-            with stage.autocast(info.device, args.amp):
-                maps = inference_maps(model, images, keys, item["image"].shape[:2])
-            maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
-            extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
-            save_cam(out_dir / f"{item['name']}.npy", item["keys"], maps["cam"], method=method,
-                     num_classes=source.num_classes, made_by=record["digest"], **extra)
-            if index < args.visualize:
-                write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg", cam_panel(item["image"], maps["cam"]))
+        if args.write_workers is None:
+            args.write_workers = dist.cpus_per_process() if info.device.type == "cuda" else 0
+            stage.save_flags(args, "make_cam", info.is_main)
+        # compressing the maps takes 35-170 ms an image (README, CAM files): beside the network, not after it
+        with WorkerPool(args.write_workers if todo else 0, "CAM writing") as pool:
+            for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
+                images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
+                keys = torch.as_tensor(item["keys"], device=info.device)
+                with stage.autocast(info.device, args.amp):
+                    maps = inference_maps(model, images, keys, item["image"].shape[:2])
+                maps = {name: value.float().cpu().numpy() for name, value in maps.items()}
+                extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
+                write = functools.partial(save_cam, out_dir / f"{item['name']}.npy", item["keys"], maps["cam"],
+                                          method=method, num_classes=source.num_classes, made_by=record["digest"],
+                                          **extra)
+                if pool:
+                    pool.submit(write, ())
+                else:
+                    write()
+                if index < args.visualize:
+                    write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg",
+                                cam_panel(item["image"], maps["cam"]))
+            pool.finish()
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def test_eval_cam_scores_the_images_of_a_custom_dataset_that_have_masks(toy, ref
     root, _ = broken_copy(toy, tmp_path, missing_mask)
     work = tmp_path / "run"
     run("eval_cam.py", "--dataset", "custom", "--data-root", root, "--split", "train", "--work-dir", work,
-        "--cam-dir", ref / "cam", "--num-workers", "1")
+        "--cam-dir", ref / "cam", "--score-workers", "1")
     row = json.loads((work / "results.json").read_text())["cam"]
     listed = len(train_ids(root))
     assert row["images"] == listed - 1 and f"{listed - 1} of {listed} images have masks" in row["note"]
@@ -311,7 +311,7 @@ def test_eval_cam_bad_ground_truth(toy, ref, tmp_path, breakage):
     root, (named, problem) = broken_copy(toy, tmp_path, breakage)
     work = tmp_path / "run"
     result = run("eval_cam.py", "--dataset", "custom", "--data-root", root, "--split", "train", "--work-dir", work,
-                 "--cam-dir", ref / "cam", "--num-workers", "1", check=False)
+                 "--cam-dir", ref / "cam", "--score-workers", "1", check=False)
     assert_error(result, named, problem)
     assert not (work / "results.json").exists() and not temporaries(work)
 

@@ -44,6 +44,7 @@ BAD = [
     (make_cam, ["--scales", "0"], "--scales"),
     (make_cam, ["--scales", "1.0", "-1"], "--scales"),
     (make_cam, ["--visualize", "-1"], "--visualize"),
+    (make_cam, ["--write-workers", "-1"], "--write-workers"),
     (make_cam, ["--num-workers", "two"], "--num-workers"),
     (eval_cam, ["--threshold", "1.5"], "--threshold"),
     (eval_cam, ["--bg-scale", "-1"], "--bg-scale"),

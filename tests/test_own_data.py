@@ -115,7 +115,7 @@ def test_eval_scores_the_masked_images_and_says_so_or_writes_not_scored(toy_root
         keys = np.concatenate([[0], source.labels(name)])
         cam = np.stack([(np.where(gt == 255, 0, gt) == k).astype(np.float32) for k in keys])
         save_cam(work / "cam" / f"{name}.npy", keys, cam)
-    data = ["--dataset", "custom", "--data-root", root, "--work-dir", work, "--num-workers", "1"]
+    data = ["--dataset", "custom", "--data-root", root, "--work-dir", work, "--score-workers", "1"]
     result = run("eval_cam.py", *data, "--split", "train", "--map", "cam", "--tag", "CAM")
     row = json.loads((work / "results.json").read_text())["CAM"]
     assert row["images"] == 3 and row["listed"] == 8 and "3 of 8 images have masks" in row["note"]

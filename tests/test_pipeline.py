@@ -38,6 +38,7 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
 
     run("make_cam.py", *data_args(toy), "--work-dir", work, "--device", "cpu", "--num-workers", "0",
         "--scales", "1.0", "0.5", "--all-maps")
+    assert json.loads((work / "args" / "make_cam.json").read_text())["write_workers"] == 0  # on the CPU
     names = (toy / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
     files = sorted((work / "cam").glob("*.npy"))
     assert [f.stem for f in files] == sorted(names)
@@ -55,7 +56,7 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
 
     for map_name, tag in (("plain_cam", "CAM"), ("is_cam", "IS-CAM"), ("cam", "AE-IS-CAM")):
         result = run("eval_cam.py", *data_args(toy), "--work-dir", work, "--map", map_name, "--tag", tag,
-                     "--num-workers", "1", "--bg-scale", "0.8")
+                     "--score-workers", "1", "--bg-scale", "0.8")
         assert f"{tag}: mIoU" in result.stdout
     results = json.loads((work / "results.json").read_text())
     assert list(results) == ["CAM", "IS-CAM", "AE-IS-CAM"]
@@ -123,10 +124,12 @@ def test_torchrun_two_processes_train_and_split_inference(toy, tmp_path):
                                 capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stderr[-3000:]
     # the same CAMs as one process makes from the same checkpoint, with one thread as each torchrun
-    # process has (torch's CPU kernels may sum in another order with another number of threads)
+    # process has (torch's CPU kernels may sum in another order with another number of threads),
+    # and with the files written by a pool of two processes instead of the main one
     single = tmp_path / "single"
     run("make_cam.py", *data_args(toy), "--work-dir", work, "--out-dir", single, "--device", "cpu",
-        "--num-workers", "0", "--scales", "1.0", env={"OMP_NUM_THREADS": "1"})
+        "--num-workers", "0", "--scales", "1.0", "--write-workers", "2", env={"OMP_NUM_THREADS": "1"})
+    assert json.loads((work / "args" / "make_cam.json").read_text())["write_workers"] == 2
     split_files = sorted((work / "cam").glob("*.npy"))
     assert len(split_files) == 8
     for path in split_files:

@@ -18,8 +18,8 @@ RECORD_NAME = "made_by.json"
 # logs or shows, how it resumes.  Paths of inputs enter a record as digests instead.
 RUNTIME_FLAGS = frozenset({
     "work_dir", "data_root", "out_dir", "cam_dir", "label_dir", "checkpoint", "pretrained", "device",
-    "num_workers", "score_workers", "crf_workers", "channels_last", "visualize", "crf", "split", "overwrite",
-    "resume", "stop_at_step", "save_every", "log_every", "tag", "note",
+    "num_workers", "score_workers", "crf_workers", "write_workers", "channels_last", "visualize", "crf", "split",
+    "overwrite", "resume", "stop_at_step", "save_every", "log_every", "tag", "note",
 })
 
 
