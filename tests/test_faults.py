@@ -490,14 +490,15 @@ def file_size_limit(limit):
     return apply
 
 
-@pytest.mark.parametrize("name, limit, written", [
-    ("train_cam", 2 ** 20, "ckpt/cam_last.pth"),  # torch.save
-    ("make_cam", 700, "cam/toy_0000.npy"),  # np.save; its flags, log and made_by.json are smaller
-    ("make_affinity_labels", 700, "affinity_labels/toy_0000.png"),  # PIL, in a pool worker
+@pytest.mark.parametrize("name, limit, written, extra", [
+    ("train_cam", 2 ** 20, "ckpt/cam_last.pth", []),  # torch.save
+    ("make_cam", 700, "cam/toy_0000.npy", []),  # np.save; its flags, log and made_by.json are smaller
+    ("make_cam", 700, "cam/toy_0000.npy", ["--write-workers", "1"]),  # np.save in a pool worker
+    ("make_affinity_labels", 700, "affinity_labels/toy_0000.png", []),  # PIL, in a pool worker
 ])
-def test_full_disk_is_a_clear_error_and_leaves_no_temporary(toy, ref, tmp_path, name, limit, written):
+def test_full_disk_is_a_clear_error_and_leaves_no_temporary(toy, ref, tmp_path, name, limit, written, extra):
     work = tmp_path / "run"
-    result = run_stage(name, toy, ref, work, check=False, preexec_fn=file_size_limit(limit))
+    result = run_stage(name, toy, ref, work, *extra, check=False, preexec_fn=file_size_limit(limit))
     assert_error(result, work / written, re.escape(f"cannot write ({os.strerror(errno.EFBIG)})"))
     folder = (work / written).parent
     assert not temporaries(folder) and not finished(folder)
