@@ -73,7 +73,7 @@ def main(argv=None):
         loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales, keys=False), info,
                               args.num_workers, batch_size=1, collate_fn=single)
         draw = functools.partial(show, work_dir, source)
-        with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF") as pool:
+        with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF", writes_to=out_dirs[1:]) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="infer_seg")):
                 name, image = item["name"], item["image"]
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]

@@ -71,7 +71,7 @@ def main(argv=None):
                  len(names), info.rank, args.mode, args.crf_workers, args.bg_conf_scale)
         work = functools.partial(label_image, args=args, num_classes=source.num_classes, made_by=made_by)
         items = [(name, str(source.image_path(name))) for name in todo]
-        with WorkerPool(args.crf_workers, "CRF") as pool:
+        with WorkerPool(args.crf_workers, "CRF", writes_to=[out_dir]) as pool:
             for _ in stage.progress(pool.map(work, items), info.is_main, total=len(items), desc="affinity labels"):
                 pass
 

@@ -67,7 +67,7 @@ def main(argv=None):
             args.write_workers = dist.cpus_per_process() if info.device.type == "cuda" else 0
             stage.save_flags(args, "make_cam", info.is_main)
         # compressing the maps takes 35-170 ms an image (README, CAM files): beside the network, not after it
-        with WorkerPool(args.write_workers if todo else 0, "CAM writing") as pool:
+        with WorkerPool(args.write_workers if todo else 0, "CAM writing", writes_to=[out_dir]) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
                 keys = torch.as_tensor(item["keys"], device=info.device)

@@ -118,7 +118,7 @@ def main(argv=None):
         draw = functools.partial(show, work_dir)
         loader = stage.loader(CamDataset(source, todo, cam_dir, args.map, made_by), info, args.num_workers,
                               batch_size=1, collate_fn=single)
-        with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF") as pool:
+        with WorkerPool(args.crf_workers if args.crf and todo else 0, "CRF", writes_to=out_dirs[1:]) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo),
                                                         desc="make_seg_labels")):
                 name, image, keys, cam = item["name"], item["image"], item["keys"], item["cam"]

@@ -51,17 +51,17 @@ COLUMNS = ("stage", "device", "images timed", "start-up + warm-up", "img/s", "VO
            "VOC with 16 CPUs", "COCO with 16 CPUs")
 
 
+stage_progress = stage.progress  # the stages' own, which ProgressClock wraps
+
+
 class ProgressClock:
     """Wraps ``stage.progress``: the time at which each bar counted each item."""
 
     def __init__(self):
-        self.marks = []  # (perf_counter, items counted so far)
+        self.marks = []  # (perf_counter, items done so far)
 
     def progress(self, iterable, is_main=True, **kwargs):
         return TimedBar(stage_progress(iterable, is_main, **kwargs), self.marks)
-
-
-stage_progress = stage.progress
 
 
 class TimedBar:
@@ -69,7 +69,7 @@ class TimedBar:
     yields, when the stage comes back for the next one."""
 
     def __init__(self, bar, marks):
-        self.bar, self.marks = bar, marks
+        self.bar, self.marks, self.done = bar, marks, 0
 
     def __getattr__(self, name):
         return getattr(self.bar, name)
@@ -81,14 +81,18 @@ class TimedBar:
     def __exit__(self, *exc):
         return self.bar.__exit__(*exc)
 
+    def _mark(self, n):
+        self.done += n
+        self.marks.append((time.perf_counter(), self.done))
+
     def update(self, n=1):
         self.bar.update(n)
-        self.marks.append((time.perf_counter(), len(self.marks) + 1))
+        self._mark(n)
 
     def __iter__(self):
         for item in self.bar:
             yield item  # the mark comes when the stage asks for the next item: this one is done
-            self.marks.append((time.perf_counter(), len(self.marks) + 1))
+            self._mark(1)
 
 
 def weights_file(folder, backbone):

@@ -53,6 +53,7 @@ def agreement(reference, other):
 
 
 def variant_of(model, channels_last, folded):
+    """A copy of ``model`` in eval mode, BatchNorm folded and channels-last as asked."""
     model = copy.deepcopy(model).eval()
     return stage.channels_last(fold_batchnorm(model) if folded else model, channels_last)
 

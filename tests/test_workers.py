@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.io import PipelineError
+from tools.io import PipelineError, atomic_path
 from tools.workers import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,29 @@ def test_an_error_in_the_main_loop_kills_the_workers_before_they_write(tmp_path)
     assert wait_gone(pids, 2) == []
     time.sleep(3.5)
     assert not (tmp_path / "late").exists()
+
+
+def write_slowly(path):
+    """Hold a temporary file of ``path`` open for a long while (atomic_path), as a worker
+    compressing a large map does."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(b"partial")
+        time.sleep(30)
+
+
+def test_a_stopped_pool_removes_what_its_killed_workers_were_writing(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with WorkerPool(2, writes_to=[tmp_path]) as pool:
+            pool.submit(write_slowly, (tmp_path / "a.npy",))
+            deadline = time.time() + 30
+            while not list(tmp_path.glob(".a.*.tmp*")) and time.time() < deadline:
+                time.sleep(0.1)
+            assert list(tmp_path.glob(".a.*.tmp*")), "the worker never started writing"
+            other = tmp_path / f".b.{os.getpid()}-0.tmp.npy"  # the main process's own: not the pool's to remove
+            other.write_bytes(b"")
+            1 / 0
+    assert not list(tmp_path.glob(".a.*")) and not (tmp_path / "a.npy").exists()
+    assert other.exists()
 
 
 def test_no_processes_no_pool():

@@ -30,11 +30,13 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left untouched.
-    The temporary name keeps the suffix so that libraries that pick a format from it work.
+    The temporary name keeps the suffix so that libraries that pick a format from it work,
+    and names the writing process, so that a pool that kills its workers can remove what
+    they were writing (``remove_temporaries_of``).
     """
     path = Path(path)
     # a random name, not tempfile.mkstemp: its files are private (0600) and would stay so after the rename
-    tmp = path.parent / f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}"
+    tmp = path.parent / f".{path.stem}.{os.getpid()}-{secrets.token_hex(8)}.tmp{path.suffix}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
@@ -66,6 +68,15 @@ def remove_stale_temporaries(folder, stems=("*",)):
     of every file, or of the files named ``<stem>.*`` only."""
     for stem in stems:
         for tmp in Path(folder).glob(f".{stem}.*.tmp*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def remove_temporaries_of(folder, pids):
+    """Delete the temporary files in ``folder`` of the processes ``pids`` (killed while they
+    wrote, see atomic_path)."""
+    for pid in pids:
+        for tmp in Path(folder).glob(f".*.{pid}-*.tmp*"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-from tools.io import PipelineError
+from tools.io import PipelineError, remove_temporaries_of
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -43,11 +43,13 @@ class WorkerPool:
     that never comes.  Leaving the ``with`` block on an error kills the workers at once.
     ``setup``, a ``(function, args)`` pair, runs once in each worker as it starts: state
     that every task needs (a dataset source) travels once a worker, not once a task.  With
-    ``processes`` 0 there is no pool (``bool(pool)`` is False).
+    ``processes`` 0 there is no pool (``bool(pool)`` is False).  ``writes_to``: the folders
+    the tasks write into; the temporary files of workers killed mid-write are removed there.
     """
 
-    def __init__(self, processes, what="worker", setup=None):
+    def __init__(self, processes, what="worker", setup=None, writes_to=()):
         self.what = what
+        self.writes_to = list(writes_to)
         self.limit = 2 * processes
         self.executor = (ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_start_worker,
                                              initargs=(os.getpid(), setup))
@@ -76,6 +78,8 @@ class WorkerPool:
         for process in processes:
             process.kill()
             process.join()
+        for folder in self.writes_to:
+            remove_temporaries_of(folder, [process.pid for process in processes])
 
     def submit(self, fn, args, tag=None):
         """Queue ``fn(*args)``; returns the ``(tag, result)`` pairs finished by now, oldest
