@@ -8,7 +8,7 @@ from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
-from net.segmentation import build_segmentation_net, multiscale_probs
+from net.segmentation import multiscale_probs, segmentation_net_of
 from tools import dist, flags, provenance
 from tools.crf import crf_segmentation
 from tools.io import read_image, read_label_png, write_image, write_label_png
@@ -52,8 +52,7 @@ def main(argv=None):
         source = build_source(args.dataset, args.data_root)
         path = Path(args.checkpoint or work_dir / "ckpt" / "seg.pth")
         checkpoint = load_checkpoint(path, {"kind": "seg", "num_classes": source.num_classes})
-        model = build_segmentation_net(checkpoint["arch"], source.num_classes, checkpoint["backbone"],
-                                       pretrained="none")
+        model = segmentation_net_of(checkpoint, source.num_classes)
         load_weights(model, checkpoint["model"], path)
         model = stage.inference_model(model, info.device, args.channels_last)
 

@@ -11,7 +11,7 @@ from data.datasets import CamDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
-from net.affinity import IRN_CROP, WALK_RADIUS, boundary_map, build_affinity_net, walk_affinitynet, walk_irn
+from net.affinity import IRN_CROP, WALK_RADIUS, affinity_net_of, boundary_map, walk_affinitynet, walk_irn
 from tools import dist, flags, provenance
 from tools.crf import crf_labels
 from tools.io import read_image, write_image, write_label_png
@@ -87,7 +87,7 @@ def load_affinity_net(args, work_dir, device):
     for inference on ``device``; returns (checkpoint, model)."""
     path = checkpoint_path(args, work_dir)
     checkpoint = load_checkpoint(path, {"kind": "affinity"})
-    model = build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
+    model = affinity_net_of(checkpoint)
     load_weights(model, checkpoint["model"], path)
     return checkpoint, stage.inference_model(model, device, args.channels_last)
 

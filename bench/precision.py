@@ -30,9 +30,9 @@ from data.toy import generate
 from data.transforms import scaled_images
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
-from net.affinity import BoundaryNet, boundary_map, walk_irn
+from net.affinity import BoundaryNet, affinity_net_of, boundary_map, walk_irn
 from net.fold import fold_batchnorm
-from net.segmentation import build_segmentation_net, multiscale_probs
+from net.segmentation import build_segmentation_net, multiscale_probs, segmentation_net_of
 from net.sipe import SIPENet, classifier_of, inference_maps
 from tools import flags
 
@@ -87,10 +87,8 @@ def networks(folder, run_dir=None, num_classes=5):
                                            build_segmentation_net("deeplabv2", num_classes, "resnet101",
                                                                   weights["resnet101"]))]
     found = []
-    for name, build in (("cam", lambda saved: classifier_of(saved, num_classes)),
-                        ("affinity", lambda saved: BoundaryNet("none", saved.get("backbone", "resnet50"))),
-                        ("seg", lambda saved: build_segmentation_net(saved["arch"], num_classes, saved["backbone"],
-                                                                     pretrained="none"))):
+    for name, build in (("cam", lambda saved: classifier_of(saved, num_classes)), ("affinity", affinity_net_of),
+                        ("seg", lambda saved: segmentation_net_of(saved, num_classes))):
         path = Path(run_dir) / "ckpt" / f"{name}.pth"
         saved = load_checkpoint(path, {"kind": name, **({"arch": "irn"} if name == "affinity" else {})})
         model = build(saved)

@@ -463,7 +463,7 @@ class COCOSource(Source):
         ``workers`` processes (0: here); each task carries its image's annotations, so no
         worker loads the annotation file.  A killed run resumes: the PNGs are written whole."""
         missing, tasks = self.mask_tasks(ids)
-        folders = [self.cache_dir / f"{split}2014" for split in ("train", "val")]
+        folders = {self._mask_cache(image_id).parent for image_id in ids}
         with WorkerPool(workers, "mask rendering", writes_to=folders) as pool:
             for _ in tqdm(pool.map(write_semantic_mask, tasks), total=missing, desc="COCO masks", disable=not missing,
                           dynamic_ncols=True):

@@ -136,6 +136,12 @@ def build_affinity_net(arch, pretrained="imagenet", backbone="resnet50"):
     raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
 
 
+def affinity_net_of(checkpoint):
+    """The affinity network a stage-5 checkpoint holds (without its weights), of the
+    architecture and backbone it trained with."""
+    return build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
+
+
 def _masked_mean(loss, mask):
     return (loss * mask).sum() / (mask.sum() + 1e-5)
 

@@ -58,6 +58,12 @@ def build_segmentation_net(arch, num_classes, backbone="resnet101", pretrained="
     return DeepLab(arch, num_classes, backbone, pretrained)
 
 
+def segmentation_net_of(checkpoint, num_classes):
+    """The segmentation network a stage-7 checkpoint holds (without its weights), of the
+    architecture and backbone it trained with."""
+    return build_segmentation_net(checkpoint["arch"], num_classes, checkpoint["backbone"], pretrained="none")
+
+
 @torch.no_grad()
 def multiscale_probs(model, scaled_images, size):
     """Multi-scale + flip inference (SPEC 13): the logits of each scale and of its flip

@@ -63,22 +63,24 @@ def make_dir(path):
     return path
 
 
+def _remove_temporaries(folder, patterns):
+    """Delete the files of ``folder`` that match any of the glob ``patterns``."""
+    for pattern in patterns:
+        for tmp in Path(folder).glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 def remove_stale_temporaries(folder, stems=("*",)):
     """Delete temporary files that a killed run left in ``folder`` (see atomic_path): those
     of every file, or of the files named ``<stem>.*`` only."""
-    for stem in stems:
-        for tmp in Path(folder).glob(f".{stem}.*.tmp*"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    _remove_temporaries(folder, [f".{stem}.*.tmp*" for stem in stems])
 
 
 def remove_temporaries_of(folder, pids):
     """Delete the temporary files in ``folder`` of the processes ``pids`` (killed while they
     wrote, see atomic_path)."""
-    for pid in pids:
-        for tmp in Path(folder).glob(f".*.{pid}-*.tmp*"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    _remove_temporaries(folder, [f".*.{pid}-*.tmp*" for pid in pids])
 
 
 @contextlib.contextmanager
