@@ -19,7 +19,13 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]``;
+``style="part"`` paints objects with a discriminative part instead (``paint_object``): the
+class texture on one end, the rest plain in the class colour, like a VOC object whose head
+the classifier learns from and whose body it does not need (README, Toward a pretrained toy
+run); ``extent`` sets the range of object sizes.
+
+Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]
+[--style whole|part] [--extent LO HI]``;
 the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
 a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
@@ -42,6 +48,8 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
+STYLES = ("whole", "part")  # textured all over; textured on one end (paint_object)
+PART_RANGE = (0.3, 0.45)  # "part": the textured end's share of the object's length
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -179,14 +187,19 @@ def place_objects(rng, classes, grid, mask_of=None, extent_range=EXTENT_RANGE):
     return instances, objects
 
 
-def paint_object(rng, image, grid, class_id, geometry, mask):
-    """Paint one textured object of the class's colour family into ``image`` (in place)."""
+def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
+    """Paint one object of the class's colour family into ``image`` (in place): textured all
+    over (``whole``), or textured on the end of the object that a random PART_RANGE share of
+    its length takes (``part``) and plain in the primary colour elsewhere."""
     name = CLASS_NAMES[class_id]
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
     weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)[..., None]
     pattern = primary * (1 - weight) + secondary * weight
+    if style == "part":
+        textured = u >= geometry[3] / 2 * (1 - 2 * rng.uniform(*PART_RANGE))
+        pattern = np.where(textured[..., None], pattern, primary)
     image[mask] = pattern[mask]
 
 
@@ -199,13 +212,13 @@ def void_border(labels):
     return np.where(edge, IGNORE, labels).astype(np.uint8)
 
 
-def render(rng, shape_hw):
+def render(rng, shape_hw, style="whole", extent=EXTENT_RANGE):
     """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
     image = background(rng, grid)
-    instances, objects = place_objects(rng, object_classes(rng), grid)
+    instances, objects = place_objects(rng, object_classes(rng), grid, extent_range=extent)
     for k, (class_id, geometry, _) in enumerate(objects):
-        paint_object(rng, image, grid, class_id, geometry, instances == k + 1)
+        paint_object(rng, image, grid, class_id, geometry, instances == k + 1, style)
     image += rng.normal(0, 5, image.shape)
     class_of = np.array([0] + [obj[0] for obj in objects])
     labels = void_border(class_of[instances])
@@ -240,38 +253,49 @@ def side_range(size):
     return int(lo), int(hi)
 
 
-def write_sample(out_dir, image_id, rng, size):
+def write_sample(out_dir, image_id, rng, size, style="whole", extent=EXTENT_RANGE):
     """Render and write one image, its mask and its annotation."""
     lo, hi = side_range(size)
     shape_hw = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
-    image, labels, instances, objects = render(rng, shape_hw)
+    image, labels, instances, objects = render(rng, shape_hw, style, extent)
     write_image(out_dir / "JPEGImages" / f"{image_id}.jpg", image)
     write_label_png(out_dir / "SegmentationClass" / f"{image_id}.png", labels, voc_palette())
     write_text(out_dir / "Annotations" / f"{image_id}.xml", annotation_xml(image_id, shape_hw, instances, objects))
 
 
-def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0):
+def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, style="whole", extent=EXTENT_RANGE):
     """Write the toy dataset (VOC layout plus class_names.txt) to ``out_dir``; return its path.
 
     Image i draws everything from ``numpy.random.default_rng([seed, i])``.  Ids are
     ``toy_0000``...; the first ``num_train`` form ``train``, the next ``num_val`` form ``val``.
-    ``toy.json``, written last, records the settings (``settings``).
+    ``toy.json``, written last, records the settings (``settings``).  ``style`` and
+    ``extent`` are those of ``render``.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if not 0 < extent[0] <= extent[1] <= 1:
+        raise ValueError(f"extent must satisfy 0 < lo <= hi <= 1, got {extent}")
     out_dir = Path(out_dir)
     ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
     for index, image_id in enumerate(ids):
-        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size)
+        write_sample(out_dir, image_id, np.random.default_rng([seed, index]), size, style, extent)
     lists = out_dir / "ImageSets" / "Segmentation"
     write_text(lists / "train.txt", "".join(f"{i}\n" for i in ids[:num_train]))
     write_text(lists / "val.txt", "".join(f"{i}\n" for i in ids[num_train:]))
     write_text(out_dir / "class_names.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
-    write_json(out_dir / RECORD, settings(num_train, num_val, size, seed))
+    write_json(out_dir / RECORD, settings(num_train, num_val, size, seed, style, extent))
     return out_dir
 
 
-def settings(num_train, num_val, size, seed):
-    """The record of ``generate``'s settings that ``toy.json`` holds."""
-    return {"num_train": num_train, "num_val": num_val, "size": list(side_range(size)), "seed": seed}
+def settings(num_train, num_val, size, seed, style="whole", extent=EXTENT_RANGE):
+    """The record of ``generate``'s settings that ``toy.json`` holds (style and extent only
+    where they are not the defaults, so that the datasets made before them keep their record)."""
+    record = {"num_train": num_train, "num_val": num_val, "size": list(side_range(size)), "seed": seed}
+    if style != "whole":
+        record["style"] = style
+    if tuple(extent) != EXTENT_RANGE:
+        record["extent"] = [float(e) for e in extent]
+    return record
 
 
 def recorded_settings(out_dir):
@@ -296,9 +320,15 @@ def main(argv=None):
     parser.add_argument("--num-val", type=flags.non_negative_int, default=16, help="number of images in the val list")
     parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=128,
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
+    parser.add_argument("--style", choices=STYLES, default="whole",
+                        help="objects textured all over (whole) or on one end, plain elsewhere (part)")
+    parser.add_argument("--extent", nargs=2, type=flags.fraction, metavar=("LO", "HI"), default=EXTENT_RANGE,
+                        help="object size range as fractions of the image's short side")
     args = parser.parse_args(argv)
+    if args.extent[0] == 0 or args.extent[0] > args.extent[1]:
+        parser.error(f"--extent: need 0 < LO <= HI, got {args.extent[0]} {args.extent[1]}")
     size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
-    wanted = settings(args.num_train, args.num_val, size, args.seed)
+    wanted = settings(args.num_train, args.num_val, size, args.seed, args.style, tuple(args.extent))
     try:
         recorded = recorded_settings(args.out)
         if recorded is None and (Path(args.out) / LABELS_CSV).is_file():
@@ -308,7 +338,7 @@ def main(argv=None):
             raise PipelineError(f"{args.out}: holds a toy dataset of other settings ({recorded}, not {wanted}); "
                                 "remove it or write the new one elsewhere (the drivers: another --work-dir)")
         if recorded is None:
-            generate(args.out, args.num_train, args.num_val, size, args.seed)
+            generate(args.out, args.num_train, args.num_val, size, args.seed, args.style, tuple(args.extent))
     except PipelineError as exc:
         parser.exit(2, f"error: {exc}\n")
     state = "made" if recorded is None else "already there"

@@ -122,12 +122,49 @@ def test_toy_cli_keeps_a_dataset_of_the_same_settings_and_refuses_other_settings
     before = file_bytes(out)
     toy.main(argv)
     assert capsys.readouterr().out.strip().endswith("(already there)") and file_bytes(out) == before
-    for other in (["--num-train", "3"], ["--image-size", "48"], ["--seed", "1"]):
+    for other in (["--num-train", "3"], ["--image-size", "48"], ["--seed", "1"], ["--style", "part"],
+                  ["--extent", "0.3", "0.6"]):
         with pytest.raises(SystemExit) as exit_info:
             toy.main(argv + other)
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert exit_info.value.code == 2 and last.startswith(f"error: {out}: holds a toy dataset of other settings")
         assert file_bytes(out) == before
+
+
+def test_toy_part_style_is_plain_away_from_its_textured_end():
+    # the same draws paint both styles: the textured end (at least PART_RANGE[0] of the
+    # length, from u = +half) is the whole style's pattern, the far end one plain colour
+    size, half = 96, 40.0
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    geometry = (48.0, 48.0, 0.3, 2 * half)
+    u, v = toy.local_coords(grid, *geometry[:3])
+    mask = toy.shape_mask("square", u, v, geometry[3])
+    painted = {}
+    for style in toy.STYLES:
+        image = np.zeros((size, size, 3), np.float32)
+        toy.paint_object(np.random.default_rng(3), image, grid, 2, geometry, mask, style)
+        painted[style] = image
+    head = mask & (u >= half * (1 - 2 * toy.PART_RANGE[0]))
+    body = mask & (u < half * (1 - 2 * toy.PART_RANGE[1]))
+    assert head.sum() > 200 and body.sum() > 200
+    assert np.array_equal(painted["part"][head], painted["whole"][head])
+    assert len(np.unique(painted["whole"][head], axis=0)) == 2  # checks: two colours
+    assert len(np.unique(painted["part"][body], axis=0)) == 1
+    assert len(np.unique(painted["whole"][body], axis=0)) == 2
+
+
+def test_toy_cli_style_and_extent(tmp_path, capsys):
+    out = tmp_path / "t"
+    toy.main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "64", "--style", "part",
+              "--extent", "0.4", "0.7"])
+    record = json.loads((out / "toy.json").read_text())
+    assert record["style"] == "part" and record["extent"] == [0.4, 0.7]
+    for bad in (["--extent", "0.7", "0.4"], ["--extent", "0", "0.5"], ["--extent", "0.5", "1.5"],
+                ["--style", "half"]):
+        with pytest.raises(SystemExit) as exit_info:
+            toy.main(["--out", str(tmp_path / "u")] + bad)
+        assert exit_info.value.code == 2 and "--" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "u").exists()
 
 
 def test_toy_loads_as_custom_source(toy_root):
