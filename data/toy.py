@@ -245,6 +245,11 @@ def annotation_xml(image_id, shape_hw, instances, objects, class_names=CLASS_NAM
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
+def extent_in_range(extent):
+    """Whether (lo, hi) is a range of object extents: 0 < lo <= hi <= 1."""
+    return 0 < extent[0] <= extent[1] <= 1
+
+
 def side_range(size):
     """(lo, hi) inclusive range of an image side from an int or a pair."""
     lo, hi = (size, size) if isinstance(size, int) else size
@@ -273,7 +278,7 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, style="w
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if not 0 < extent[0] <= extent[1] <= 1:
+    if not extent_in_range(extent):
         raise ValueError(f"extent must satisfy 0 < lo <= hi <= 1, got {extent}")
     out_dir = Path(out_dir)
     ids = [f"toy_{i:04d}" for i in range(num_train + num_val)]
@@ -323,12 +328,11 @@ def main(argv=None):
     parser.add_argument("--style", choices=STYLES, default="whole",
                         help="objects textured all over (whole) or on one end, plain elsewhere (part)")
     parser.add_argument("--extent", nargs=2, type=flags.fraction, metavar=("LO", "HI"), default=EXTENT_RANGE,
+                        action=flags.values_where(extent_in_range, "need 0 < LO <= HI"),
                         help="object size range as fractions of the image's short side")
     args = parser.parse_args(argv)
-    if args.extent[0] == 0 or args.extent[0] > args.extent[1]:
-        parser.error(f"--extent: need 0 < LO <= HI, got {args.extent[0]} {args.extent[1]}")
-    size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
-    wanted = settings(args.num_train, args.num_val, size, args.seed, args.style, tuple(args.extent))
+    size, extent = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size), tuple(args.extent)
+    wanted = settings(args.num_train, args.num_val, size, args.seed, args.style, extent)
     try:
         recorded = recorded_settings(args.out)
         if recorded is None and (Path(args.out) / LABELS_CSV).is_file():
@@ -338,7 +342,7 @@ def main(argv=None):
             raise PipelineError(f"{args.out}: holds a toy dataset of other settings ({recorded}, not {wanted}); "
                                 "remove it or write the new one elsewhere (the drivers: another --work-dir)")
         if recorded is None:
-            generate(args.out, args.num_train, args.num_val, size, args.seed, args.style, tuple(args.extent))
+            generate(args.out, args.num_train, args.num_val, size, args.seed, args.style, extent)
     except PipelineError as exc:
         parser.exit(2, f"error: {exc}\n")
     state = "made" if recorded is None else "already there"
