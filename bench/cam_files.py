@@ -1,10 +1,12 @@
 """CAM file size and speed (tools/io.py, SPEC 2): bytes per class channel and pixel of a
-``--all-maps`` file (three maps) at VOC and COCO image sizes, in this format (uint8, row
-differences, bzip2) and in format 1 (float16), with the time to write and to read one map.
+``--all-maps`` file (three maps) at VOC and COCO image sizes, as make_cam writes it (each
+scale's map, fused on load), as the same maps fused and stored at the image size (uint8,
+row differences, bzip2: what make_cam wrote before) and as format 1 (float16), with the time
+to write a file and to read one map.
 
-The maps are generated as make_cam's are: a stride-16 activation upsampled bilinearly to
-the image and max-normalised, the background one minus the foreground maximum; PAMR's
-refined map (AE-SIPE's ``cam``) is sharper, as a steep sigmoid of the same map."""
+The maps are generated as make_cam's are: at each of the four inference scales a stride-16
+activation of the same objects; the prototype maps have a background channel of their own
+and AE-SIPE's refined map (``cam``) is sharper, a steep sigmoid of the same activation."""
 import argparse
 import tempfile
 import time
@@ -15,33 +17,47 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure import table
+from tools.cam_maps import ScaleMaps
 from tools.io import load_cam, save_cam
 
 COLUMNS = ("image", "classes", "format", "bytes per class channel and pixel", "MB a file", "write ms", "read ms")
 SIZES = {"VOC 500x375": (375, 500), "COCO 640x480": (480, 640)}
+SCALES = (1.0, 0.5, 1.5, 2.0)
+STRIDE = 16
 
 
 def make_cam_like(height, width, classes, seed):
-    """{map name: float32 [classes + 1, H, W]} like make_cam --all-maps of one image."""
+    """{map name: ScaleMaps} like make_cam --all-maps of one image."""
     gen = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, classes, -(-height // 16), -(-width // 16), generator=gen) * 4 - 2.5
-    low = F.avg_pool2d(low, 3, 1, 1, count_include_pad=False)  # objects of a few cells
-    fg = F.interpolate(F.relu(low), (height, width), mode="bilinear", align_corners=False)[0]
+    objects = torch.rand(1, classes, -(-height // 8), -(-width // 8), generator=gen) * 4 - 2.5
+    objects = F.avg_pool2d(objects, 5, 1, 2, count_include_pad=False)  # objects of a few stride-16 cells
+    maps = {"plain_cam": [], "is_cam": [], "cam": []}
+    for scale in SCALES:
+        grid = (-(-round(height * scale) // STRIDE), -(-round(width * scale) // STRIDE))
+        fg = F.relu(F.interpolate(objects, grid, mode="area" if scale < 2 else "bilinear")[0])
+        fg = fg + 0.05 * torch.rand(fg.shape, generator=gen) * (fg > 0)
+        fg = fg / fg.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
+        # the prototype maps are cosines: above zero nearly everywhere, as on real images
+        cosine = (0.2 + 0.6 * fg + 0.2 * torch.rand(fg.shape, generator=gen)).clamp(max=1)
+        sharp = torch.sigmoid(12 * (cosine - 0.5))
+        maps["plain_cam"].append(fg)
+        maps["is_cam"].append(torch.cat([1 - cosine.amax(dim=0, keepdim=True) / 2, cosine]))
+        maps["cam"].append(torch.cat([1 - sharp.amax(dim=0, keepdim=True), sharp]))
+    return {name: ScaleMaps(scales, (height, width), background=name == "plain_cam") for name, scales in maps.items()}
 
-    def with_background(maps):
-        maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
-        return torch.cat([1 - maps.amax(dim=0, keepdim=True), maps]).numpy()
 
-    return {"plain_cam": with_background(fg), "is_cam": with_background(fg ** 0.7),
-            "cam": with_background(torch.sigmoid(12 * (fg / fg.max() - 0.3)))}
-
-
-def format1_bytes(maps):
-    """The size of the same maps as format 1 stored them (float16 arrays in the pickled dict)."""
+def file_bytes(maps, fused, float16=False):
+    """The size of one CAM file of ``maps``: as make_cam writes it, fused to the image size
+    (``fused``: uint8 + bzip2), or as format 1 (float16 arrays in the pickled dict)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "v1.npy"
-        record = {"keys": np.arange(len(maps["cam"])), **{k: v.astype(np.float16) for k, v in maps.items()}}
-        np.save(path, record, allow_pickle=True)
+        path = Path(folder) / "a.npy"
+        if float16:
+            record = {"keys": np.arange(len(maps["cam"].fused())),
+                      **{name: value.fused().numpy().astype(np.float16) for name, value in maps.items()}}
+            np.save(path, record, allow_pickle=True)
+        else:
+            maps = {name: value.fused().numpy() for name, value in maps.items()} if fused else dict(maps)
+            save_cam(path, np.arange(len(maps["is_cam"])), maps.pop("cam"), **maps)
         return path.stat().st_size
 
 
@@ -61,15 +77,16 @@ def run(repeats=5):
                     load_cam(path, "cam")
                     reads.append(time.perf_counter() - started)
                     sizes.append(path.stat().st_size)
-                old = format1_bytes(make_cam_like(height, width, classes, 0))
-            values = (classes + 1) * height * width
-            rows.append({"image": label, "classes": classes, "format": "2 (uint8, bzip2)",
-                         "bytes per class channel and pixel": f"{np.mean(sizes) / values:.3f}",
-                         "MB a file": f"{np.mean(sizes) / 1e6:.2f}", "write ms": f"{1e3 * np.median(writes):.0f}",
-                         "read ms": f"{1e3 * np.median(reads):.0f}"})
-            rows.append({"image": label, "classes": classes, "format": "1 (float16)",
-                         "bytes per class channel and pixel": f"{old / values:.3f}", "MB a file": f"{old / 1e6:.2f}",
-                         "write ms": "-", "read ms": "-"})
+            values = (classes + 1) * height * width  # the file holds three maps: 6 bytes in float16
+            sample = make_cam_like(height, width, classes, 0)
+            for name, size, write, read in (
+                    ("2, scales (make_cam's)", np.mean(sizes), f"{1e3 * np.median(writes):.1f}",
+                     f"{1e3 * np.median(reads):.1f}"),
+                    ("2, fused, uint8 + bzip2", file_bytes(sample, fused=True), "-", "-"),
+                    ("1 (float16)", file_bytes(sample, fused=True, float16=True), "-", "-")):
+                rows.append({"image": label, "classes": classes, "format": name,
+                             "bytes per class channel and pixel": f"{size / values:.3f}",
+                             "MB a file": f"{size / 1e6:.3f}", "write ms": write, "read ms": read})
     return rows
 
 

@@ -64,7 +64,8 @@ def outputs(models, item, dtype):
     image = item["image"]
     keys = torch.as_tensor(item["keys"])
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-        maps = inference_maps(classifier, item["cam_scaled"], keys, image.shape[:2])
+        maps = {name: value.fused() for name, value in
+                inference_maps(classifier, item["cam_scaled"], keys, image.shape[:2]).items()}
         boundary = boundary_map(boundary_net, item["seg_scaled"][SEG_SCALES.index(1.0)])
         walked = walk_irn(boundary, maps["cam"])
         probs = multiscale_probs(segmenter, item["seg_scaled"], image.shape[:2])

@@ -7,19 +7,9 @@ from torch import nn
 from net.backbone import build_backbone, freeze, stage_channels, stage_outputs
 from net.parameters import layer_groups
 from net.precision import full_precision
+from tools.cam_maps import ScaleMaps
 
 FROZEN_STAGES = 3  # stem, layer1, layer2: the published forward is detached after layer2 (SPEC 4)
-
-
-def max_normalize(x, eps=1e-5):
-    """Each channel divided by its spatial maximum + eps."""
-    return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
-
-
-def with_background(foreground, dim=0):
-    """Foreground maps in [0, 1] with the background ``1 - max`` over ``dim`` (the class
-    axis) prepended along it: [K-1, ...] -> [K, ...] (SPEC 5.2, 5.10)."""
-    return torch.cat([1 - foreground.amax(dim=dim, keepdim=True), foreground], dim=dim)
 
 
 class CAMNet(nn.Module):
@@ -64,13 +54,12 @@ class CAMNet(nn.Module):
 @torch.no_grad()
 def psa_cam(model, scaled_images, keys, size):
     """PSA's inference (SPEC 5.10) for one image: at each scale, for the image and its flip,
-    the relu'd CAM bilinearly resized to ``size`` (align_corners=False), flip undone; all
-    summed, each channel of the image's classes divided by its max + 1e-5, background
-    ``1 - max`` first.  scaled_images: [1,3,h,w] normalised tensors; keys int64 [K] (0
-    first).  Returns float32 [K, H, W]."""
-    total = 0
+    the relu'd CAM of the image's classes, flip undone and summed; ``ScaleMaps.fused``
+    resizes each scale to ``size`` (bilinear, align_corners=False), sums them, divides each
+    channel by its max + 1e-5 and puts the background ``1 - max`` first.  scaled_images:
+    [1,3,h,w] normalised tensors; keys int64 [K] (0 first).  Returns the ScaleMaps of [K, H, W]."""
+    scales = []
     for scaled in scaled_images:
-        cam = F.relu(full_precision(model.cam(torch.cat([scaled, scaled.flip(-1)]))))
-        cam = F.interpolate(cam, tuple(size), mode="bilinear", align_corners=False)
-        total = total + cam[0] + cam[1].flip(-1)
-    return with_background(max_normalize(total[keys[1:] - 1]))
+        cam = F.relu(full_precision(model.cam(torch.cat([scaled, scaled.flip(-1)]))))[:, keys[1:] - 1]
+        scales.append(cam[0] + cam[1].flip(-1))
+    return ScaleMaps(scales, tuple(size), background=True)

@@ -5,9 +5,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from net.backbone import stage_channels
-from net.cam import CAMNet, max_normalize, psa_cam, with_background
+from net.cam import CAMNet, psa_cam
 from net.pamr import PAMR
 from net.precision import full_precision
+from tools.cam_maps import ScaleMaps, max_normalize, with_background
 from tools.normalization import denormalize
 
 PROTOTYPE_METHODS = ("sipe", "ae_sipe")
@@ -183,22 +184,19 @@ def multiscale_maps(model, scaled_images, keys, size):
 
     scaled_images: the image at each scale, normalised [1,3,h,w] tensors (the resizing,
     PIL's bicubic on the uint8 image, is ``data.transforms.scaled_images``); keys int64 [K]
-    (0 first, then the image's classes); size the image's (H, W).  Each scale's maps are
-    resized to ``size`` (bilinear) and summed.  Returns {name: float32 [K,H,W]} for
-    ``plain_cam``, ``is_cam`` (and ``ae_is_cam``), each in [0,1], background first.
+    (0 first, then the image's classes); size the image's (H, W).  Returns {name: ScaleMaps}
+    for ``plain_cam``, ``is_cam`` (and ``ae_is_cam``): each scale's maps of the image's
+    channels, which ``ScaleMaps.fused`` resizes to ``size`` (bilinear), sums and normalises
+    to [0,1] [K,H,W], background first.
     """
     num_classes = model.classifier.out_channels + 1
     valid = torch.zeros(1, num_classes, 1, 1, device=keys.device)
     valid[0, keys] = 1
-    summed = {}
+    per_scale = {}
     for scaled in scaled_images:
         for name, value in scale_maps(model, scaled, valid).items():
-            value = F.interpolate(value, tuple(size), mode="bilinear", align_corners=False)
-            summed[name] = summed[name] + value if name in summed else value
-    maps = {"plain_cam": with_background(max_normalize(summed.pop("plain_cam")[0, keys[1:] - 1]))}
-    for name, value in summed.items():
-        maps[name] = max_normalize(value[0, keys])
-    return maps
+            per_scale.setdefault(name, []).append(value[0, keys[1:] - 1] if name == "plain_cam" else value[0, keys])
+    return {name: ScaleMaps(scales, tuple(size), background=name == "plain_cam") for name, scales in per_scale.items()}
 
 
 # The map that make_cam's CAM files hold as ``cam``, for each prototype method
@@ -223,7 +221,7 @@ def classifier_of(checkpoint, num_classes):
 
 
 def inference_maps(model, scaled_images, keys, size):
-    """make_cam's maps of one image (SPEC 5.9, 5.10): {name: float32 [K,H,W]} with the
+    """make_cam's maps of one image (SPEC 5.9, 5.10): {name: ScaleMaps of [K,H,W]} with the
     method's final map under ``cam``; SIPENet adds ``plain_cam`` and ``is_cam``."""
     if isinstance(model, SIPENet):
         maps = multiscale_maps(model, scaled_images, keys, size)

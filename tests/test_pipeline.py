@@ -52,7 +52,11 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
             cam = load_cam(work / "cam" / f"{name}.npy", map_name)[1]
             assert cam.dtype == np.float32 and cam.shape == (len(keys), height, width)
             assert cam.min() >= 0 and cam.max() <= 1
-            assert record["maps"][map_name]["range"] == (0.0, 1.0)  # [0, 1] maps keep the fixed grid
+            stored = record["maps"][map_name]  # the two scales' stride-16 maps, fused on load
+            assert stored["codec"] == "scales" and stored["size"] == (height, width)
+            assert [scale["shape"] for scale in stored["scales"]] == [
+                (len(keys) - (map_name == "plain_cam"), -(-round(height * s) // 16), -(-round(width * s) // 16))
+                for s in (1.0, 0.5)]
 
     for map_name, tag in (("plain_cam", "CAM"), ("is_cam", "IS-CAM"), ("cam", "AE-IS-CAM")):
         result = run("eval_cam.py", *data_args(toy), "--work-dir", work, "--map", map_name, "--tag", tag,

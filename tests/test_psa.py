@@ -180,7 +180,7 @@ def test_psa_inference_matches_a_direct_computation():
     image = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     keys = torch.tensor([0, 2, 4])
     scales = (1.0, 0.5, 1.5)
-    got = psa_cam(model, scaled_images(image, scales), keys, (45, 61))
+    got = psa_cam(model, scaled_images(image, scales), keys, (45, 61)).fused()
 
     total = torch.zeros(4, 45, 61, dtype=torch.float64)
     for scaled in scaled_images(image, scales):

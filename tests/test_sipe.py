@@ -300,7 +300,8 @@ def test_multiscale_maps_shapes_and_range(method):
     model = SIPENet(5, method, pretrained="none").eval()
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     keys = torch.tensor([0, 2, 4])
-    maps = multiscale_maps(model, scaled_images(image, (1.0, 0.5)), keys, (50, 70))
+    maps = {name: value.fused() for name, value in
+            multiscale_maps(model, scaled_images(image, (1.0, 0.5)), keys, (50, 70)).items()}
     expected = {"plain_cam", "is_cam"} | ({"ae_is_cam"} if method == "ae_sipe" else set())
     assert set(maps) == expected
     for value in maps.values():

@@ -54,7 +54,8 @@ def test_every_network_builds_and_runs_on_resnet18():
     out = sipe(images, torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]]), torch.ones(2, 64, 64))
     assert torch.isfinite(out["cls_loss"]) and torch.isfinite(out["gsc_loss"]) and out["score"].shape == (2, 4)
     sipe.eval()
-    maps = multiscale_maps(sipe, [images[:1], images[:1, :, ::2, ::2]], torch.tensor([0, 2]), (64, 64))
+    maps = {name: value.fused() for name, value in
+            multiscale_maps(sipe, [images[:1], images[:1, :, ::2, ::2]], torch.tensor([0, 2]), (64, 64)).items()}
     assert maps["plain_cam"].shape == maps["is_cam"].shape == maps["ae_is_cam"].shape == (2, 64, 64)
     assert AffinityNet("none", "resnet18")(images).shape == (2, 448, 8, 8)
     assert BoundaryNet("none", "resnet18").logits(images).shape == (2, 1, 16, 16)
