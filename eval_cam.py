@@ -43,8 +43,8 @@ def parse_args(argv=None):
                         help="COCO ground truth: crowd regions are background (0, as the published masks) "
                              "or ignored (255)")
     parser.add_argument("--score-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
-                        help="processes that read and score the files (and render COCO's masks first); the "
-                             "default is the CPUs available")
+                        help="processes that read and score the files (and render COCO's masks first; 0: this "
+                             "process); the default is the CPUs available")
     args = parser.parse_args(argv)
     if args.confident and not args.label_dir:
         parser.error("--confident needs --label-dir")
@@ -88,7 +88,7 @@ def image_confusions(name, source, args, backgrounds, made_by):
     return [confusion_matrix(pred, gt, n) for pred in predictions], evaluated
 
 
-_SCORING = []  # a pool worker's (source, args, backgrounds, made_by), set once as it starts
+_SCORING = []  # (source, args, backgrounds, made_by) of a pool worker (or of this process), set once
 
 
 def start_scoring(*state):
@@ -96,7 +96,7 @@ def start_scoring(*state):
 
 
 def score_image(name):
-    """``image_confusions`` of one image in a pool worker (``start_scoring`` gave the rest)."""
+    """``image_confusions`` of one image, in a pool worker or here (``start_scoring`` gave the rest)."""
     return image_confusions(name, *_SCORING)
 
 
@@ -140,7 +140,7 @@ def main(argv=None):
 
         totals, evaluated = None, 0
         setup = (start_scoring, (source, args, backgrounds, made_by))
-        with WorkerPool(max(1, args.score_workers), "scoring", setup) as pool:
+        with WorkerPool(args.score_workers, "scoring", setup) as pool:
             for confusions, pixels in stage.progress(pool.map(score_image, names), total=len(names), desc="eval"):
                 totals = confusions if totals is None else [t + c for t, c in zip(totals, confusions)]
                 evaluated += pixels

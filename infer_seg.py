@@ -28,8 +28,9 @@ def parse_args(argv=None):
     parser.add_argument("--scales", type=flags.positive_float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5))
     parser.add_argument("--crf", action="store_true",
                         help="also write CRF-refined predictions to segmentation_crf/<split>/")
-    parser.add_argument("--crf-workers", type=flags.positive_int, default=dist.cpus_per_process(),
-                        help="processes for the CRF; the default is the CPUs, divided among torchrun processes")
+    parser.add_argument("--crf-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
+                        help="CRF processes (0: this process); the default is the CPUs available, divided among "
+                             "torchrun processes")
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | prediction (| CRF) | ground truth pictures of the first N images "
                              "to vis/segmentation/")
@@ -83,7 +84,7 @@ def main(argv=None):
                 if server_dir and not args.crf:
                     write_label_png(server_dir / f"{name}.png", labels, voc_palette())
                 shown = (name, image, labels) if index < args.visualize else None
-                if pool:
+                if args.crf:
                     crf_paths = [crf_dir / f"{name}.png"] + ([server_dir / f"{name}.png"] if server_dir else [])
                     crf_args = (str(source.image_path(name)), probs.cpu().numpy(), crf_paths)
                     for done, refined in pool.submit(crf_refine, crf_args, tag=shown):

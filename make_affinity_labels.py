@@ -32,8 +32,9 @@ def parse_args(argv=None):
                         help="psa mode: power of the confident-foreground CRF")
     parser.add_argument("--high-alpha", type=flags.positive_float, default=32,
                         help="psa mode: power of the confident-background CRF")
-    parser.add_argument("--crf-workers", type=flags.positive_int, default=dist.cpus_per_process(),
-                        help="CRF processes; the default is the CPUs available, divided among torchrun processes")
+    parser.add_argument("--crf-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
+                        help="CRF processes (0: this process); the default is the CPUs available, divided among "
+                             "torchrun processes")
     stage.add_overwrite_arg(parser)
     args = parser.parse_args(argv)
     args.cam_dir = args.cam_dir or str(Path(args.work_dir) / "cam")

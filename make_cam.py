@@ -73,15 +73,12 @@ def main(argv=None):
                 keys = torch.as_tensor(item["keys"], device=info.device)
                 with stage.autocast(info.device, args.amp):
                     maps = inference_maps(model, images, keys, item["image"].shape[:2])
-                maps = {name: value.cpu() for name, value in maps.items()}
+                maps = {name: value.numpy() for name, value in maps.items()}
                 extra = {name: maps[name] for name in ("plain_cam", "is_cam")} if args.all_maps else {}
                 write = functools.partial(save_cam, out_dir / f"{item['name']}.npy", item["keys"], maps["cam"],
                                           method=method, num_classes=source.num_classes, made_by=record["digest"],
                                           **extra)
-                if pool:
-                    pool.submit(write, ())
-                else:
-                    write()
+                pool.submit(write, ())
                 if index < args.visualize:
                     write_image(work_dir / "vis" / "cam" / f"{item['name']}.jpg",
                                 cam_panel(item["image"], maps["cam"].fused().numpy()))

@@ -48,8 +48,9 @@ def parse_args(argv=None):
                         help="affinitynet: background (1 - max fg) ** alpha")
     parser.add_argument("--power", type=flags.positive_float, default=1.5, help="irn: the CAM is raised to this power")
     parser.add_argument("--crf", action="store_true", help="also write CRF-refined labels to pseudo_labels_crf/")
-    parser.add_argument("--crf-workers", type=flags.positive_int, default=dist.cpus_per_process(),
-                        help="processes for the CRF; the default is the CPUs, divided among torchrun processes")
+    parser.add_argument("--crf-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
+                        help="CRF processes (0: this process); the default is the CPUs available, divided among "
+                             "torchrun processes")
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
     stage.add_overwrite_arg(parser)
@@ -131,7 +132,7 @@ def main(argv=None):
                 labels = keys[label_index].astype(np.uint8)
                 write_label_png(out_dirs[0] / f"{name}.png", labels, voc_palette())
                 shown = (name, image, labels) if index < args.visualize else None
-                if pool:
+                if args.crf:
                     crf_args = (str(source.image_path(name)), label_index, keys, out_dirs[1] / f"{name}.png")
                     for done, refined in pool.submit(crf_refine, crf_args, tag=shown):
                         draw(done, refined)

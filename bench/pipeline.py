@@ -3,7 +3,7 @@ hours of a VOC and a COCO run (``python -m bench pipeline``).
 
 The stage scripts run in this process, in the drivers' order (AE-SIPE and IRN, as
 ``run_voc.sh``), with their published settings on the device they find: crop 512 and
-batch 16 / 32 / 10, make_cam's scales 1.0 0.5 1.5 2.0, the CRFs on every usable CPU.
+batch 16 / 32 / 10, make_cam's scales 1.0 0.5 1.5 2.0, the CRFs on every usable CPU (--cpu-workers).
 The backbones start from generated torchvision weights files (random values), so that
 the frozen stages and BatchNorm statistics are those of a run from ImageNet weights; the
 training stages run at lr 1e-6, as random weights diverge at the published rates.
@@ -181,7 +181,7 @@ def hours(seconds):
 def run(options=None):
     """One row per stage call and a total row, as in the module's docstring."""
     options = options or parse_args([])
-    cpu_workers = usable_cpus()
+    cpu_workers = usable_cpus() if options.cpu_workers is None else options.cpu_workers
     rows, totals = [], {key: 0.0 for key in COLUMNS[5:]}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -199,7 +199,7 @@ def run(options=None):
             for route in RUN:
                 scale = RUN[route]["pixels"] if per_pixel else 1.0
                 projected = full_images(RUN[route]) * scale / rate
-                faster = 16 / cpu_workers if name in CPU_POOL_STAGES else 1.0
+                faster = 16 / max(1, cpu_workers) if name in CPU_POOL_STAGES else 1.0
                 row[f"{route.upper()} projected"] = hours(projected)
                 row[f"{route.upper()} with 16 CPUs"] = hours(projected / faster)
                 if route == "coco" and name in ("train_affinity", "make_seg_labels"):
@@ -231,6 +231,9 @@ def parse_args(argv=None):
                         help="training batch of every training stage (default: the published ones with CUDA, 4 on "
                              "the CPU); the projection is per image")
     parser.add_argument("--crop-size", type=flags.positive_int, help="training crop (default: the published ones)")
+    parser.add_argument("--cpu-workers", type=flags.non_negative_int,
+                        help="processes of the CPU pools: scoring and the CRFs (default: the usable CPUs; 0: each "
+                             "stage's own process, projected as one CPU)")
     return parser.parse_args(argv)
 
 

@@ -49,7 +49,7 @@ BAD = [
     (eval_cam, ["--threshold", "1.5"], "--threshold"),
     (eval_cam, ["--bg-scale", "-1"], "--bg-scale"),
     (eval_cam, ["--score-workers", "-2"], "--score-workers"),
-    (make_affinity_labels, ["--crf-workers", "0"], "--crf-workers"),
+    (make_affinity_labels, ["--crf-workers", "-1"], "--crf-workers"),
     (make_affinity_labels, ["--bg-conf-scale", "0"], "--bg-conf-scale"),
     (make_affinity_labels, ["--low-alpha", "0"], "--low-alpha"),
     (make_affinity_labels, ["--high-alpha", "-32"], "--high-alpha"),
@@ -60,10 +60,10 @@ BAD = [
     (make_seg_labels, ["--alpha", "-16"], "--alpha"),
     (make_seg_labels, ["--power", "0"], "--power"),
     (make_seg_labels, ["--bg-scale", "0"], "--bg-scale"),
-    (make_seg_labels, ["--crf-workers", "0"], "--crf-workers"),
+    (make_seg_labels, ["--crf-workers", "-1"], "--crf-workers"),
     (make_seg_labels, ["--visualize", "-1"], "--visualize"),
     (infer_seg, ["--scales", "0.5", "0"], "--scales"),
-    (infer_seg, ["--crf-workers", "0"], "--crf-workers"),
+    (infer_seg, ["--crf-workers", "-1"], "--crf-workers"),
     (infer_seg, ["--visualize", "-2"], "--visualize"),
 ]
 # values at the edge of what each kind allows, parsed as given
@@ -75,7 +75,7 @@ EDGES = [
     (make_cam, ["--visualize", "0", "--scales", "0.25"]),
     (eval_cam, ["--threshold", "0", "--score-workers", "0"]),
     (eval_cam, ["--threshold", "1"]),
-    (make_seg_labels, ["--steps", "1", "--crf-workers", "1", "--radius", "2"]),
+    (make_seg_labels, ["--steps", "1", "--crf-workers", "0", "--radius", "2"]),
 ]
 
 

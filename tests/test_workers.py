@@ -116,10 +116,21 @@ def test_a_stopped_pool_removes_what_its_killed_workers_were_writing(tmp_path):
     assert other.exists()
 
 
+SET_UP = []
+
+
+def set_up(*state):
+    SET_UP[:] = [os.getpid(), *state]
+
+
 def test_no_processes_no_pool():
-    with WorkerPool(0) as pool:
-        assert not pool and pool.finish() == []
+    """Without workers the setup and every task run in this process, each task when submitted."""
+    with WorkerPool(0, setup=(set_up, ("source",))) as pool:
+        assert not pool and SET_UP == [os.getpid(), "source"]
+        assert pool.submit(square, (3,), tag="a") == [("a", 9)] and pool.finish() == []
         assert list(pool.map(square, range(4))) == [0, 1, 4, 9]  # computed here, in order
+    with pytest.raises(ZeroDivisionError):
+        WorkerPool(0).submit(divmod, (1, 0))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

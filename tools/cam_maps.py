@@ -33,16 +33,17 @@ def fuse_scales(scales, size, background=False):
 
 class ScaleMaps(NamedTuple):
     """One map of one image before the scales are fused: ``scales`` a list of float32
-    [K,h,w] tensors (the image and its flip already summed), ``size`` the image's (H, W),
+    [K,h,w] tensors or arrays (the image and its flip already summed), ``size`` the image's (H, W),
     ``background`` whether the channels are the foreground only (``1 - max`` prepended)."""
 
     scales: list
     size: tuple
     background: bool = False
 
-    def cpu(self):
-        """The same maps as float32 tensors on the CPU."""
-        return self._replace(scales=[value.detach().float().cpu() for value in self.scales])
+    def numpy(self):
+        """The same maps as float32 numpy arrays, as they are written (and sent to a pool
+        worker: a tensor would travel through shared memory that a stopped pool cuts)."""
+        return self._replace(scales=[torch.as_tensor(value).detach().float().cpu().numpy() for value in self.scales])
 
     def fused(self):
         """The map at the image size, float32 [K,H,W] (``fuse_scales``)."""

@@ -188,8 +188,7 @@ def encode_scales(maps):
     image's pixels: 0.19 bytes per class channel and pixel for the three maps of an
     ``--all-maps`` file (README, CAM files)."""
     return {"codec": "scales", "size": tuple(int(side) for side in maps.size), "background": bool(maps.background),
-            "scales": [{"shape": tuple(value.shape), "data": zlib.compress(value.numpy().tobytes(), 6)}
-                       for value in maps.cpu().scales]}
+            "scales": [{"shape": value.shape, "data": zlib.compress(value.tobytes(), 6)} for value in maps.numpy().scales]}
 
 
 def _decode_scales(encoded):
@@ -286,7 +285,7 @@ def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
     try:
         stored = maps[map_name]
         cam = decode_map(stored) if isinstance(stored, dict) else np.asarray(stored, dtype=np.float32)
-    except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError, zlib.error) as exc:  # bz2: OSError, EOFError
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError, zlib.error) as exc:  # bz2: OSError, EOF
         raise PipelineError(f"{path}: map {map_name!r} cannot be decoded ({exc})") from exc
     if cam.ndim != 3 or cam.shape[0] != len(keys):
         raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")

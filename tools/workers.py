@@ -43,8 +43,10 @@ class WorkerPool:
     that never comes.  Leaving the ``with`` block on an error kills the workers at once.
     ``setup``, a ``(function, args)`` pair, runs once in each worker as it starts: state
     that every task needs (a dataset source) travels once a worker, not once a task.  With
-    ``processes`` 0 there is no pool (``bool(pool)`` is False).  ``writes_to``: the folders
-    the tasks write into; the temporary files of workers killed mid-write are removed there.
+    ``processes`` 0 there is no pool (``bool(pool)`` is False): ``setup`` runs in this
+    process and every task is computed here when it is submitted (the flags' 0: this process).
+    ``writes_to``: the folders the tasks write into; the temporary files of workers killed
+    mid-write are removed there.
     """
 
     def __init__(self, processes, what="worker", setup=None, writes_to=()):
@@ -55,6 +57,8 @@ class WorkerPool:
                                              initargs=(os.getpid(), setup))
                          if processes > 0 else None)
         self.pending = deque()  # (tag, Future), oldest first
+        if self.executor is None and setup is not None:
+            setup[0](*setup[1])
 
     def __bool__(self):
         return self.executor is not None
@@ -84,7 +88,9 @@ class WorkerPool:
     def submit(self, fn, args, tag=None):
         """Queue ``fn(*args)``; returns the ``(tag, result)`` pairs finished by now, oldest
         first, waiting for the oldest while more than the limit are in flight.  A failed
-        task raises now, not when its turn comes."""
+        task raises now, not when its turn comes.  Without workers it runs now."""
+        if self.executor is None:
+            return [(tag, fn(*args))]
         try:
             self.pending.append((tag, self.executor.submit(fn, *args)))
         except BrokenProcessPool as exc:
