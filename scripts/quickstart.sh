@@ -8,7 +8,8 @@ what="${1:-}"
 shift || true
 case "$what" in
     toy) exec bash run_voc.sh --toy "$@" ;;
-    # one pytest-xdist worker per CPU (at most 4), one torch thread each (tests/conftest.py)
-    test) exec python -m pytest -q -n auto --maxprocesses 4 --dist loadscope "$@" ;;
+    # one pytest-xdist worker per CPU (at most 4), one torch thread each (tests/conftest.py); each
+    # test goes to the next free worker, but the tests of a module that marks an xdist_group share one
+    test) exec python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup "$@" ;;
     *) echo "usage: bash scripts/quickstart.sh {toy|test} [args...]" >&2; exit 2 ;;
 esac

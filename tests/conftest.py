@@ -4,9 +4,10 @@ Under pytest-xdist (``-n N``, as the README's test command runs) each worker and
 scripts it starts use one torch thread, so that N workers share the CPUs instead of
 oversubscribing them.  Set here, before any test module imports torch.
 
-Markers: ``slow`` (the test runs stage scripts or drivers in subprocesses, or trains a
-network: seconds to minutes; ``pytest -m "not slow"`` runs the unit tests alone) and
-``gpu`` (needs CUDA; skipped without it).
+Markers: ``slow`` (the test runs stage scripts, in this process or another, or drivers, or
+trains a network: seconds to minutes; ``pytest -m "not slow"`` runs the unit tests alone),
+``gpu`` (needs CUDA; skipped without it) and xdist's ``xdist_group`` (a module whose tests
+share an expensive fixture keeps them on one worker).
 """
 import os
 
@@ -19,6 +20,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs stage scripts or drivers, or trains a network (seconds to minutes)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs the group's tests on one worker")
 
 
 def pytest_collection_modifyitems(config, items):

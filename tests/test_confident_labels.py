@@ -207,13 +207,13 @@ def test_stage_end_to_end_resume_and_eval(toy, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
     result = run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work,
-                 "--label-dir", work / "affinity_labels", "--confident", "--score-workers", "1")
+                 "--label-dir", work / "affinity_labels", "--confident", "--score-workers", "0")
     entry = json.loads((work / "results.json").read_text())["affinity_labels"]
     assert 0 < entry["coverage"] <= 100 and entry["precision"] > 80
     assert entry["note"] == f"confident, coverage {entry['coverage']:.1f}%" and entry["note"] in result.stdout
     assert f"| {entry['note']} |" in (work / "results.md").read_text()
     run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work, "--label-dir",
-        work / "affinity_labels", "--confident", "--score-workers", "1", "--tag", "noted", "--note", "final checkpoint")
+        work / "affinity_labels", "--confident", "--score-workers", "0", "--tag", "noted", "--note", "final checkpoint")
     noted = json.loads((work / "results.json").read_text())["noted"]
     assert noted["note"] == f"{entry['note']}; final checkpoint" and noted["miou"] == entry["miou"]
 

@@ -3,32 +3,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.scripts import REPO
+from tests.scripts import REPO, drive
 from tools.io import read_label_png
 
-pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
-
-TINY = ["--toy-images", "8", "--toy-image-size", "64",
-        "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
-        "--make-cam", "--scales 1.0 --num-workers 0",
-        "--train-affinity", "--epochs 1 --crop-size 80 --batch-size 4 --num-workers 0",
-        "--train-seg", "--iterations 2 --crop-size 64 --batch-size 4 --num-workers 0",
-        "--infer-seg", "--scales 1.0 --num-workers 0"]
 SEGMENTATION_ROWS = ["segmentation (val)", "segmentation + CRF (val)"]
 
-
-def drive(script, work_dir, *args):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", str(REPO / script), "--toy", "--work-dir", str(work_dir), *TINY, *args],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr  # the stage lines and the stages' logs
-
+pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
 
 def test_run_voc_toy_goes_through_every_stage_and_skips_finished_ones(tmp_path):
     work = tmp_path / "voc"

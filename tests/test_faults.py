@@ -27,7 +27,9 @@ from tools.io import PipelineError, atomic_path, load_cam, read_image, read_labe
 from tools.provenance import RECORD_NAME
 from tools.report import summarize, update_results
 
-pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
+# every test here runs stage scripts or drivers; on one xdist worker, which makes the module's
+# reference run once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 # four steps (8 images, batch 2, one epoch)
 TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
@@ -300,7 +302,7 @@ def test_eval_cam_scores_the_images_of_a_custom_dataset_that_have_masks(toy, ref
     root, _ = broken_copy(toy, tmp_path, missing_mask)
     work = tmp_path / "run"
     run("eval_cam.py", "--dataset", "custom", "--data-root", root, "--split", "train", "--work-dir", work,
-        "--cam-dir", ref / "cam", "--score-workers", "1")
+        "--cam-dir", ref / "cam", "--score-workers", "0")
     row = json.loads((work / "results.json").read_text())["cam"]
     listed = len(train_ids(root))
     assert row["images"] == listed - 1 and f"{listed - 1} of {listed} images have masks" in row["note"]
@@ -311,7 +313,7 @@ def test_eval_cam_bad_ground_truth(toy, ref, tmp_path, breakage):
     root, (named, problem) = broken_copy(toy, tmp_path, breakage)
     work = tmp_path / "run"
     result = run("eval_cam.py", "--dataset", "custom", "--data-root", root, "--split", "train", "--work-dir", work,
-                 "--cam-dir", ref / "cam", "--score-workers", "1", check=False)
+                 "--cam-dir", ref / "cam", "--score-workers", "0", check=False)
     assert_error(result, named, problem)
     assert not (work / "results.json").exists() and not temporaries(work)
 
@@ -395,7 +397,7 @@ def test_cam_of_another_dataset_is_an_error(toy, ref, tmp_path, script):
     keys, cam = load_cam(bad)
     save_cam(bad, keys, cam, method="sipe", num_classes=21)
     work = tmp_path / "run"
-    flags = {"eval_cam.py": ["--score-workers", "1"], "make_affinity_labels.py": ["--crf-workers", "1"],
+    flags = {"eval_cam.py": ["--score-workers", "0"], "make_affinity_labels.py": ["--crf-workers", "0"],
              "make_seg_labels.py": ["--checkpoint", ref / "ckpt" / "affinity.pth", "--device", "cpu"]}[script]
     result = run(script, "--dataset", "custom", "--data-root", toy, "--split", "train", "--work-dir", work,
                  "--cam-dir", cam_dir, *flags, check=False)
@@ -482,6 +484,9 @@ def test_finished_training_is_overwritten_only_when_asked(toy, ref, tmp_path):
 
 # ---- 4. a full disk --------------------------------------------------------------------------------
 
+FOUR_SCALES = ["--scales", "1.0", "0.5", "1.5", "2.0"]
+
+
 def file_size_limit(limit):
     """preexec_fn: writes beyond ``limit`` bytes fail with EFBIG, as on a full disk with ENOSPC."""
     def apply():
@@ -492,8 +497,10 @@ def file_size_limit(limit):
 
 @pytest.mark.parametrize("name, limit, written, extra", [
     ("train_cam", 2 ** 20, "ckpt/cam_last.pth", []),  # torch.save
-    ("make_cam", 700, "cam/toy_0000.npy", []),  # np.save; its flags, log and made_by.json are smaller
-    ("make_cam", 700, "cam/toy_0000.npy", ["--write-workers", "1"]),  # np.save in a pool worker
+    # np.save, in this process and in a pool worker; at four scales a CAM file holds more than 700
+    # bytes, and its flags, log and made_by.json fewer
+    ("make_cam", 700, "cam/toy_0000.npy", FOUR_SCALES),
+    ("make_cam", 700, "cam/toy_0000.npy", [*FOUR_SCALES, "--write-workers", "1"]),
     ("make_affinity_labels", 700, "affinity_labels/toy_0000.png", []),  # PIL, in a pool worker
 ])
 def test_full_disk_is_a_clear_error_and_leaves_no_temporary(toy, ref, tmp_path, name, limit, written, extra):
@@ -502,7 +509,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_temporary(toy, ref, tmp_path, 
     assert_error(result, work / written, re.escape(f"cannot write ({os.strerror(errno.EFBIG)})"))
     folder = (work / written).parent
     assert not temporaries(folder)
-    if not extra:
+    if "--write-workers" not in extra:
         assert not finished(folder)
     for name in finished(folder):  # a pool may finish a later image first: only whole files
         load_cam(folder / name)

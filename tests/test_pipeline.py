@@ -71,7 +71,7 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     assert "| AE-IS-CAM |" in (work / "results.md").read_text()
     # the background factor: 0 is honoured, and without the flag it is the recorded method's (AE-SIPE: 0.8)
     for tag, flags in (("bg 0", ["--bg-scale", "0"]), ("bg by method", [])):
-        run("eval_cam.py", *data_args(toy), "--work-dir", work, "--map", "cam", "--tag", tag, "--score-workers", "1",
+        run("eval_cam.py", *data_args(toy), "--work-dir", work, "--map", "cam", "--tag", tag, "--score-workers", "0",
             *flags)
     results = json.loads((work / "results.json").read_text())
     assert results["bg 0"]["note"] == "bg x 0.0" and results["bg by method"]["note"] == "bg x 0.8"

@@ -134,7 +134,7 @@ def test_pipeline_bench_times_every_stage_and_projects_from_the_rates(capsys):
     """Every stage of the VOC route runs in process on a tiny generated set; each row's
     projection is the full run's images over the measured rate."""
     options = pipeline.parse_args(["--images", "4", "--image-size", "48", "64", "--steps", "1", "--batch-size", "2",
-                                   "--crop-size", "96"])
+                                   "--crop-size", "96", "--cpu-workers", "0"])
     rows = pipeline.run(options)
     stages = [row["stage"] for row in rows]
     assert stages == ["train_cam", "make_cam", "eval_cam", "eval_cam", "make_affinity_labels", "eval_cam",

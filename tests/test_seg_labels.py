@@ -14,7 +14,9 @@ from tests.scripts import run
 from tools.io import load_cam, read_image, read_label_png, save_cam
 from tools.palette import voc_palette
 
-pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
+# every test here runs stage scripts or drivers; on one xdist worker, which makes the module's
+# reference run once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("seg_labels")]
 
 
 
@@ -136,7 +138,7 @@ def test_make_seg_labels_without_affinity(toy, tmp_path):
     work = tmp_path / "noaff"
     source, names = write_cams(toy, work / "cam", noise=0.5, seed=2)
     assert not (work / "ckpt").exists()
-    run("make_seg_labels.py", *data_args(toy, work), "--no-affinity", "--crf", "--crf-workers", "1",
+    run("make_seg_labels.py", *data_args(toy, work), "--no-affinity", "--crf", "--crf-workers", "0",
         "--device", "cpu")
     assert_label_pngs(work / "pseudo_labels", source, names)
     assert_label_pngs(work / "pseudo_labels_crf", source, names)
@@ -205,7 +207,7 @@ def test_make_seg_labels_bad_input_is_one_line_and_exit_2(toy, irn_run, tmp_path
     source, names = write_cams(toy, work / "cam", noise=0.3)
     bad = names[len(names) // 2]
     path, expected, extra = breakage(work / "cam", bad, read_image(source.image_path(bad)).shape[:2], tmp_path)
-    flags = ["--crf", "--crf-workers", "1"] if crf else []
+    flags = ["--crf", "--crf-workers", "0"] if crf else []
     result = run("make_seg_labels.py", *data_args(toy, work), "--device", "cpu", "--checkpoint",
                  irn_run / "ckpt" / "affinity.pth", *flags, *extra, check=False)
     assert result.returncode == 2, result.stderr[-2000:]

@@ -15,6 +15,8 @@ from net.segmentation import ASPP_DILATIONS, ASPPv2, build_segmentation_net, mul
 from tools.io import PipelineError, read_label_png, write_label_png
 from tests.scripts import run
 
+pytestmark = pytest.mark.xdist_group("segmentation")  # on one xdist worker: seg_run is made once
+
 
 def test_aspp_v2_is_the_sum_of_four_dilated_convs():
     torch.manual_seed(0)
