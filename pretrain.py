@@ -7,7 +7,7 @@ from data.datasets import ClassificationDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import add_augmentation_args, add_training_args, train
+from engine.train import PolySchedule, add_augmentation_args, add_training_args, build_optimizer, epoch_steps, train
 from net.backbone import BACKBONES
 from net.classifier import ImageClassifier, classification_loss
 from tools.io import PipelineError
@@ -51,9 +51,13 @@ def main(argv=None):
         check_single_labels(source, args.split)
         transform = TrainTransform(args.resize_long, args.crop_size, color_jitter=args.color_jitter)
         dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
-        model = ImageClassifier(source.num_classes - 1, args.backbone)
+        model = ImageClassifier(source.num_classes - 1, args.backbone).to(info.device)
+        # SGD with momentum, poly decay: the recipe above
+        optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
+        schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "pretrain", "backbone": args.backbone, "num_classes": source.num_classes}
-        train(model.to(info.device), dataset, classification_loss, args, info, work_dir, "pretrain", meta)
+        train(model, dataset, classification_loss, optimizer, schedule, args, info, work_dir, "pretrain", meta,
+              clip_grad=args.clip_grad)
 
 
 if __name__ == "__main__":

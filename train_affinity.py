@@ -9,7 +9,8 @@ from data.datasets import LabelMapDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import add_augmentation_args, add_training_args, train, unwrap
+from engine.train import (PolySchedule, add_augmentation_args, add_training_args, build_optimizer, epoch_steps,
+                          train, unwrap)
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
 from tools import flags
@@ -80,10 +81,13 @@ def main(argv=None):
                                    color_jitter=args.color_jitter)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
+        # SGD over the network's groups (PSA: four, SPEC 9; IRN: the boundary layers), poly decay
+        optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
+        schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
                 "crop_size": args.crop_size}
-        train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), args, info, work_dir, "affinity",
-              meta, label_dir)
+        train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), optimizer, schedule, args, info,
+              work_dir, "affinity", meta, label_dir, clip_grad=args.clip_grad)
 
 
 if __name__ == "__main__":

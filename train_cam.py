@@ -3,7 +3,8 @@ from data.datasets import ClassificationDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import add_augmentation_args, add_training_args, train
+from engine.train import (PolySchedule, add_augmentation_args, add_training_args, build_optimizer, epoch_steps,
+                          train)
 from net.backbone import BACKBONES
 from net.sipe import METHODS, build_classifier, classifier_losses
 from tools import flags
@@ -43,10 +44,16 @@ def main(argv=None):
         source.check_split(args.split)
         transform = TrainTransform(args.resize_long, args.crop_size, color_jitter=args.color_jitter)
         dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
-        model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone, args.seed_bg_scale)
+        model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone,
+                                 args.seed_bg_scale).to(info.device)
+        # SGD: the backbone at --lr, the new layers at --lr x --new-layer-lr-mult; poly decay (SPEC 5.8)
+        optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
+        schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes,
                 "seed_bg_scale": args.seed_bg_scale}
-        train(model.to(info.device), dataset, classifier_losses, args, info, work_dir, "cam", meta)
+        # the classification loss (+ SIPE's GSC loss), the gradient norm clipped at --clip-grad
+        train(model, dataset, classifier_losses, optimizer, schedule, args, info, work_dir, "cam", meta,
+              clip_grad=args.clip_grad)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from data.datasets import LabelMapDataset
 from data.sources import build_source, check_label_maps
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import add_training_args, train
+from engine.train import PolySchedule, add_training_args, build_optimizer, train
 from net.backbone import BACKBONES
 from net.segmentation import ARCHS, build_segmentation_net, pixel_losses
 from tools import flags
@@ -47,8 +47,12 @@ def main(argv=None):
         transform = TrainTransform(crop_size=args.crop_size, scale_range=args.scale_range)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
+        # SGD with momentum, the head at 10x; poly decay over --iterations (SPEC 13)
+        optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
+        schedule = PolySchedule(optimizer, args.iterations)
         meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes}
-        train(model, dataset, pixel_losses, args, info, work_dir, "seg", meta, label_dir)
+        train(model, dataset, pixel_losses, optimizer, schedule, args, info, work_dir, "seg", meta, label_dir,
+              clip_grad=args.clip_grad)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,7 @@ def training_rate(arch, weights, device, amp, batch, calls):
     """train_seg images per second of one configuration, on random data."""
     gen = torch.Generator().manual_seed(0)
     model = prepare_model(_model(arch, weights, device, True), device, True)
-    optimizer, _ = build_optimizer(model, argparse.Namespace(lr=2.5e-4, new_layer_lr_mult=10.0, momentum=0.9,
-                                                             weight_decay=5e-4))
+    optimizer = build_optimizer(model, lr=2.5e-4, new_layer_lr_mult=10.0, weight_decay=5e-4, momentum=0.9)
     scaler = stage.grad_scaler(device, amp)
     labels = torch.randint(0, VOC_CLASSES, (batch, CROP, CROP), generator=gen)
     batch_dict = to_device({"image": torch.randn(batch, 3, CROP, CROP, generator=gen), "labels": labels}, device,

@@ -34,9 +34,24 @@ def poly_lr(base_lr, step, max_step, power=0.9):
     return base_lr * (1 - step / max_step) ** power
 
 
-def set_poly_lr(optimizer, base_lrs, step, max_step):
-    for group, base in zip(optimizer.param_groups, base_lrs):
-        group["lr"] = poly_lr(base, step, max_step)
+class PolySchedule:
+    """The poly schedule of SPEC 5.8 / 9 / 13 over ``max_step`` steps: before each step every
+    group's lr is its lr at construction times ``(1 - step / max_step) ** power``.  A function
+    of the step alone, so a resumed run goes on with it."""
+
+    def __init__(self, optimizer, max_step, power=0.9):
+        self.optimizer, self.max_step, self.power = optimizer, max_step, power
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    def set_step(self, step):
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = poly_lr(base, step, self.max_step, self.power)
+
+
+def epoch_steps(dataset, batch_size, epochs):
+    """The steps of ``epochs`` passes over ``dataset`` in batches of ``batch_size`` (the
+    last incomplete batch of each pass dropped, as ``epoch_batches`` does)."""
+    return len(dataset) // batch_size * epochs
 
 
 def unwrap(model):
@@ -93,19 +108,18 @@ def add_augmentation_args(parser):
                              "ColorJitter (None: off)")
 
 
-def build_optimizer(model, args):
-    """SGD over the model's parameter groups (``net.parameters``): ``--lr``, times
-    ``--new-layer-lr-mult`` for new layers and times 2 for PSA's biases, which get no weight
-    decay (SPEC 5.8, 9, 13); empty groups are left out.  Returns it and the base lrs."""
+def build_optimizer(model, lr, new_layer_lr_mult=1.0, weight_decay=0.0, momentum=0.0):
+    """SGD over the model's parameter groups (``net.parameters``): ``lr``, times
+    ``new_layer_lr_mult`` for new layers and times 2 for PSA's biases, which get no weight
+    decay (SPEC 5.8, 9, 13); empty groups are left out."""
     groups = []
     for group in model.param_groups():
         if not group["params"]:
             continue
-        lr = args.lr * (args.new_layer_lr_mult if group["new"] else 1.0) * (2.0 if group["bias"] else 1.0)
-        groups.append({"params": group["params"], "lr": lr,
-                       "weight_decay": 0.0 if group["bias"] else args.weight_decay})
-    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return optimizer, [group["lr"] for group in groups]
+        group_lr = lr * (new_layer_lr_mult if group["new"] else 1.0) * (2.0 if group["bias"] else 1.0)
+        groups.append({"params": group["params"], "lr": group_lr,
+                       "weight_decay": 0.0 if group["bias"] else weight_decay})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def claim_run(work_dir, name, record, overwrite, is_main):
@@ -168,16 +182,16 @@ class Trainer:
     the seed and the step, so a resumed run ends with the weights an unbroken run would
     have; the loss scaler's state is saved too, so an fp16 resume is exact."""
 
-    def __init__(self, model, dataset, loss_fn, args, info, paths, meta):
+    def __init__(self, model, dataset, loss_fn, optimizer, schedule, clip_grad, args, info, paths, meta):
         self.dataset, self.loss_fn, self.args, self.info, self.meta = dataset, loss_fn, args, info, meta
+        self.optimizer, self.schedule, self.clip_grad = optimizer, schedule, clip_grad
         self.final_path, self.last_path = paths
-        self.model = prepare_model(model, info.device, args.channels_last)
-        self.optimizer, self.base_lrs = build_optimizer(self.model, args)
+        self.model = prepare_model(model, info.device, args.channels_last)  # the optimizer's parameters stay
         self.scaler = stage.grad_scaler(info.device, args.amp)
         self.steps_per_epoch = len(dataset) // args.batch_size
         if self.steps_per_epoch == 0:
             raise PipelineError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}")
-        self.max_step = args.iterations if "iterations" in vars(args) else self.steps_per_epoch * args.epochs
+        self.max_step = schedule.max_step
         self.step = 0
 
     def resume(self):
@@ -225,9 +239,9 @@ class Trainer:
         loader = stage.loader(self.dataset, info, args.num_workers,
                               batch_sampler=batches[skip:skip + self.max_step - self.step])
         for batch in loader:
-            set_poly_lr(self.optimizer, self.base_lrs, self.step, self.max_step)
+            self.schedule.set_step(self.step)
             batch = to_device(batch, info.device, args.channels_last)
-            losses, loss = train_step(train_model, batch, self.loss_fn, self.optimizer, self.scaler, args.clip_grad,
+            losses, loss = train_step(train_model, batch, self.loss_fn, self.optimizer, self.scaler, self.clip_grad,
                                       args.amp)
             window.add(losses)
             self.step += 1
@@ -263,10 +277,15 @@ class Trainer:
         dist.barrier(self.info)
 
 
-def train(model, dataset, loss_fn, args, info, work_dir, name, meta, label_dir=None):
+def train(model, dataset, loss_fn, optimizer, schedule, args, info, work_dir, name, meta, label_dir=None,
+          clip_grad=0.0):
     """Train ``model`` on ``dataset`` and write ``ckpt/<name>.pth`` and ``ckpt/<name>_last.pth``.
 
-    ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised;
+    ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised by
+    ``optimizer`` (its parameters the model's), its lrs set by ``schedule`` before each step
+    (``PolySchedule``: its ``max_step`` is the run's length), the gradient norm clipped at
+    ``clip_grad`` (0: not); ``args`` holds the loop's plumbing (batch size, seed, loader
+    workers, formats, log and save intervals, resume).
     ``meta`` (architecture, number of classes...) goes into both checkpoints and must
     match on ``--resume``, with the record of what the network is made from (SPEC 2,
     tools/provenance.py): the ``--pretrained`` weights, the labels of ``label_dir`` and the
@@ -282,7 +301,8 @@ def train(model, dataset, loss_fn, args, info, work_dir, name, meta, label_dir=N
     if paths is None:
         log.info("%s: trained from these inputs and flags already; nothing to do", work_dir / "ckpt" / f"{name}.pth")
         return
-    trainer = Trainer(model, dataset, loss_fn, args, info, paths, {**meta, "made_from": record})
+    trainer = Trainer(model, dataset, loss_fn, optimizer, schedule, clip_grad, args, info, paths,
+                      {**meta, "made_from": record})
     if args.resume and trainer.last_path.exists() and not args.overwrite:
         trainer.resume()
     trainer.run(name)

@@ -1,7 +1,6 @@
 """The networks on a CUDA device: the same results as on the CPU, inference without a
 synchronisation, and a mixed-precision channels-last training step that learns (skipped
 without CUDA)."""
-import argparse
 
 import pytest
 import torch
@@ -38,8 +37,7 @@ def test_segmentation_probs_on_cuda_equal_the_cpu():
 def test_amp_channels_last_training_step_learns_on_cuda():
     torch.manual_seed(0)
     model = stage.channels_last(build_segmentation_net("deeplabv2", 3, "resnet50", pretrained="none").to(CUDA), True)
-    args = argparse.Namespace(lr=1e-3, new_layer_lr_mult=10.0, momentum=0.9, weight_decay=5e-4)
-    optimizer, _ = build_optimizer(model, args)
+    optimizer = build_optimizer(model, lr=1e-3, new_layer_lr_mult=10.0, weight_decay=5e-4, momentum=0.9)
     scaler = stage.grad_scaler(CUDA, True)
     labels = torch.zeros(2, 64, 64, dtype=torch.long)
     labels[:, 16:48, 16:48] = 1

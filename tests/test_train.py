@@ -46,9 +46,9 @@ def squared_error(model, batch):
 
 
 def flags(**changes):
-    args = dict(lr=0.05, new_layer_lr_mult=2.0, momentum=0.9, weight_decay=0.0, batch_size=2, epochs=2,
-                channels_last=False, amp=False, clip_grad=0.0, seed=0, num_workers=0, log_every=1, save_every=1,
-                stop_at_step=0, overwrite=False, resume=False, pretrained="none")
+    """A stage's flags as the loop and the provenance record read them (lr: the optimizer's)."""
+    args = dict(lr=0.05, batch_size=2, channels_last=False, amp=False, seed=0, num_workers=0, log_every=1,
+                save_every=1, stop_at_step=0, overwrite=False, resume=False, pretrained="none")
     return argparse.Namespace(**{**args, **changes})
 
 
@@ -60,9 +60,28 @@ def scaled_fp16(monkeypatch):
 
 
 def run(work_dir, **changes):
+    """Two epochs of SGD with momentum and the poly schedule (8 steps of 2 points)."""
     torch.manual_seed(0)
-    training.train(Tiny(), Points(), squared_error, flags(**changes), CPU, work_dir, "tiny", {"kind": "tiny"})
+    args, model, points = flags(**changes), Tiny(), Points()
+    optimizer = training.build_optimizer(model, args.lr, new_layer_lr_mult=2.0, momentum=0.9)
+    schedule = training.PolySchedule(optimizer, training.epoch_steps(points, args.batch_size, epochs=2))
+    training.train(model, points, squared_error, optimizer, schedule, args, CPU, work_dir, "tiny", {"kind": "tiny"})
     return load_checkpoint(work_dir / "ckpt" / "tiny_last.pth")
+
+
+def test_the_optimizer_and_the_poly_schedule():
+    """SPEC 5.8: the new layers at lr x the factor, decay off for PSA's biases only, and each
+    group's lr at step s is its lr x (1 - s / max_step) ** 0.9."""
+    model = Tiny()
+    optimizer = training.build_optimizer(model, 0.1, new_layer_lr_mult=10.0, weight_decay=1e-4, momentum=0.5)
+    assert [(g["lr"], g["weight_decay"], g["momentum"]) for g in optimizer.param_groups] == [
+        (0.1, 1e-4, 0.5), (pytest.approx(1.0), 1e-4, 0.5)]
+    schedule = training.PolySchedule(optimizer, max_step=10)
+    schedule.set_step(4)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1 * 0.6 ** 0.9, 1.0 * 0.6 ** 0.9])
+    schedule.set_step(0)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 1.0])
+    assert training.epoch_steps(Points(), batch_size=3, epochs=5) == 10  # 8 points: 2 whole batches a pass
 
 
 def test_resume_restores_the_loss_scaler(tmp_path, scaled_fp16):
