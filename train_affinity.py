@@ -85,7 +85,7 @@ def main(argv=None):
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
-                "crop_size": args.crop_size}
+                "crop_size": args.crop_size, "frozen": model.frozen}
         train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), optimizer, schedule, args, info,
               work_dir, "affinity", meta, label_dir, clip_grad=args.clip_grad)
 

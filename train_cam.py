@@ -50,7 +50,7 @@ def main(argv=None):
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes,
-                "seed_bg_scale": args.seed_bg_scale}
+                "seed_bg_scale": args.seed_bg_scale, "frozen": model.frozen}
         # the classification loss (+ SIPE's GSC loss), the gradient norm clipped at --clip-grad
         train(model, dataset, classifier_losses, optimizer, schedule, args, info, work_dir, "cam", meta,
               clip_grad=args.clip_grad)

@@ -50,7 +50,8 @@ def main(argv=None):
         # SGD with momentum, the head at 10x; poly decay over --iterations (SPEC 13)
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, args.iterations)
-        meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes}
+        meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes,
+                "frozen": model.frozen}
         train(model, dataset, pixel_losses, optimizer, schedule, args, info, work_dir, "seg", meta, label_dir,
               clip_grad=args.clip_grad)
 

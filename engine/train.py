@@ -65,8 +65,10 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
     counts its schedule in steps (``iterations`` given) has ``--iterations`` instead of
     ``--epochs``."""
     parser.add_argument("--pretrained", default="imagenet",
-                        help="backbone weights: imagenet (torch hub cache, offline), none, a ResNet-50 file, "
-                             "or a checkpoint of this pipeline (its backbone)")
+                        help="the backbone's initial weights: imagenet (torch hub cache, offline), none (random), a "
+                             "ResNet file, or a checkpoint of this pipeline (its backbone); with weights the network "
+                             "freezes what the published recipe freezes (recorded in the checkpoint as 'frozen'), "
+                             "from random weights every layer trains")
     parser.add_argument("--batch-size", type=flags.positive_int, default=batch_size,
                         help="images per step over all processes")
     if iterations is None:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import STEM_CHANNELS, build_backbone, freeze, stage_channels, stage_outputs
+from net.backbone import STEM_CHANNELS, build_backbone, freeze, frozen_default, stage_channels, stage_outputs
 from net.parameters import layer_groups, psa_groups
 from net.precision import full_precision
 from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_with_boundary, random_walk
@@ -17,11 +17,12 @@ IRN_CROP = 512  # IRN inference pads the image to its training crop (SPEC 9)
 class AffinityNet(nn.Module):
     """Stride-8 pixel embeddings; the affinity of a pair is ``exp(-mean_c |f_i - f_j|)``."""
 
-    def __init__(self, pretrained="imagenet", backbone="resnet50"):
+    def __init__(self, pretrained="imagenet", backbone="resnet50", frozen=None):
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained)
-        self.frozen_stages = 0 if pretrained == "none" else 1  # the stem keeps its ImageNet weights
-        if self.frozen_stages:
+        self.frozen = frozen_default(frozen, pretrained)  # None: as PSA with weights, nothing without
+        self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
+        self.frozen_stages = 1 if self.frozen else 0  # the stem keeps its ImageNet weights
+        if self.frozen:
             # as PSA: the first stage frozen, and every BatchNorm (statistics and affine)
             freeze(self.backbone.conv1, *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
@@ -73,6 +74,8 @@ class BoundaryNet(nn.Module):
     (stem, layer1..layer4) of a frozen backbone (SPEC 9)."""
 
     upsampling = (1, 1, 2, 4, 4)  # stem, layer1 at stride 4; layer2 at 8; layer3, layer4 at 16
+
+    frozen = True  # the whole backbone, always (IRN trains its boundary layers alone)
 
     def __init__(self, pretrained="imagenet", backbone="resnet50"):
         super().__init__()
@@ -128,9 +131,11 @@ def boundary_map(model, image, crop_size=IRN_CROP):
     return torch.sigmoid((logits[0] + logits[1].flip(-1)) / 2)
 
 
-def build_affinity_net(arch, pretrained="imagenet", backbone="resnet50"):
+def build_affinity_net(arch, pretrained="imagenet", backbone="resnet50", frozen=None):
+    """AffinityNet (``frozen``: PSA's stem and BatchNorm; None: with weights) or IRN's
+    BoundaryNet (its backbone always frozen)."""
     if arch == "affinitynet":
-        return AffinityNet(pretrained, backbone)
+        return AffinityNet(pretrained, backbone, frozen)
     if arch == "irn":
         return BoundaryNet(pretrained, backbone)
     raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
@@ -138,8 +143,9 @@ def build_affinity_net(arch, pretrained="imagenet", backbone="resnet50"):
 
 def affinity_net_of(checkpoint):
     """The affinity network a stage-5 checkpoint holds (without its weights), of the
-    architecture and backbone it trained with."""
-    return build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"))
+    architecture, backbone and freezing it trained with."""
+    return build_affinity_net(checkpoint["arch"], pretrained="none", backbone=checkpoint.get("backbone", "resnet50"),
+                              frozen=checkpoint.get("frozen", True))
 
 
 def _masked_mean(loss, mask):

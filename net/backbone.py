@@ -97,21 +97,28 @@ def backbone_state(state, path):
     return state
 
 
-def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16):
+def frozen_default(frozen, pretrained):
+    """``frozen`` as given, or when None the published choice for ``pretrained``: frozen
+    parts with weights, nothing frozen from random initialisation (``none``)."""
+    return pretrained != "none" if frozen is None else bool(frozen)
+
+
+def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16, frozen_statistics=None):
     """torchvision's ResNet without classification head at ``output_stride``: 16 is
     ``layer4`` at stride 1 without dilation (strides 2, 2, 2, 1 as the published SIPE and
     IRN, SPEC 4); 8 is torchvision's dilation of ``layer3`` and ``layer4`` (2 and 4, the
     DeepLab backbone of SPEC 13).
 
-    With weights (``pretrained`` not ``none``) BatchNorm keeps the loaded statistics;
-    without, it trains normally.
+    ``pretrained`` names the initial weights only (``none``: random).  With
+    ``frozen_statistics`` BatchNorm keeps its statistics, the loaded ones (SPEC 4); without,
+    it trains normally; None: kept with weights, trained without (``frozen_default``).
     """
     if backbone not in ARCHITECTURES:
         raise PipelineError(f"unknown backbone {backbone!r} (choose from {', '.join(BACKBONES)})")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     state = read_weights(pretrained, backbone)
-    norm_layer = nn.BatchNorm2d if state is None else FrozenStatsBatchNorm2d
+    norm_layer = FrozenStatsBatchNorm2d if frozen_default(frozen_statistics, pretrained) else nn.BatchNorm2d
     basic = stage_channels(backbone) == BASIC_CHANNELS
     dilation = [False, True, True] if output_stride == 8 and not basic else None
     model = ARCHITECTURES[backbone][0](weights=None, norm_layer=norm_layer, replace_stride_with_dilation=dilation)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import build_backbone, freeze, stage_channels, stage_outputs
+from net.backbone import build_backbone, freeze, frozen_default, stage_channels, stage_outputs
 from net.parameters import layer_groups
 from net.precision import full_precision
 from tools.cam_maps import ScaleMaps
@@ -16,16 +16,18 @@ class CAMNet(nn.Module):
     """ResNet classifier: a bias-free 1x1 conv (layer4's width -> C-1) on ``x4`` is the CAM, its
     global average the image score (SPEC 5.1).
 
-    With pretrained weights the stem, ``layer1`` and ``layer2`` are frozen and run without
-    autograd; without (``pretrained="none"``) every layer trains.
+    ``pretrained`` names the initial weights; ``frozen`` (None: with weights, not without) is
+    the published recipe's: the stem, ``layer1`` and ``layer2`` frozen and run without
+    autograd, and BatchNorm keeping its statistics; not frozen, every layer trains.
     """
 
     method = "cam"
 
-    def __init__(self, num_classes, pretrained="imagenet", backbone="resnet50"):
+    def __init__(self, num_classes, pretrained="imagenet", backbone="resnet50", frozen=None):
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained)
-        self.frozen_stages = 0 if pretrained == "none" else FROZEN_STAGES
+        self.frozen = frozen_default(frozen, pretrained)
+        self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
+        self.frozen_stages = FROZEN_STAGES if self.frozen else 0
         if self.frozen_stages:
             freeze(self.backbone.conv1, self.backbone.bn1, self.backbone.layer1, self.backbone.layer2)
         self.classifier = nn.Conv2d(stage_channels(backbone)[-1], num_classes - 1, 1, bias=False)

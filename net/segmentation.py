@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-from net.backbone import build_backbone, freeze, stage_channels, stage_outputs
+from net.backbone import build_backbone, freeze, frozen_default, stage_channels, stage_outputs
 from net.parameters import layer_groups
 
 ARCHS = ("deeplabv2", "deeplabv3")
@@ -30,16 +30,18 @@ class ASPPv2(nn.Module):
 
 class DeepLab(nn.Module):
     """DeepLab on a ResNet at output stride 8; ``forward(images)`` -> logits [N,C,H,W] at the
-    input size (bilinear).  DeepLab-v2 keeps BatchNorm frozen (statistics and affine
-    parameters) when it starts from weights; DeepLab-v3 trains it (torchvision's head)."""
+    input size (bilinear).  ``frozen`` (None: with weights, not without): DeepLab-v2 keeps
+    BatchNorm frozen (statistics and affine parameters); DeepLab-v3 trains it either way
+    (torchvision's head), its statistics kept when frozen."""
 
-    def __init__(self, arch, num_classes, backbone="resnet101", pretrained="imagenet"):
+    def __init__(self, arch, num_classes, backbone="resnet101", pretrained="imagenet", frozen=None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown segmentation architecture {arch!r} (choose from {', '.join(ARCHS)})")
         self.arch = arch
-        self.backbone = build_backbone(backbone, pretrained, output_stride=8)
-        if arch == "deeplabv2" and pretrained != "none":
+        self.frozen = frozen_default(frozen, pretrained)
+        self.backbone = build_backbone(backbone, pretrained, output_stride=8, frozen_statistics=self.frozen)
+        if arch == "deeplabv2" and self.frozen:
             freeze(*(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
         self.head = (ASPPv2 if arch == "deeplabv2" else DeepLabHead)(stage_channels(backbone)[-1], num_classes)
 
@@ -53,15 +55,16 @@ class DeepLab(nn.Module):
         return F.interpolate(logits, images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_segmentation_net(arch, num_classes, backbone="resnet101", pretrained="imagenet"):
+def build_segmentation_net(arch, num_classes, backbone="resnet101", pretrained="imagenet", frozen=None):
     """DeepLab-v2 or -v3 of SPEC 13 (``arch``: deeplabv2 or deeplabv3)."""
-    return DeepLab(arch, num_classes, backbone, pretrained)
+    return DeepLab(arch, num_classes, backbone, pretrained, frozen)
 
 
 def segmentation_net_of(checkpoint, num_classes):
     """The segmentation network a stage-7 checkpoint holds (without its weights), of the
-    architecture and backbone it trained with."""
-    return build_segmentation_net(checkpoint["arch"], num_classes, checkpoint["backbone"], pretrained="none")
+    architecture, backbone and freezing it trained with."""
+    return build_segmentation_net(checkpoint["arch"], num_classes, checkpoint["backbone"], pretrained="none",
+                                  frozen=checkpoint.get("frozen", True))
 
 
 @torch.no_grad()

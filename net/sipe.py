@@ -93,10 +93,11 @@ class SIPENet(CAMNet):
     """The CAM classifier with the SIPE (or AE-SIPE) prototype branch (SPEC 4-6): side
     convs to the hierarchical features, and PAMR for AE-SIPE."""
 
-    def __init__(self, num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", seed_bg_scale=0.5):
+    def __init__(self, num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", seed_bg_scale=0.5,
+                 frozen=None):
         if method not in PROTOTYPE_METHODS:
             raise ValueError(f"method must be one of {PROTOTYPE_METHODS}, not {method!r}")
-        super().__init__(num_classes, pretrained, backbone)
+        super().__init__(num_classes, pretrained, backbone, frozen)
         self.method = method
         self.seed_bg_scale = seed_bg_scale
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
@@ -203,21 +204,23 @@ def multiscale_maps(model, scaled_images, keys, size):
 FINAL_MAP = {"sipe": "is_cam", "ae_sipe": "ae_is_cam"}
 
 
-def build_classifier(num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", seed_bg_scale=0.5):
+def build_classifier(num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", seed_bg_scale=0.5,
+                     frozen=None):
     """Stage 1's network for ``--method``: the plain CAM classifier (``cam``) or SIPENet."""
     if method == "cam":
-        return CAMNet(num_classes, pretrained, backbone)
-    return SIPENet(num_classes, method, pretrained, backbone, seed_bg_scale)
+        return CAMNet(num_classes, pretrained, backbone, frozen)
+    return SIPENet(num_classes, method, pretrained, backbone, seed_bg_scale, frozen)
 
 
 def classifier_of(checkpoint, num_classes):
     """The classifier a stage-1 checkpoint holds (without its weights), built with the
     settings it trained with: method, backbone, the structure seeds' background factor
-    (``seed_bg_scale``; ``bg_scale`` in checkpoints of before its rename; checkpoints that
-    record none: the defaults)."""
+    (``seed_bg_scale``; ``bg_scale`` in checkpoints of before its rename), what was frozen
+    (checkpoints that record none of these: the defaults, frozen as published)."""
     seed_bg_scale = checkpoint.get("seed_bg_scale", checkpoint.get("bg_scale", 0.5))
     return build_classifier(num_classes, checkpoint["method"], pretrained="none",
-                            backbone=checkpoint.get("backbone", "resnet50"), seed_bg_scale=seed_bg_scale)
+                            backbone=checkpoint.get("backbone", "resnet50"), seed_bg_scale=seed_bg_scale,
+                            frozen=checkpoint.get("frozen", True))
 
 
 def inference_maps(model, scaled_images, keys, size):

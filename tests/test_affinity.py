@@ -408,3 +408,18 @@ def test_affinity_dataset_names_a_label_png_of_the_wrong_size(tmp_path):
     with pytest.raises(PipelineError) as info:
         dataset[1]
     assert str(label_dir / f"{names[1]}.png") in str(info.value) and "differs" in str(info.value)
+
+
+def test_affinity_and_segmentation_networks_are_rebuilt_frozen_as_recorded():
+    """Stage 5 and 7 checkpoints record ``frozen``; the inference stages rebuild with it
+    (``pretrained="none"`` there means only: no initial weights, the checkpoint's follow)."""
+    from net.affinity import affinity_net_of
+    from net.segmentation import segmentation_net_of
+
+    for recorded in (True, False):
+        psa = affinity_net_of({"arch": "affinitynet", "backbone": "resnet18", "frozen": recorded})
+        assert psa.frozen is recorded and psa.frozen_stages == (1 if recorded else 0)
+        assert psa.backbone.bn1.weight.requires_grad is not recorded  # PSA freezes every BatchNorm
+        seg = segmentation_net_of({"arch": "deeplabv2", "backbone": "resnet18", "frozen": recorded}, 3)
+        assert seg.frozen is recorded and seg.backbone.bn1.weight.requires_grad is not recorded
+    assert affinity_net_of({"arch": "irn", "backbone": "resnet18"}).frozen  # IRN: always

@@ -34,6 +34,7 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     assert (work / "ckpt" / "cam.pth").is_file() and (work / "ckpt" / "cam_last.pth").is_file()
     last = torch.load(work / "ckpt" / "cam_last.pth", weights_only=False)
     assert last["step"] == 2 and {"model", "optimizer", "rng"} <= set(last)
+    assert last["frozen"] is False  # --pretrained none: every layer trained, as the checkpoint records
     assert json.loads((work / "args" / "train_cam.json").read_text())["method"] == "ae_sipe"
     assert (work / "logs" / "train_cam.log").read_text().count("step ") >= 2
 

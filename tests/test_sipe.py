@@ -309,3 +309,25 @@ def test_multiscale_maps_shapes_and_range(method):
         assert value.min() >= 0 and value.max() <= 1
     foreground = maps["plain_cam"][1:]
     assert torch.allclose(maps["plain_cam"][0], 1 - foreground.max(0).values)
+
+
+def test_freezing_is_a_parameter_of_its_own_recorded_in_the_checkpoint(tmp_path):
+    """``pretrained`` names the weights; ``frozen`` (None: with weights) says what is frozen:
+    the stem to layer2 without autograd and BatchNorm keeping its statistics (SPEC 4).  The
+    inference stages rebuild a classifier frozen as its checkpoint records."""
+    path, _ = weights_file(tmp_path, "resnet18")
+    batchnorms = lambda model: [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
+    free = SIPENet(5, "sipe", pretrained=str(path), backbone="resnet18", frozen=False)
+    assert not free.frozen and free.frozen_stages == 0
+    assert all(p.requires_grad for p in free.backbone.parameters())
+    assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in batchnorms(free))
+    frozen = SIPENet(5, "sipe", pretrained="none", backbone="resnet18", frozen=True)
+    assert frozen.frozen and frozen.frozen_stages == 3
+    assert not any(p.requires_grad for p in frozen.backbone.layer2.parameters())
+    assert all(p.requires_grad for p in frozen.backbone.layer3.parameters())
+    assert all(isinstance(m, FrozenStatsBatchNorm2d) for m in batchnorms(frozen))
+    assert SIPENet(5, pretrained=str(path), backbone="resnet18").frozen
+    assert not SIPENet(5, pretrained="none", backbone="resnet18").frozen
+    for recorded in (True, False):
+        checkpoint = {"method": "ae_sipe", "backbone": "resnet18", "frozen": recorded}
+        assert net.sipe.classifier_of(checkpoint, 5).frozen is recorded
