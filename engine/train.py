@@ -190,7 +190,7 @@ class Trainer:
         self.final_path, self.last_path = paths
         self.model = prepare_model(model, info.device, args.channels_last)  # the optimizer's parameters stay
         self.scaler = stage.grad_scaler(info.device, args.amp)
-        self.steps_per_epoch = len(dataset) // args.batch_size
+        self.steps_per_epoch = epoch_steps(dataset, args.batch_size, epochs=1)
         if self.steps_per_epoch == 0:
             raise PipelineError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}")
         self.max_step = schedule.max_step

@@ -316,7 +316,9 @@ def test_freezing_is_a_parameter_of_its_own_recorded_in_the_checkpoint(tmp_path)
     the stem to layer2 without autograd and BatchNorm keeping its statistics (SPEC 4).  The
     inference stages rebuild a classifier frozen as its checkpoint records."""
     path, _ = weights_file(tmp_path, "resnet18")
-    batchnorms = lambda model: [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
+    def batchnorms(model):
+        return [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
     free = SIPENet(5, "sipe", pretrained=str(path), backbone="resnet18", frozen=False)
     assert not free.frozen and free.frozen_stages == 0
     assert all(p.requires_grad for p in free.backbone.parameters())

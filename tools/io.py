@@ -188,7 +188,8 @@ def encode_scales(maps):
     image's pixels: 0.19 bytes per class channel and pixel for the three maps of an
     ``--all-maps`` file (README, CAM files)."""
     return {"codec": "scales", "size": tuple(int(side) for side in maps.size), "background": bool(maps.background),
-            "scales": [{"shape": value.shape, "data": zlib.compress(value.tobytes(), 6)} for value in maps.numpy().scales]}
+            "scales": [{"shape": value.shape, "data": zlib.compress(value.tobytes(), 6)}
+                       for value in maps.numpy().scales]}
 
 
 def _decode_scales(encoded):
