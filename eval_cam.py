@@ -8,7 +8,8 @@ import numpy as np
 from data.sources import CROWD_MODES, build_source
 from engine import stage
 from tools import dist, flags, provenance
-from tools.io import PipelineError, image_size, load_cam, read_label_png
+from tools.cam_files import load_cam
+from tools.io import PipelineError, image_size, read_label_png
 from tools.methods import method_default
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.report import summarize, update_results

@@ -7,7 +7,8 @@ from data.sources import build_source
 from engine import stage
 from tools import dist, flags, provenance
 from tools.confident_labels import confident_labels, psa_labels
-from tools.io import load_cam, read_image, write_label_png
+from tools.cam_files import load_cam
+from tools.io import read_image, write_label_png
 from tools.methods import method_default
 from tools.palette import voc_palette
 from tools.workers import WorkerPool

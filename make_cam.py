@@ -10,7 +10,8 @@ from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.sipe import METHODS, PROTOTYPE_METHODS, classifier_of, inference_maps
 from tools import dist, flags, provenance
-from tools.io import PipelineError, make_dir, save_cam, write_image
+from tools.cam_files import save_cam
+from tools.io import PipelineError, make_dir, write_image
 from tools.visualize import cam_panel
 from tools.workers import WorkerPool
 

@@ -1,4 +1,4 @@
-"""CAM file size and speed (tools/io.py, SPEC 2): bytes per class channel and pixel of a
+"""CAM file size and speed (tools/cam_files.py, SPEC 2): bytes per class channel and pixel of a
 ``--all-maps`` file (three maps) at VOC and COCO image sizes, as make_cam writes it (each
 scale's map, fused on load), as the same maps fused and stored at the image size (uint8,
 row differences, bzip2: what make_cam wrote before) and as format 1 (float16), with the time
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from bench.measure import table
 from tools.cam_maps import ScaleMaps
-from tools.io import load_cam, save_cam
+from tools.cam_files import load_cam, save_cam
 
 COLUMNS = ("image", "classes", "format", "bytes per class channel and pixel", "MB a file", "write ms", "read ms")
 SIZES = {"VOC 500x375": (375, 500), "COCO 640x480": (480, 640)}

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from data.transforms import scaled_images
-from tools.io import PipelineError, load_cam, read_image, read_label_png
+from tools.cam_files import load_cam
+from tools.io import PipelineError, read_image, read_label_png
 
 def multi_hot(labels, num_classes):
     """float32 [C-1] with 1 at index k-1 for every class k in ``labels``."""
@@ -103,7 +104,7 @@ class InferenceDataset(torch.utils.data.Dataset):
 class CamDataset(torch.utils.data.Dataset):
     """Full-size images with one map of their CAM files (SPEC 2), for the random walk
     (SPEC 10): the CAM files' decoding runs in the loader's workers, beside the network.
-    Items: name, image, keys and the map [K, H, W] (``tools.io.load_cam``'s checks: the
+    Items: name, image, keys and the map [K, H, W] (``tools.cam_files.load_cam``'s checks: the
     file's size, classes and ``made_by`` record)."""
 
     def __init__(self, source, ids, cam_dir, map_name, made_by=None):

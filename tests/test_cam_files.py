@@ -1,4 +1,4 @@
-"""CAM files (tools/io.py, SPEC 2): make_cam's maps of each scale, fused on load; maps given at
+"""CAM files (tools/cam_files.py, SPEC 2): make_cam's maps of each scale, fused on load; maps given at
 the image size as uint8, differenced and bzip2-compressed; format-1 files (float16) still read."""
 import zlib
 
@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bench.cam_files import make_cam_like
 from tools.cam_maps import ScaleMaps
-from tools.io import PipelineError, decode_map, encode_map, load_cam, save_cam
+from tools.cam_files import decode_map, encode_map, load_cam, save_cam
+from tools.io import PipelineError
 
 
 def test_a_map_comes_back_within_a_step_and_finer_near_zero():

@@ -15,7 +15,8 @@ from PIL import Image
 from data.sources import build_source
 from tests.scripts import REPO, assert_error, run
 from tools.confident_labels import confident_labels, psa_background, psa_labels
-from tools.io import read_image, read_label_png, save_cam
+from tools.cam_files import save_cam
+from tools.io import read_image, read_label_png
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
 from tools.palette import voc_palette
 

@@ -23,7 +23,8 @@ from PIL import Image
 from data.sources import build_source
 from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, assert_error, run
-from tools.io import PipelineError, atomic_path, load_cam, read_image, read_label_png, save_cam, write_label_png
+from tools.cam_files import load_cam, save_cam
+from tools.io import PipelineError, atomic_path, read_image, read_label_png, write_label_png
 from tools.provenance import RECORD_NAME
 from tools.report import summarize, update_results
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from tools.io import PipelineError, save_cam
+from tools.cam_files import save_cam
+from tools.io import PipelineError
 from tools.methods import METHOD_DEFAULTS, method_default
 
 

@@ -11,7 +11,8 @@ import pytest
 from data import toy
 from data.sources import CustomSource
 from tests.scripts import REPO, drive, run
-from tools.io import PipelineError, read_label_png, save_cam
+from tools.cam_files import save_cam
+from tools.io import PipelineError, read_label_png
 
 
 def own_dataset(toy_root, out, masked=(), split_column=True, lists=False):

@@ -9,7 +9,8 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from tests.scripts import REPO, assert_error, run
-from tools.io import load_cam, read_image, read_label_png
+from tools.cam_files import load_cam
+from tools.io import read_image, read_label_png
 from tools.metrics import confusion_matrix, iou
 
 pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers

@@ -19,7 +19,7 @@ from net.cam import CAMNet, psa_cam
 from net.sipe import SIPENet, build_classifier, classifier_losses, inference_maps
 from tests.scripts import REPO, assert_error, run
 from tests.test_sipe import weights_file
-from tools.io import load_cam
+from tools.cam_files import load_cam
 
 PSA_JITTER = (0.3, 0.3, 0.3, 0.1)
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from data.sources import build_source
 from tests.scripts import assert_error, run
-from tools.io import load_cam, read_image, read_label_png, save_cam
+from tools.cam_files import load_cam, save_cam
+from tools.io import read_image, read_label_png
 from tools.palette import voc_palette
 
 # every test here runs stage scripts or drivers; on one xdist worker, which makes the module's

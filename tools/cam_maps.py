@@ -1,6 +1,6 @@
 """A CAM as make_cam computes it: one low-resolution map per inference scale, made one map at
 the image size by resizing, summing and normalising (SPEC 5.9, 5.10).  CAM files keep the
-scales and fuse them on load (tools/io.py), which is exact and a small part of the size."""
+scales and fuse them on load (tools/cam_files.py), which is exact and a small part of the size."""
 from typing import NamedTuple
 
 import torch

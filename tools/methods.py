@@ -13,7 +13,8 @@ drivers pass none of them:
   PSA's plain CAM (``cam``) is meant for stage 4's ``--mode psa``, which has no such
   factor; in the default mode it takes SIPE's 0.5.
 """
-from tools.io import PipelineError, cam_method
+from tools.cam_files import cam_method
+from tools.io import PipelineError
 
 METHOD_DEFAULTS = {
     "cam": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
