@@ -32,7 +32,7 @@ def in_process(script, *args):
     """A stage script's ``main`` inside ``engine.stage.run_stage``, as its ``__main__`` runs
     it, in this process: the exit status, standard output and error (an exception that
     escapes is printed as Python prints it, exit status 1) as ``subprocess.run`` returns
-    them, without the 5-7 s of a new interpreter importing torch."""
+    them, without the 2-4 s of a new interpreter importing torch."""
     from engine import stage
 
     module = importlib.import_module(Path(script).stem)
