@@ -5,13 +5,17 @@ target dataset has, on other images.  The toy run's stand-in
 is a ResNet trained with image-level labels on this corpus, which shares no class with the
 toy: 32 classes, each a shape and a colour family that the toy does not use (eight shapes
 times four hue families), every object textured with one of four textures the toy does not
-use (drawn at random, so that texture marks an object but not its class), one or two
+use (drawn at random, so that texture marks an object but not its class), the texture in a
+darker shade of the object's colour or, half of the time, in a colour of any hue (objects of
+two colours, whose class shows in one of them, as many of ImageNet's), one or two
 objects of one class per image (as ImageNet labels an image with one class), on the toy's
 cluttered backgrounds.  The corpus is written in VOC layout without
 masks (JPEGImages, Annotations, ImageSets/Segmentation/train.txt, class_names.txt), so that
 ``pretrain.py`` reads it as any custom dataset.
 
-Usage: ``python -m data.corpus --out DIR [--seed N] [--num-images N] [--image-size PX]``
+Usage: ``python -m data.corpus --out DIR [--seed N] [--num-images N] [--image-size PX]``;
+``corpus.json`` records the settings, and the command leaves a folder that holds the same
+corpus as it is and refuses one of other settings (the toy run's cached backbone).
 """
 import argparse
 import math
@@ -19,13 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data.toy import annotation_xml, background, family_colour, local_coords, place_objects, side_range
-from tools.io import write_image, write_text
+from data.toy import (MIN_SIZE, annotation_xml, background, family_colour, hsv_colour, local_coords,
+                      place_objects, recorded_settings, side_range)
+from tools import flags
+from tools.io import PipelineError, write_image, write_json, write_text
 
 SHAPES = ("star", "ring", "hexagon", "ellipse", "crescent", "chevron", "bar", "corner")
 HUES = {"orange": 25.0, "lime": 85.0, "cyan": 180.0, "purple": 280.0}  # none of the toy's hue families
 TEXTURES = ("waves", "rings", "grid", "blotches")
 CLASS_NAMES = ("background", *(f"{hue}_{shape}" for hue in HUES for shape in SHAPES))
+RECORD = "corpus.json"  # the settings of a generated corpus
 EXTENT_RANGE = (0.4, 0.8)  # larger than the toy's objects: ImageNet's objects fill much of the picture
 
 
@@ -80,7 +87,10 @@ def render_corpus_image(rng, shape_hw):
     for k, (class_id, geometry, _) in enumerate(objects):
         hue = list(HUES.values())[(class_id - 1) // len(SHAPES)]
         primary = family_colour(rng, hue)
-        secondary = primary * rng.uniform(0.3, 0.6)
+        if rng.random() < 0.5:  # the texture in a darker shade of the object's colour, or in any other
+            secondary = primary * rng.uniform(0.3, 0.6)
+        else:
+            secondary = hsv_colour(rng.uniform(0, 360), rng.uniform(0.3, 0.95), rng.uniform(0.3, 0.95))
         u, v = local_coords(grid, *geometry[:3])
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
         weight = corpus_texture(texture, u, v, rng.uniform(4, 9), rng).astype(np.float32)[..., None]
@@ -92,7 +102,8 @@ def render_corpus_image(rng, shape_hw):
 
 def generate_corpus(out_dir, num_images=4000, size=(120, 160), seed=0):
     """Write the corpus (VOC layout without masks, split ``train``) to ``out_dir``; image i
-    draws everything from ``numpy.random.default_rng([seed, i])``.  Returns its path."""
+    draws everything from ``numpy.random.default_rng([seed, i])``.  ``corpus.json``, written
+    last, records the settings (``corpus_settings``).  Returns its path."""
     out_dir = Path(out_dir)
     lo, hi = side_range(size)
     ids = [f"corpus_{i:05d}" for i in range(num_images)]
@@ -105,21 +116,39 @@ def generate_corpus(out_dir, num_images=4000, size=(120, 160), seed=0):
                    annotation_xml(image_id, shape_hw, instances, objects, CLASS_NAMES))
     write_text(out_dir / "ImageSets" / "Segmentation" / "train.txt", "".join(f"{i}\n" for i in ids))
     write_text(out_dir / "class_names.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
+    write_json(out_dir / RECORD, corpus_settings(num_images, size, seed))
     return out_dir
 
 
+def corpus_settings(num_images, size, seed):
+    """The record of ``generate_corpus``'s settings that ``corpus.json`` holds."""
+    return {"num_images": num_images, "size": list(side_range(size)), "seed": seed}
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the toy run's pretraining corpus (VOC layout, no masks).")
+    parser = argparse.ArgumentParser(description="Write the toy run's pretraining corpus (VOC layout, no masks); "
+                                                 "a folder that holds the same corpus is left as it is.")
     parser.add_argument("--out", required=True, help="output folder (becomes the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
-    parser.add_argument("--num-images", type=int, default=4000, help="number of images (all in the train list)")
-    parser.add_argument("--image-size", type=int, default=160,
+    parser.add_argument("--seed", type=flags.non_negative_int, default=0,
+                        help="random seed; the same seed gives identical files")
+    parser.add_argument("--num-images", type=flags.positive_int, default=4000,
+                        help="number of images (all in the train list)")
+    parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=160,
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     args = parser.parse_args(argv)
-    if args.image_size < 16 or args.num_images < 1:
-        parser.error("--image-size must be at least 16 and --num-images at least 1")
-    out = generate_corpus(args.out, args.num_images, (args.image_size * 3 // 4, args.image_size), args.seed)
-    print(f"pretraining corpus: {args.num_images} images of {len(CLASS_NAMES) - 1} classes in {out}")
+    size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
+    wanted = corpus_settings(args.num_images, size, args.seed)
+    try:
+        recorded = recorded_settings(args.out, RECORD)
+        if recorded not in (None, wanted):
+            raise PipelineError(f"{args.out}: holds a corpus of other settings ({recorded}, not {wanted}); "
+                                "remove it or write the new one elsewhere")
+        if recorded is None:
+            generate_corpus(args.out, args.num_images, size, args.seed)
+    except PipelineError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    state = "made" if recorded is None else "already there"
+    print(f"pretraining corpus: {args.num_images} images of {len(CLASS_NAMES) - 1} classes in {args.out} ({state})")
 
 
 if __name__ == "__main__":

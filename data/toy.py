@@ -19,13 +19,12 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-``style="part"`` paints objects with a discriminative part instead (``paint_object``): the
-class texture on one end, the rest plain in the class colour, like a VOC object whose head
-the classifier learns from and whose body it does not need (README, Toward a pretrained toy
-run); ``extent`` sets the range of object sizes.
+``style="part"`` and ``style="instance"`` paint objects with a discriminative part instead
+(``paint_object``), like a VOC object whose head the classifier learns from and whose body
+it does not need (README, Toy run); ``extent`` sets the range of object sizes.
 
 Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]
-[--style whole|part] [--extent LO HI]``;
+[--style whole|part|instance] [--extent LO HI]``;
 the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
 a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
@@ -48,8 +47,9 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
-STYLES = ("whole", "part")  # textured all over; textured on one end (paint_object)
-PART_RANGE = (0.3, 0.45)  # "part": the textured end's share of the object's length
+STYLES = ("whole", "part", "instance")  # how objects are painted (paint_object)
+PART_RANGE = (0.3, 0.45)
+TEXTURE_SIDE = 112  # the short side at which the textures' periods (4-8 px) were drawn  # "part": the textured end's share of the object's length
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -94,8 +94,9 @@ def shape_mask(kind, u, v, extent):
     return ((au <= half) & (av <= arm)) | ((av <= half) & (au <= arm))
 
 
-def texture(kind, u, v, period, rng):
-    """Pattern weight in [0, 1] of the secondary colour for every pixel."""
+def texture(kind, u, v, period, rng, grain=2):
+    """Pattern weight in [0, 1] of the secondary colour for every pixel (speckle: random
+    ``grain`` x ``grain``-pixel grains)."""
     if kind == "stripes":
         return (np.sin(2 * math.pi * u / period) > 0).astype(np.float32)
     if kind == "checks":
@@ -103,9 +104,9 @@ def texture(kind, u, v, period, rng):
     if kind == "dots":
         du, dv = u % period - period / 2, v % period - period / 2
         return (du * du + dv * dv <= (0.3 * period) ** 2).astype(np.float32)
-    h, w = u.shape  # speckle: random 2x2-pixel grains
-    grains = (rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.5).astype(np.float32)
-    return np.repeat(np.repeat(grains, 2, axis=0), 2, axis=1)[:h, :w]
+    h, w = u.shape  # speckle
+    grains = (rng.random((-(-h // grain), -(-w // grain))) < 0.5).astype(np.float32)
+    return np.repeat(np.repeat(grains, grain, axis=0), grain, axis=1)[:h, :w]
 
 
 def segment_mask(grid, p0, p1, half_width):
@@ -116,8 +117,9 @@ def segment_mask(grid, p0, p1, half_width):
     return (py - t * d[0]) ** 2 + (px - t * d[1]) ** 2 <= half_width * half_width
 
 
-def background(rng, grid):
-    """A cluttered float32 [H, W, 3] background."""
+def background(rng, grid, class_hues=True):
+    """A cluttered float32 [H, W, 3] background; 40 % of its blobs wear a class's colour
+    family unless ``class_hues`` is false."""
     h, w = grid.shape[1:]
     short = min(h, w)
     angle = rng.uniform(0, 2 * math.pi)
@@ -127,7 +129,7 @@ def background(rng, grid):
     image += cv2.resize(rng.normal(0, 25, (4, 4, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     for _ in range(rng.integers(4, 9)):
         hue = HUES[CLASS_NAMES[rng.integers(1, len(CLASS_NAMES))]]
-        colour = family_colour(rng, hue) if rng.random() < 0.4 else random_colour(rng)
+        colour = family_colour(rng, hue) if rng.random() < 0.4 and class_hues else random_colour(rng)
         u, v = local_coords(grid, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, math.pi))
         a = rng.uniform(0.08, 0.3) * short
         b = a * rng.uniform(0.2, 0.5)
@@ -187,19 +189,33 @@ def place_objects(rng, classes, grid, mask_of=None, extent_range=EXTENT_RANGE):
     return instances, objects
 
 
+def texture_scale(shape_hw):
+    """``instance``: how much coarser than at TEXTURE_SIDE the textures of an image of this
+    size are drawn, so that a larger image shows the same picture, not finer marks."""
+    return max(1.0, min(shape_hw) / TEXTURE_SIDE)
+
+
 def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
-    """Paint one object of the class's colour family into ``image`` (in place): textured all
-    over (``whole``), or textured on the end of the object that a random PART_RANGE share of
-    its length takes (``part``) and plain in the primary colour elsewhere."""
+    """Paint one object into ``image`` (in place).  ``whole``: the class texture in the class's
+    colour family all over.  ``part``: that texture on the end of the object that a random
+    PART_RANGE share of its length takes, plain primary colour elsewhere.  ``instance``: a
+    body of one colour drawn for this object (any hue), its end marked with the class texture
+    in the class's colour on that body colour: the class shows on the end alone, and the
+    object's own colour joins the end to the rest, as a VOC object's head and body."""
     name = CLASS_NAMES[class_id]
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
-    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8), rng)[..., None]
+    scale = texture_scale(mask.shape) if style == "instance" else 1.0
+    weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8) * scale, rng, round(2 * scale))[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     if style == "part":
         textured = u >= geometry[3] / 2 * (1 - 2 * rng.uniform(*PART_RANGE))
         pattern = np.where(textured[..., None], pattern, primary)
+    elif style == "instance":
+        body = hsv_colour(rng.uniform(0, 360), rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
+        textured = u >= geometry[3] / 2 * (1 - 2 * rng.uniform(*PART_RANGE))
+        pattern = np.where(textured[..., None], body * (1 - weight) + primary * weight, body)
     image[mask] = pattern[mask]
 
 
@@ -215,7 +231,7 @@ def void_border(labels):
 def render(rng, shape_hw, style="whole", extent=EXTENT_RANGE):
     """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
-    image = background(rng, grid)
+    image = background(rng, grid, class_hues=style != "instance")
     instances, objects = place_objects(rng, object_classes(rng), grid, extent_range=extent)
     for k, (class_id, geometry, _) in enumerate(objects):
         paint_object(rng, image, grid, class_id, geometry, instances == k + 1, style)
@@ -303,16 +319,16 @@ def settings(num_train, num_val, size, seed, style="whole", extent=EXTENT_RANGE)
     return record
 
 
-def recorded_settings(out_dir):
-    """The settings that ``out_dir/toy.json`` records, or None when there is none (no toy
-    dataset, or one whose writing was cut short: toy.json comes last)."""
-    path = Path(out_dir) / RECORD
+def recorded_settings(out_dir, record=RECORD):
+    """The settings that ``out_dir/toy.json`` (or ``record``) records, or None when there is
+    none (no dataset, or one whose writing was cut short: the record comes last)."""
+    path = Path(out_dir) / record
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path}: cannot read the toy dataset's settings ({exc})") from exc
+        raise PipelineError(f"{path}: cannot read the settings of the dataset it records ({exc})") from exc
 
 
 def main(argv=None):
@@ -326,7 +342,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=128,
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     parser.add_argument("--style", choices=STYLES, default="whole",
-                        help="objects textured all over (whole) or on one end, plain elsewhere (part)")
+                        help="objects textured all over (whole), on one end and plain elsewhere (part), or of "
+                             "a colour of their own with the class texture on one end (instance)")
     parser.add_argument("--extent", nargs=2, type=flags.fraction, metavar=("LO", "HI"), default=EXTENT_RANGE,
                         action=flags.values_where(extent_in_range, "need 0 < LO <= HI"),
                         help="object size range as fractions of the image's short side")

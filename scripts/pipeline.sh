@@ -6,8 +6,12 @@ GPUS="${GPUS:-1}"
 NNODES="${NNODES:-1}"
 TOY=0
 TOY_IMAGES=160
-TOY_IMAGE_SIZE=128
-STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
+TOY_IMAGE_SIZE=320
+TOY_CORPUS_IMAGES=6000
+# The toy run's stand-in for the ImageNet file of the torch hub cache: a ResNet-18 pretrained
+# on the generated corpus (data/corpus.py, pretrain.py), made once and reused by every toy run
+TOY_CACHE="${WSSS_TOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsss/toy_backbone}"
+STAGE_NAMES=(pretrain train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
 DATA_ROOT_GIVEN=0
 OVERWRITE_FROM=""
 declare -A STAGE_ARGS=()       # a stage's extra flags, split into words at white space
@@ -20,6 +24,8 @@ usage: $0 [options]
   --toy-images N        training images of the toy dataset, at least 5 (its val split has N/5)
                         (default: $TOY_IMAGES); a run directory keeps the toy settings it began with
   --toy-image-size PX   longest side of the toy images, at least 16 (default: $TOY_IMAGE_SIZE)
+  --toy-corpus-images N images of the corpus the toy backbone is pretrained on, made once in the cache
+                        \$WSSS_TOY_CACHE (default: $TOY_CACHE) (default: $TOY_CORPUS_IMAGES)
   --dataset D           $DATASET, or custom: a folder of JPEGImages/ and class_names.txt with labels.csv
                         (image,labels[,split]) or VOC-layout lists and XML (--data-root; its train split is
                         learned from, its val split scores stage 7; masks, where some images have them, score)
@@ -73,7 +79,7 @@ parse_driver_args() {
         case "$1" in
             --toy) TOY=1; shift; continue ;;
             -h|--help) driver_usage; exit 0 ;;
-            --toy-images|--toy-image-size|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
+            --toy-images|--toy-image-size|--toy-corpus-images|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
             --overwrite-from) ;;
             --*) if [ -z "$(stage_of "$1")" ]; then
                      echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
@@ -84,6 +90,7 @@ parse_driver_args() {
         case "$1" in
             --toy-images) TOY_IMAGES="$2" ;;
             --toy-image-size) TOY_IMAGE_SIZE="$2" ;;
+            --toy-corpus-images) TOY_CORPUS_IMAGES="$2" ;;
             --dataset) DATASET="$2" ;;
             --data-root) DATA_ROOT="$2"; DATA_ROOT_GIVEN=1 ;;
             --work-dir) WORK_DIR="$2" ;;
@@ -100,6 +107,7 @@ parse_driver_args() {
     # the toy dataset's val split holds a fifth of its images: at least one
     need_int --toy-images "$TOY_IMAGES" 5
     need_int --toy-image-size "$TOY_IMAGE_SIZE" 16
+    need_int --toy-corpus-images "$TOY_CORPUS_IMAGES" 1
     need_int --gpus "$GPUS" 1
     need_int --nnodes "$NNODES" 1
     case "$METHOD" in sipe|ae_sipe|cam) ;; *) die "--method must be sipe, ae_sipe or cam" ;; esac
@@ -115,8 +123,19 @@ parse_driver_args() {
     esac
 }
 
-# Toy settings for a 2-core CPU: small crops, few steps, no ImageNet weights.  The toy
-# dataset is made once per run directory; data.toy refuses one made with other settings.
+# The toy backbone: the corpus and the ResNet-18 pretrained on it, made once in TOY_CACHE
+# (resumed when cut short, left as it is when made with the same flags) -> TOY_WEIGHTS.
+use_toy_backbone() {
+    python -m data.corpus --out "$TOY_CACHE/corpus" --num-images "$TOY_CORPUS_IMAGES" --image-size 96
+    train_stage pretrain.py pretrain "$TOY_CACHE" --dataset custom --data-root "$TOY_CACHE/corpus" --split train \
+        --backbone resnet18 --device cpu --num-workers 1 --log-every 50
+    TOY_WEIGHTS="$TOY_CACHE/ckpt/pretrain.pth"
+}
+
+# The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run).  Every stage keeps
+# its published recipe (the stages' defaults) from the toy backbone; only the CPU sizes are
+# set here: images, crops, batches, steps, scales.  The toy dataset is made once per run
+# directory; data.toy refuses one made with other settings.
 use_toy_dataset() {
     DATASET=custom
     DATA_ROOT="$WORK_DIR/toy_data"
@@ -124,22 +143,23 @@ use_toy_dataset() {
     CAM_SPLIT=train
     EVAL_SPLIT=train
     python -m data.toy --out "$DATA_ROOT" --num-train "$TOY_IMAGES" --num-val $((TOY_IMAGES / 5)) \
-        --image-size "$TOY_IMAGE_SIZE"
-    local cpu="--device cpu --num-workers 1"
-    local crop="--crop-size 128 --batch-size 8"
-    STAGE_ARGS[train_cam]="--pretrained none $cpu $crop --resize-long 96 160 --epochs 15 --lr 0.02 --momentum 0.9
-        --clip-grad 1 --save-every 50 --log-every 10 ${STAGE_ARGS[train_cam]:-}"
+        --image-size "$TOY_IMAGE_SIZE" --style instance --extent 0.35 0.8
+    use_toy_backbone
+    local cpu="--device cpu --num-workers 1" log="--save-every 50 --log-every 10"
+    local net="--backbone resnet18" crop="--crop-size 256 --batch-size 8"
+    STAGE_PATH_ARGS[train_cam]=$'--pretrained\n'"$TOY_WEIGHTS"
+    STAGE_ARGS[train_cam]="$net $cpu $crop --resize-long 160 320 --epochs 8 $log ${STAGE_ARGS[train_cam]:-}"
     STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
     STAGE_ARGS[eval_cam]="--score-workers 2 ${STAGE_ARGS[eval_cam]:-}"
     STAGE_ARGS[make_affinity_labels]="--crf-workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
-    STAGE_PATH_ARGS[train_affinity]=$'--pretrained\n'"$WORK_DIR/ckpt/cam.pth"
-    STAGE_ARGS[train_affinity]="$cpu $crop --epochs 10 --save-every 50
-        --log-every 10 ${STAGE_ARGS[train_affinity]:-}"
+    STAGE_PATH_ARGS[train_affinity]=$'--pretrained\n'"$TOY_WEIGHTS"
+    STAGE_ARGS[train_affinity]="$net $cpu $crop --epochs 5 $log ${STAGE_ARGS[train_affinity]:-}"
     STAGE_ARGS[make_seg_labels]="$cpu --crf-workers 2 ${STAGE_ARGS[make_seg_labels]:-}"
-    STAGE_PATH_ARGS[train_seg]=$'--pretrained\n'"$WORK_DIR/ckpt/cam.pth"
-    STAGE_ARGS[train_seg]="--arch deeplabv3 --backbone resnet50 $cpu --crop-size 128
-        --batch-size 8 --iterations 60 --lr 0.01 --save-every 50 --log-every 10 ${STAGE_ARGS[train_seg]:-}"
-    STAGE_ARGS[infer_seg]="$cpu --crf-workers 2 ${STAGE_ARGS[infer_seg]:-}"
+    # stage 7's toy value: lr 0.0025 (the published 2.5e-4 is for 20,000 steps, not 80)
+    STAGE_PATH_ARGS[train_seg]=$'--pretrained\n'"$TOY_WEIGHTS"
+    STAGE_ARGS[train_seg]="$net $cpu --crop-size 192 --batch-size 8 --iterations 80 --lr 0.0025 $log
+        ${STAGE_ARGS[train_seg]:-}"
+    STAGE_ARGS[infer_seg]="$cpu --scales 0.75 1.0 1.25 --crf-workers 2 ${STAGE_ARGS[infer_seg]:-}"
 }
 
 # --overwrite for the stage --overwrite-from names and for every later one.
@@ -178,20 +198,22 @@ extra() {
     into+=("${words[@]}")
 }
 
-# Train a network, resuming from its *_last.pth; the stage itself leaves a network made
-# from the same inputs and flags as it is, and stops at one made otherwise (tools/provenance.py).
+# train_stage SCRIPT NAME DIR ARGS...: train a network in the run directory DIR, resuming from
+# its *_last.pth; the stage itself leaves a network made from the same inputs and flags as it
+# is, and stops at one made otherwise (tools/provenance.py).
 train_stage() {
-    local script="$1" name="$2"
-    shift 2
+    local script="$1" name="$2" dir="$3"
+    shift 3
     local resume=() more
-    [ -f "$WORK_DIR/ckpt/${name}_last.pth" ] && resume=(--resume)
+    [ -f "$dir/ckpt/${name}_last.pth" ] && resume=(--resume)
     extra "${script%.py}" more
     echo "== ${script%.py}"
-    launch "$script" "$@" "${resume[@]}" "${more[@]}"
+    launch "$script" --work-dir "$dir" "$@" "${resume[@]}" "${more[@]}"
 }
 
 run_pipeline() {
-    local data=(--dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$WORK_DIR")
+    local source=(--dataset "$DATASET" --data-root "$DATA_ROOT")
+    local data=("${source[@]}" --work-dir "$WORK_DIR")
     mkdir -p "$WORK_DIR"
     local more
     extra eval_cam more
@@ -200,7 +222,7 @@ run_pipeline() {
     local checkpoint_note=()
     [ "$DATASET" = voc ] && checkpoint_note=(--note "final checkpoint; the published 65.78 used best.pth")
 
-    train_stage train_cam.py cam "${data[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
+    train_stage train_cam.py cam "$WORK_DIR" "${source[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
     echo "== make_cam"
     extra make_cam more
     if [ "$METHOD" = cam ]; then
@@ -230,7 +252,7 @@ run_pipeline() {
         pseudo_labels="$WORK_DIR/affinity_labels"
     else
         "${evaluate[@]}" --label-dir "$WORK_DIR/affinity_labels" --confident --tag "affinity labels"
-        train_stage train_affinity.py affinity "${data[@]}" --split "$CAM_SPLIT" --arch "$AFFINITY"
+        train_stage train_affinity.py affinity "$WORK_DIR" "${source[@]}" --split "$CAM_SPLIT" --arch "$AFFINITY"
         echo "== make_seg_labels"
         extra make_seg_labels more
         launch make_seg_labels.py "${data[@]}" --split "$CAM_SPLIT" --crf "${more[@]}"
@@ -239,7 +261,7 @@ run_pipeline() {
     fi
 
     # stage 7: the segmentation network on the pseudo-labels (255 ignored), scored on SEG_SPLIT
-    train_stage train_seg.py seg "${data[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
+    train_stage train_seg.py seg "$WORK_DIR" "${source[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
     if [ "$DATASET" = custom ] && ! python -m data.sources --dataset custom --data-root "$DATA_ROOT" \
             --has-split "$SEG_SPLIT"; then
         echo "== infer_seg: $DATA_ROOT lists no $SEG_SPLIT split; the segmentation network is trained, not scored"

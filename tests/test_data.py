@@ -151,6 +151,35 @@ def test_toy_part_style_is_plain_away_from_its_textured_end():
     assert len(np.unique(painted["whole"][head], axis=0)) == 2  # checks: two colours
     assert len(np.unique(painted["part"][body], axis=0)) == 1
     assert len(np.unique(painted["whole"][body], axis=0)) == 2
+    # instance: the body one colour of its own, the end that colour and the class's primary
+    body_colour = np.unique(painted["instance"][body], axis=0)
+    assert len(body_colour) == 1 and not np.array_equal(body_colour[0], painted["part"][body][0])
+    end_colours = np.unique(painted["instance"][head], axis=0)
+    assert len(end_colours) == 2 and any(np.array_equal(c, body_colour[0]) for c in end_colours)
+    assert any(np.array_equal(c, painted["part"][body][0]) for c in end_colours)
+
+
+def test_toy_instance_bodies_vary_and_textures_scale_with_the_image():
+    size, half = 96, 40.0
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    geometry = (48.0, 48.0, 0.0, 2 * half)
+    u, v = toy.local_coords(grid, *geometry[:3])
+    mask = toy.shape_mask("disc", u, v, geometry[3])
+    body = mask & (u < half * (1 - 2 * toy.PART_RANGE[1]))
+    colours = set()
+    for seed in range(6):
+        image = np.zeros((size, size, 3), np.float32)
+        toy.paint_object(np.random.default_rng(seed), image, grid, 1, geometry, mask, "instance")
+        colours.add(tuple(image[body][0]))
+    assert len(colours) == 6  # no class colour in the body: the class shows on the end alone
+    # stripes run across u: a twice larger image draws them twice as wide (TEXTURE_SIDE)
+    assert toy.texture_scale((96, 200)) == 1.0 and toy.texture_scale((224, 300)) == 2.0
+    u_axis = np.arange(400, dtype=np.float32)[None]
+    narrow, wide = (np.count_nonzero(np.diff(toy.texture("stripes", u_axis, u_axis * 0, 6.5 * k, None)[0]))
+                    for k in (1, 2))
+    assert wide > 50 and abs(narrow - 2 * wide) <= 2
+    speckle = toy.texture("speckle", u_axis.repeat(12, 0), u_axis.repeat(12, 0), 6.0, np.random.default_rng(0), 4)
+    assert np.array_equal(speckle[::4].repeat(4, 0), speckle) and np.array_equal(speckle[:, ::4].repeat(4, 1), speckle)
 
 
 def test_toy_cli_style_and_extent(tmp_path, capsys):

@@ -117,7 +117,8 @@ def drive_recorded(tmp_path, script, *args):
     (bin_dir / "python").write_text(FAKE_PYTHON.format(python=sys.executable))
     (bin_dir / "python").chmod(0o755)
     calls = tmp_path / "calls.jsonl"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DRIVER_CALLS": str(calls)}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DRIVER_CALLS": str(calls),
+           "WSSS_TOY_CACHE": str(tmp_path / "toy cache")}
     result = subprocess.run(["bash", str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=60)
     recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
@@ -133,7 +134,8 @@ def drive_recorded(tmp_path, script, *args):
     (["--toy", "--toy-images", "1e3"], "--toy-images must be an integer >= 5, not '1e3'"),
     (["--toy", "--toy-image-size", "15"], "--toy-image-size must be an integer >= 16, not '15'"),
     (["--gpus", "two"], "--gpus must be an integer >= 1, not 'two'"),
-    (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: train-cam make-cam eval-cam "
+    (["--toy", "--toy-corpus-images", "0"], "--toy-corpus-images must be an integer >= 1, not '0'"),
+    (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: pretrain train-cam make-cam eval-cam "
                                         "make-affinity-labels train-affinity make-seg-labels train-seg infer-seg"),
 ])
 def test_driver_argument_errors_are_one_line_before_anything_runs(tmp_path, args, message):
@@ -159,7 +161,7 @@ def test_overwrite_from_reaches_that_stage_and_every_later_one(tmp_path):
                                    "--overwrite-from", "make-affinity-labels")
     assert result.returncode == 0, result.stderr[-3000:]
     overwriting = {call[0]: "--overwrite" in call for call in calls if call[0].endswith(".py")}
-    assert overwriting == {"train_cam.py": False, "make_cam.py": False, "eval_cam.py": False,
+    assert overwriting == {"pretrain.py": False, "train_cam.py": False, "make_cam.py": False, "eval_cam.py": False,
                            "make_affinity_labels.py": True, "train_affinity.py": True, "make_seg_labels.py": True,
                            "train_seg.py": True, "infer_seg.py": True}
 
@@ -172,23 +174,31 @@ def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
                                    "--train-seg", "--pretrained none --iterations 2")
     assert result.returncode == 0, result.stderr[-3000:]
     scripts = [call[1] if call[0] == "-m" else call[0] for call in calls]
-    assert scripts == ["data.toy", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
+    assert scripts == ["data.toy", "data.corpus", "pretrain.py", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
                        "eval_cam.py", "train_affinity.py", "make_seg_labels.py", *["eval_cam.py"] * 2,
                        "train_seg.py", "data.sources", "infer_seg.py", *["eval_cam.py"] * 2]
     assert calls[0][:4] == ["-m", "data.toy", "--out", f"{work}/toy_data"]
-    for call in calls:
-        # every path is one word: nothing of the temporary folder but whole paths in the run directory
-        assert all(arg.startswith(str(work)) for arg in call if str(tmp_path) in arg), call
+    cache = tmp_path / "toy cache"
+    assert calls[1][:4] == ["-m", "data.corpus", "--out", f"{cache}/corpus"]
+    weights = f"{cache}/ckpt/pretrain.pth"
+    for call in calls[2:]:
+        # every path is one word: nothing of the temporary folder but whole paths in the run
+        # directory and the toy backbone
+        assert all(arg.startswith((str(work), str(cache))) for arg in call if str(tmp_path) in arg), call
+        if call[0] == "pretrain.py":
+            assert call[call.index("--work-dir") + 1] == str(cache)
+            assert call[call.index("--data-root") + 1] == f"{cache}/corpus"
+            continue
         if call[0] != "-m":
             assert call[call.index("--work-dir") + 1] == str(work)
         if call[0] != "-m" or call[1] == "data.sources":  # it asks whether the dataset lists val
             assert call[call.index("--data-root") + 1] == f"{work}/toy_data"
     flags = dict(zip(scripts, calls))
     affinity = flags["train_affinity.py"]
-    assert affinity[affinity.index("--pretrained") + 1] == f"{work}/ckpt/cam.pth" and "--epochs" in affinity
+    assert affinity[affinity.index("--pretrained") + 1] == weights and "--epochs" in affinity
     seg = flags["train_seg.py"]
     pretrained = [seg[i + 1] for i, arg in enumerate(seg) if arg == "--pretrained"]
-    assert pretrained == [f"{work}/ckpt/cam.pth", "none"]  # the driver's flags come after the toy recipe's
+    assert pretrained == [weights, "none"]  # the driver's flags come after the toy recipe's
     assert seg[seg.index("--label-dir") + 1] == f"{work}/pseudo_labels"
 
 

@@ -1,5 +1,7 @@
 """resnet18 / resnet34 (basic blocks) in every network, the pretraining corpus and its
 classifier (the toy run's stand-in for ImageNet, README Toy run)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,28 @@ def test_corpus_shares_no_class_shape_or_hue_with_the_toy(tmp_path):
     assert all(len(source.labels(i)) == 1 for i in ids)  # one class per image
     again = generate_corpus(tmp_path / "again", num_images=12, size=(40, 56), seed=3)
     assert (root / "JPEGImages" / f"{ids[4]}.jpg").read_bytes() == (again / "JPEGImages" / f"{ids[4]}.jpg").read_bytes()
+
+
+def test_corpus_cli_keeps_the_same_corpus_and_refuses_another(tmp_path, capsys):
+    from data import corpus
+    out = tmp_path / "corpus"
+    argv = ["--out", str(out), "--num-images", "3", "--image-size", "40"]
+    corpus.main(argv)
+    assert json.loads((out / "corpus.json").read_text()) == {"num_images": 3, "size": [30, 40], "seed": 0}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    corpus.main(argv)
+    assert capsys.readouterr().out.strip().endswith("(already there)")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    for other in (["--num-images", "4"], ["--seed", "1"], ["--image-size", "48"]):
+        with pytest.raises(SystemExit) as exit_info:
+            corpus.main(argv + other)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: {out}: holds a corpus of other settings")
+    for bad in (["--num-images", "0"], ["--image-size", "15"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            corpus.main(["--out", str(tmp_path / "bad")] + bad)
+        assert exit_info.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
