@@ -131,21 +131,28 @@ def test_toy_cli_keeps_a_dataset_of_the_same_settings_and_refuses_other_settings
         assert file_bytes(out) == before
 
 
+HALF = 40.0  # the half-length of the objects paint_one draws
+
+
+def paint_one(shape, class_id, style, seed, angle):
+    """One object of ``shape`` painted in ``style`` from ``default_rng(seed)`` on a black
+    96 px image: (image, u coordinates, mask)."""
+    grid = np.mgrid[0:96, 0:96].astype(np.float32)
+    geometry = (48.0, 48.0, angle, 2 * HALF)
+    u, v = toy.local_coords(grid, *geometry[:3])
+    mask = toy.shape_mask(shape, u, v, geometry[3])
+    image = np.zeros((96, 96, 3), np.float32)
+    toy.paint_object(np.random.default_rng(seed), image, grid, class_id, geometry, mask, style)
+    return image, u, mask
+
+
 def test_toy_part_style_is_plain_away_from_its_textured_end():
     # the same draws paint both styles: the textured end (at least PART_RANGE[0] of the
     # length, from u = +half) is the whole style's pattern, the far end one plain colour
-    size, half = 96, 40.0
-    grid = np.mgrid[0:size, 0:size].astype(np.float32)
-    geometry = (48.0, 48.0, 0.3, 2 * half)
-    u, v = toy.local_coords(grid, *geometry[:3])
-    mask = toy.shape_mask("square", u, v, geometry[3])
-    painted = {}
-    for style in toy.STYLES:
-        image = np.zeros((size, size, 3), np.float32)
-        toy.paint_object(np.random.default_rng(3), image, grid, 2, geometry, mask, style)
-        painted[style] = image
-    head = mask & (u >= half * (1 - 2 * toy.PART_RANGE[0]))
-    body = mask & (u < half * (1 - 2 * toy.PART_RANGE[1]))
+    painted = {style: paint_one("square", 2, style, 3, 0.3)[0] for style in toy.STYLES}
+    _, u, mask = paint_one("square", 2, "whole", 3, 0.3)
+    head = mask & (u >= HALF * (1 - 2 * toy.PART_RANGE[0]))
+    body = mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))
     assert head.sum() > 200 and body.sum() > 200
     assert np.array_equal(painted["part"][head], painted["whole"][head])
     assert len(np.unique(painted["whole"][head], axis=0)) == 2  # checks: two colours
@@ -160,17 +167,10 @@ def test_toy_part_style_is_plain_away_from_its_textured_end():
 
 
 def test_toy_instance_bodies_vary_and_textures_scale_with_the_image():
-    size, half = 96, 40.0
-    grid = np.mgrid[0:size, 0:size].astype(np.float32)
-    geometry = (48.0, 48.0, 0.0, 2 * half)
-    u, v = toy.local_coords(grid, *geometry[:3])
-    mask = toy.shape_mask("disc", u, v, geometry[3])
-    body = mask & (u < half * (1 - 2 * toy.PART_RANGE[1]))
     colours = set()
     for seed in range(6):
-        image = np.zeros((size, size, 3), np.float32)
-        toy.paint_object(np.random.default_rng(seed), image, grid, 1, geometry, mask, "instance")
-        colours.add(tuple(image[body][0]))
+        image, u, mask = paint_one("disc", 1, "instance", seed, 0.0)
+        colours.add(tuple(image[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))][0]))
     assert len(colours) == 6  # no class colour in the body: the class shows on the end alone
     # stripes run across u: a twice larger image draws them twice as wide (TEXTURE_SIDE)
     assert toy.texture_scale((96, 200)) == 1.0 and toy.texture_scale((224, 300)) == 2.0
