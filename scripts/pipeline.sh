@@ -10,7 +10,7 @@ TOY_IMAGE_SIZE=320
 TOY_CORPUS_IMAGES=6000
 # The toy run's stand-in for the ImageNet file of the torch hub cache: a ResNet-18 pretrained
 # on the generated corpus (data/corpus.py, pretrain.py), made once and reused by every toy run
-TOY_CACHE="${WSSS_TOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsss/toy_backbone}"
+TOY_CACHE="${WSSS_TOY_CACHE:-${XDG_CACHE_HOME:-${HOME:-.}/.cache}/wsss/toy_backbone}"
 STAGE_NAMES=(pretrain train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
 DATA_ROOT_GIVEN=0
 OVERWRITE_FROM=""
@@ -20,12 +20,13 @@ declare -A STAGE_PATH_ARGS=()  # a stage's extra flags, one word a line: paths m
 driver_usage() {
     cat <<USAGE
 usage: $0 [options]
-  --toy                 run on the embedded toy dataset (generated into WORK_DIR/toy_data), CPU settings
+  --toy                 a VOC run in miniature on the embedded toy dataset (generated into WORK_DIR/toy_data)
+                        from a pretrained stand-in backbone, CPU sizes
   --toy-images N        training images of the toy dataset, at least 5 (its val split has N/5)
                         (default: $TOY_IMAGES); a run directory keeps the toy settings it began with
   --toy-image-size PX   longest side of the toy images, at least 16 (default: $TOY_IMAGE_SIZE)
-  --toy-corpus-images N images of the corpus the toy backbone is pretrained on, made once in the cache
-                        \$WSSS_TOY_CACHE (default: $TOY_CACHE) (default: $TOY_CORPUS_IMAGES)
+  --toy-corpus-images N images of the corpus the toy backbone is pretrained on (default: $TOY_CORPUS_IMAGES);
+                        corpus and backbone are made once in \$WSSS_TOY_CACHE (here: $TOY_CACHE)
   --dataset D           $DATASET, or custom: a folder of JPEGImages/ and class_names.txt with labels.csv
                         (image,labels[,split]) or VOC-layout lists and XML (--data-root; its train split is
                         learned from, its val split scores stage 7; masks, where some images have them, score)
@@ -108,6 +109,9 @@ parse_driver_args() {
     need_int --toy-images "$TOY_IMAGES" 5
     need_int --toy-image-size "$TOY_IMAGE_SIZE" 16
     need_int --toy-corpus-images "$TOY_CORPUS_IMAGES" 1
+    if [ "$TOY" = 0 ] && [ -n "${STAGE_ARGS[pretrain]:-}" ]; then
+        die "--pretrain sets the flags of the toy backbone's pretraining: it needs --toy"
+    fi
     need_int --gpus "$GPUS" 1
     need_int --nnodes "$NNODES" 1
     case "$METHOD" in sipe|ae_sipe|cam) ;; *) die "--method must be sipe, ae_sipe or cam" ;; esac
@@ -126,10 +130,16 @@ parse_driver_args() {
 # The toy backbone: the corpus and the ResNet-18 pretrained on it, made once in TOY_CACHE
 # (resumed when cut short, left as it is when made with the same flags) -> TOY_WEIGHTS.
 use_toy_backbone() {
+    mkdir -p "$TOY_CACHE"
+    if command -v flock > /dev/null; then  # another toy run making it now: wait for it, then reuse it
+        exec 9> "$TOY_CACHE/.lock"
+        flock 9
+    fi
     python -m data.corpus --out "$TOY_CACHE/corpus" --num-images "$TOY_CORPUS_IMAGES" --image-size 96
     train_stage pretrain.py pretrain "$TOY_CACHE" --dataset custom --data-root "$TOY_CACHE/corpus" --split train \
         --backbone resnet18 --device cpu --num-workers 1 --log-every 50
     TOY_WEIGHTS="$TOY_CACHE/ckpt/pretrain.pth"
+    exec 9>&-
 }
 
 # The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run).  Every stage keeps

@@ -135,6 +135,7 @@ def drive_recorded(tmp_path, script, *args):
     (["--toy", "--toy-image-size", "15"], "--toy-image-size must be an integer >= 16, not '15'"),
     (["--gpus", "two"], "--gpus must be an integer >= 1, not 'two'"),
     (["--toy", "--toy-corpus-images", "0"], "--toy-corpus-images must be an integer >= 1, not '0'"),
+    (["--pretrain", "--epochs 1"], "--pretrain sets the flags of the toy backbone's pretraining: it needs --toy"),
     (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: pretrain train-cam make-cam eval-cam "
                                         "make-affinity-labels train-affinity make-seg-labels train-seg infer-seg"),
 ])
