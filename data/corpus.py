@@ -139,10 +139,7 @@ def main(argv=None):
     size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)
     wanted = corpus_settings(args.num_images, size, args.seed)
     try:
-        recorded = recorded_settings(args.out, RECORD)
-        if recorded not in (None, wanted):
-            raise PipelineError(f"{args.out}: holds a corpus of other settings ({recorded}, not {wanted}); "
-                                "remove it or write the new one elsewhere")
+        recorded = recorded_settings(args.out, wanted, RECORD, what="corpus")
         if recorded is None:
             generate_corpus(args.out, args.num_images, size, args.seed)
     except PipelineError as exc:

@@ -195,6 +195,12 @@ def texture_scale(shape_hw):
     return max(1.0, min(shape_hw) / TEXTURE_SIDE)
 
 
+def textured_end(rng, u, extent):
+    """[H, W, 1] mask of the end of an object of ``extent`` that a random PART_RANGE share of
+    its length takes, from u = +extent / 2."""
+    return (u >= extent / 2 * (1 - 2 * rng.uniform(*PART_RANGE)))[..., None]
+
+
 def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     """Paint one object into ``image`` (in place).  ``whole``: the class texture in the class's
     colour family all over.  ``part``: that texture on the end of the object that a random
@@ -210,12 +216,10 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8) * scale, rng, round(2 * scale))[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     if style == "part":
-        textured = u >= geometry[3] / 2 * (1 - 2 * rng.uniform(*PART_RANGE))
-        pattern = np.where(textured[..., None], pattern, primary)
+        pattern = np.where(textured_end(rng, u, geometry[3]), pattern, primary)
     elif style == "instance":
         body = hsv_colour(rng.uniform(0, 360), rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
-        textured = u >= geometry[3] / 2 * (1 - 2 * rng.uniform(*PART_RANGE))
-        pattern = np.where(textured[..., None], body * (1 - weight) + primary * weight, body)
+        pattern = np.where(textured_end(rng, u, geometry[3]), body * (1 - weight) + primary * weight, body)
     image[mask] = pattern[mask]
 
 
@@ -319,16 +323,21 @@ def settings(num_train, num_val, size, seed, style="whole", extent=EXTENT_RANGE)
     return record
 
 
-def recorded_settings(out_dir, record=RECORD):
-    """The settings that ``out_dir/toy.json`` (or ``record``) records, or None when there is
-    none (no dataset, or one whose writing was cut short: the record comes last)."""
+def recorded_settings(out_dir, wanted, record=RECORD, what="toy dataset", elsewhere="elsewhere"):
+    """The settings that ``out_dir/toy.json`` (or ``record``) records: None when there is none
+    (no dataset, or one whose writing was cut short: the record comes last), ``wanted`` when
+    they are those; other settings are an error (a run's outputs were made on that one)."""
     path = Path(out_dir) / record
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        recorded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path}: cannot read the settings of the dataset it records ({exc})") from exc
+    if recorded != wanted:
+        raise PipelineError(f"{out_dir}: holds a {what} of other settings ({recorded}, not {wanted}); "
+                            f"remove it or write the new one {elsewhere}")
+    return recorded
 
 
 def main(argv=None):
@@ -351,13 +360,10 @@ def main(argv=None):
     size, extent = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size), tuple(args.extent)
     wanted = settings(args.num_train, args.num_val, size, args.seed, args.style, extent)
     try:
-        recorded = recorded_settings(args.out)
+        recorded = recorded_settings(args.out, wanted, elsewhere="elsewhere (the drivers: another --work-dir)")
         if recorded is None and (Path(args.out) / LABELS_CSV).is_file():
             print(f"toy mode: {args.out} holds a dataset of its own ({LABELS_CSV}, no {RECORD}); used as it is")
             return
-        if recorded not in (None, wanted):
-            raise PipelineError(f"{args.out}: holds a toy dataset of other settings ({recorded}, not {wanted}); "
-                                "remove it or write the new one elsewhere (the drivers: another --work-dir)")
         if recorded is None:
             generate(args.out, args.num_train, args.num_val, size, args.seed, args.style, extent)
     except PipelineError as exc:
