@@ -30,7 +30,9 @@ def parse_args(argv=None):
     parser.add_argument("--confident", action="store_true",
                         help="with --label-dir: 255 in the labels means no label (affinity labels); score only "
                              "the labelled pixels and report the percentage of pixels labelled (coverage)")
-    parser.add_argument("--map", default="cam", help="which map of the CAM files: cam, plain_cam, is_cam")
+    parser.add_argument("--map", default="cam",
+                        help="which map of the CAM files: cam (the method's final map), plain_cam (the classifier's "
+                             "CAM: for PSA's plain CAM classifier its final map), is_cam (SIPE's IS-CAM)")
     parser.add_argument("--bg-scale", type=flags.non_negative_float,
                         help="factor on the background channel before the argmax (default: from the method the "
                              "CAM files record, tools/methods.py: 0.8 for AE-SIPE's cam map, else 1.0)")
@@ -46,6 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--score-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
                         help="processes that read and score the files (and render COCO's masks first; 0: this "
                              "process); the default is the CPUs available")
+    stage.recipe_defaults(parser, argv, "eval_cam")
     args = parser.parse_args(argv)
     if args.confident and not args.label_dir:
         parser.error("--confident needs --label-dir")

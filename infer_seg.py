@@ -25,7 +25,7 @@ def parse_args(argv=None):
     stage.add_dataset_args(parser, split_default="val")
     stage.add_runtime_args(parser)
     parser.add_argument("--checkpoint", help="segmentation network (default: WORK_DIR/ckpt/seg.pth)")
-    parser.add_argument("--scales", type=flags.positive_float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5))
+    parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (SPEC 13)")
     parser.add_argument("--crf", action="store_true",
                         help="also write CRF-refined predictions to segmentation_crf/<split>/")
     parser.add_argument("--crf-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),
@@ -35,6 +35,7 @@ def parse_args(argv=None):
                         help="write image | prediction (| CRF) | ground truth pictures of the first N images "
                              "to vis/segmentation/")
     stage.add_overwrite_arg(parser)
+    stage.recipe_defaults(parser, argv, "infer_seg")
     return parser.parse_args(argv)
 
 

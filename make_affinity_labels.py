@@ -37,6 +37,7 @@ def parse_args(argv=None):
                         help="CRF processes (0: this process); the default is the CPUs available, divided among "
                              "torchrun processes")
     stage.add_overwrite_arg(parser)
+    stage.recipe_defaults(parser, argv, "make_affinity_labels")
     args = parser.parse_args(argv)
     args.cam_dir = args.cam_dir or str(Path(args.work_dir) / "cam")
     args.out_dir = args.out_dir or str(Path(args.work_dir) / "affinity_labels")

@@ -24,7 +24,7 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth)")
     parser.add_argument("--out-dir", help="where the CAM files go (default: WORK_DIR/cam)")
-    parser.add_argument("--scales", type=flags.positive_float, nargs="+", default=(1.0, 0.5, 1.5, 2.0))
+    parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (SPEC 5.9)")
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write heat-map pictures (background, then each class) of the first N images to vis/cam/")
     parser.add_argument("--all-maps", action="store_true",
@@ -35,6 +35,7 @@ def parse_args(argv=None):
                              "process; default: the CPUs of this process with CUDA, 0 on the CPU, where the network "
                              "is the slow part)")
     stage.add_overwrite_arg(parser)
+    stage.recipe_defaults(parser, argv, "make_cam")
     return parser.parse_args(argv)
 
 

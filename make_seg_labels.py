@@ -18,11 +18,11 @@ from tools.io import read_image, write_image, write_label_png
 from tools.methods import method_default
 from tools.normalization import normalize
 from tools.palette import voc_palette
+from tools.recipes import FROM_INPUTS
 from tools.visualize import label_panel
 from tools.workers import WorkerPool
 
 log = stage.log
-DEFAULT_BETA = {"affinitynet": 8, "irn": 10}
 
 
 def parse_args(argv=None):
@@ -54,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write image | labels (| CRF labels) pictures of the first N images to vis/seg/")
     stage.add_overwrite_arg(parser)
+    stage.recipe_defaults(parser, argv, "make_seg_labels")
     return parser.parse_args(argv)
 
 
@@ -105,7 +106,7 @@ def main(argv=None):
         checkpoint, model = (None, None) if args.no_affinity else load_affinity_net(args, work_dir, info.device)
         arch = checkpoint["arch"] if checkpoint else "none"
         if checkpoint:
-            args.beta = args.beta if args.beta is not None else DEFAULT_BETA[arch]
+            args.beta = args.beta if args.beta is not None else FROM_INPUTS["affinity_arch"][arch]["beta"]
             inputs["affinity"], described = provenance.checkpoint_input(checkpoint_path(args, work_dir), checkpoint)
             checkpoints = [described, *checkpoints]
         elif args.bg_scale is None:

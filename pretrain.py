@@ -12,22 +12,15 @@ from net.backbone import BACKBONES
 from net.classifier import ImageClassifier, classification_loss
 from tools.io import PipelineError
 
-# ImageNet's recipe on a CPU: SGD with momentum 0.9, weight decay 1e-4, poly schedule, every
-# layer from random initialisation, batch 64 at lr 0.05; the sizes of the measured toy corpus
-# run (images of 72-96 px: README, Toward a pretrained toy run).
-RECIPE = {"pretrained": "none", "epochs": 6, "crop_size": 80, "resize_long": (72, 112),
-          "color_jitter": (0.3, 0.3, 0.3, 0.1)}
-
 
 def parse_args(argv=None):
     parser = stage.parser_for(__doc__)
     stage.add_dataset_args(parser, split_default="train")
     stage.add_runtime_args(parser)
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18", help="torchvision ResNet")
-    add_training_args(parser, batch_size=64, epochs=None, lr=0.05, crop_size=None, new_layer_lr_mult=1.0,
-                      momentum=0.9)
+    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet")
+    add_training_args(parser)
     add_augmentation_args(parser)
-    parser.set_defaults(**RECIPE)
+    stage.recipe_defaults(parser, argv, "pretrain")
     args = parser.parse_args(argv)
     if args.pretrained != "none":
         parser.error("pretrain.py trains from random initialisation: --pretrained must be none")

@@ -17,17 +17,6 @@ from tools import flags
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
 
-# SPEC 9 training recipes per architecture (flags left unset take these).  PSA trains
-# AffinityNet on the image as it is (no resize) with colour jitter; IRN trains its pairs at
-# radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5.
-ARCH_DEFAULTS = {
-    "affinitynet": {"epochs": 8, "crop_size": 448, "batch_size": 8, "lr": 0.1, "new_layer_lr_mult": 10.0,
-                    "weight_decay": 5e-4, "radius": 5, "resize_long": None, "scale_range": None,
-                    "color_jitter": (0.3, 0.3, 0.3, 0.1)},
-    "irn": {"epochs": 3, "crop_size": 512, "batch_size": 32, "lr": 0.1, "new_layer_lr_mult": 1.0,
-            "weight_decay": 1e-4, "radius": 10, "resize_long": None, "scale_range": (0.5, 1.5),
-            "color_jitter": None},
-}
 # How the label maps reach the network's output size: PIL's nearest for IRN (SPEC 9).
 LABEL_RESIZE = {"affinitynet": "nearest", "irn": "nearest-exact"}
 
@@ -38,15 +27,15 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
     parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
+    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (SPEC 4)")
     parser.add_argument("--radius", type=flags.radius, help="training pairs within this radius (SPEC 9)")
     parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
                         action=flags.OrderedPair,
                         help="rescale the image by a factor in this range (IRN's augmentation; "
                              "replaces --resize-long)")
-    add_training_args(parser, batch_size=None, epochs=None, lr=None, crop_size=None, new_layer_lr_mult=None)
+    add_training_args(parser)
     add_augmentation_args(parser)
-    stage.recipe_defaults(parser, argv, "--arch", ARCH_DEFAULTS, "irn")
+    stage.recipe_defaults(parser, argv, "train_affinity")
     return parser.parse_args(argv)
 
 

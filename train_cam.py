@@ -9,17 +9,6 @@ from net.backbone import BACKBONES
 from net.sipe import METHODS, build_classifier, classifier_losses
 from tools import flags
 
-# The published recipe of each method (SPEC 5.8, 5.10); flags left unset take these.  PSA's
-# optimizer, like SIPE's, ran SGD without momentum (its poly power sat in the momentum slot).
-SIPE_RECIPE = {"epochs": 5, "crop_size": 512, "resize_long": (320, 640), "weight_decay": 1e-4, "clip_grad": 1.0,
-               "color_jitter": None}
-RECIPES = {
-    "sipe": SIPE_RECIPE,
-    "ae_sipe": SIPE_RECIPE,
-    "cam": {"epochs": 15, "crop_size": 448, "resize_long": (256, 512), "weight_decay": 5e-4, "clip_grad": 0.0,
-            "color_jitter": (0.3, 0.3, 0.3, 0.1)},
-}
-
 
 def parse_args(argv=None):
     parser = stage.parser_for(__doc__)
@@ -27,13 +16,13 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--method", choices=METHODS, default="sipe",
                         help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet50", help="torchvision ResNet (SPEC 4)")
+    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (SPEC 4)")
     parser.add_argument("--seed-bg-scale", type=flags.positive_float, default=0.5,
                         help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (SPEC 5.4); "
                              "it travels in the checkpoint to make_cam")
-    add_training_args(parser, batch_size=16, epochs=None, lr=0.1, crop_size=None, new_layer_lr_mult=10.0)
+    add_training_args(parser)
     add_augmentation_args(parser)
-    stage.recipe_defaults(parser, argv, "--method", RECIPES, "sipe")
+    stage.recipe_defaults(parser, argv, "train_cam")
     return parser.parse_args(argv)
 
 

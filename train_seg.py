@@ -21,15 +21,14 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--arch", choices=ARCHS, default="deeplabv2",
                         help="deeplabv2 (ASPP 6/12/18/24 summed, the papers' standard) or deeplabv3")
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="torchvision ResNet, stride 8")
+    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet, stride 8")
     parser.add_argument("--label-dir", help="pseudo-labels to learn from, 255 ignored "
                                             "(default: WORK_DIR/pseudo_labels, stage 6's)")
-    parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
+    parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
                         action=flags.OrderedPair,
                         help="random rescale of the image (bicubic) and its labels (nearest)")
-    add_training_args(parser, batch_size=10, epochs=None, lr=2.5e-4, crop_size=321, new_layer_lr_mult=10.0,
-                      momentum=0.9, weight_decay=5e-4, iterations=20000)
-    parser.epilog = "The published DeepLab-v2 runs: batch 10, crop 321, 20,000 iterations on VOC, 100,000 on COCO."
+    add_training_args(parser, steps="iterations")
+    stage.recipe_defaults(parser, argv, "train_seg")
     return parser.parse_args(argv)
 
 
@@ -44,7 +43,7 @@ def main(argv=None):
         label_dir = Path(args.label_dir) if args.label_dir else work_dir / "pseudo_labels"
         log.info("checking the label maps of %s in %s", args.split, label_dir)
         check_label_maps(source, args.split, label_dir)
-        transform = TrainTransform(crop_size=args.crop_size, scale_range=args.scale_range)
+        transform = TrainTransform(None, args.crop_size, scale_range=args.scale_range)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
         # SGD with momentum, the head at 10x; poly decay over --iterations (SPEC 13)

@@ -20,6 +20,7 @@ from data.datasets import ClassificationDataset
 from data.sources import CustomSource
 from data.toy import generate
 from data.transforms import TrainTransform
+from tools.recipes import SIPE
 
 CASE = {"files": 32, "samples": 192, "batch": 16, "sides": (375, 500), "crop": 512}
 
@@ -43,7 +44,7 @@ def run(case=CASE, workers=None):
     first, against the first."""
     with tempfile.TemporaryDirectory() as root:
         generate(root, num_train=case["files"], num_val=0, size=case["sides"])
-        dataset = ClassificationDataset(CustomSource(root), "train", TrainTransform(crop_size=case["crop"]))
+        dataset = ClassificationDataset(CustomSource(root), "train", TrainTransform(SIPE["resize_long"], case["crop"]))
         samples = Subset(dataset, [i % case["files"] for i in range(case["samples"])])
         seconds = {count: _steady_seconds(samples, count, case) for count in workers or worker_counts()}
     size = (f"{case['files']} JPEGs {case['sides'][0]}-{case['sides'][1]} px, {case['crop']} crops, "

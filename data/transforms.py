@@ -144,11 +144,12 @@ class TrainTransform:
     saturation, hue; the image only), normalise and crop, composed.  ``(image, rng) ->
     (image [3,S,S], valid [S,S])``; ``with_labels(image, labels, rng) -> (image, labels
     int64 [S,S])``.  ``scale_range`` (IRN's augmentation) replaces the long-side resize by
-    a rescale by a factor uniform in that range; with neither the image keeps its size
-    (PSA's AffinityNet).
+    a rescale by a factor uniform in that range; with neither (``resize_long`` None) the
+    image keeps its size (PSA's AffinityNet).  The stages take every value from their
+    recipe (tools/recipes.py).
     """
 
-    def __init__(self, resize_long=(320, 640), crop_size=512, flip=True, scale_range=None, color_jitter=None):
+    def __init__(self, resize_long, crop_size, flip=True, scale_range=None, color_jitter=None):
         resize = [RandomResize(resize_long, scale_range)] if scale_range or resize_long else []
         self.steps = resize + ([RandomFlip()] if flip else []) + \
             ([ColorJitter(*color_jitter)] if color_jitter and any(color_jitter) else []) + [NormalizeCrop(crop_size)]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from data.sources import DATASETS
 from net.fold import fold_batchnorm
-from tools import dist, flags, provenance
+from tools import dist, flags, provenance, recipes
 from tools.io import PipelineError, make_dir, remove_stale_temporaries, write_json
 from tools.workers import die_with_parent
 
@@ -205,15 +205,27 @@ def run_stage(main, argv=None):
         sys.exit(130)
 
 
-def recipe_defaults(parser, argv, flag, recipes, default):
-    """Make the defaults of ``parser`` those of the recipe that ``flag`` chooses in ``argv``
-    (``recipes[value]``: dest -> default; ``default`` when the flag is absent), so that
-    ``--help`` shows the chosen recipe's values."""
+def recipe_defaults(parser, argv, stage):
+    """Add ``--recipe`` and make the defaults of ``parser`` the settings of ``stage`` in the
+    recipe it names, for the value of the stage's chooser flag in ``argv`` (``tools.recipes``),
+    so that ``--help`` shows the chosen recipe's values."""
+    parser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="published",
+                        help="published: the papers' settings; toy: the toy run's CPU sizes over them "
+                             "(tools/recipes.py, README, Recipes)")
     chooser = argparse.ArgumentParser(add_help=False)
-    chooser.add_argument(flag, choices=tuple(recipes), default=default)
-    chosen = vars(chooser.parse_known_args(argv)[0])[flag.lstrip("-").replace("-", "_")]
-    parser.set_defaults(**recipes[chosen])
-    parser.epilog = f"The defaults shown are those of {flag} {chosen}; `{flag} NAME --help` shows another's."
+    chooser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="published")
+    flag, default = recipes.CHOOSERS.get(stage, (None, None))
+    if flag:
+        chooser.add_argument(flag, choices=tuple(recipes.PUBLISHED[stage]), default=default)
+    chosen = vars(chooser.parse_known_args(argv)[0])
+    choice = chosen[flag.lstrip("-").replace("-", "_")] if flag else ""
+    settings = recipes.recipe(stage, chosen["recipe"], choice)
+    unknown = set(settings) - {action.dest for action in parser._actions}
+    if unknown:  # set_defaults would add them to the namespace, unread
+        raise ValueError(f"tools/recipes.py: {stage} has no flags for {sorted(unknown)}")
+    parser.set_defaults(**settings)
+    shown = f"--recipe {chosen['recipe']}" + (f" {flag} {choice}" if flag else "")
+    parser.epilog = f"The defaults shown are those of {shown}; give another with --help to see its values."
 
 
 def parser_for(description):

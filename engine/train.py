@@ -59,32 +59,27 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mult, momentum=0.0,
-                      weight_decay=1e-4, clip_grad=0.0, iterations=None):
-    """The flags every training stage has, with that stage's SPEC defaults; a stage that
-    counts its schedule in steps (``iterations`` given) has ``--iterations`` instead of
-    ``--epochs``."""
+def add_training_args(parser, steps="epochs"):
+    """The flags every training stage has; their values come from the stage's recipe
+    (``engine.stage.recipe_defaults``, tools/recipes.py).  ``steps``: ``epochs`` (passes over
+    the split) or ``iterations`` (a stage that counts its schedule in steps)."""
     parser.add_argument("--pretrained", default="imagenet",
                         help="the backbone's initial weights: imagenet (torch hub cache, offline), none (random), a "
                              "ResNet file, or a checkpoint of this pipeline (its backbone); with weights the network "
                              "freezes what the published recipe freezes (recorded in the checkpoint as 'frozen'), "
                              "from random weights every layer trains")
-    parser.add_argument("--batch-size", type=flags.positive_int, default=batch_size,
-                        help="images per step over all processes")
-    if iterations is None:
-        parser.add_argument("--epochs", type=flags.positive_int, default=epochs, help="passes over the split")
+    parser.add_argument("--batch-size", type=flags.positive_int, help="images per step over all processes")
+    if steps == "epochs":
+        parser.add_argument("--epochs", type=flags.positive_int, help="passes over the split")
     else:
-        parser.add_argument("--iterations", type=flags.positive_int, default=iterations, help="training steps")
-    parser.add_argument("--lr", type=flags.positive_float, default=lr,
+        parser.add_argument("--iterations", type=flags.positive_int, help="training steps")
+    parser.add_argument("--lr", type=flags.positive_float,
                         help="backbone learning rate (poly schedule, power 0.9)")
-    parser.add_argument("--new-layer-lr-mult", type=flags.positive_float, default=new_layer_lr_mult,
-                        help="learning-rate factor of the new layers")
-    parser.add_argument("--weight-decay", type=flags.non_negative_float, default=weight_decay,
-                        help="SGD weight decay")
-    parser.add_argument("--momentum", type=flags.fraction, default=momentum, help="SGD momentum")
-    parser.add_argument("--clip-grad", type=flags.non_negative_float, default=clip_grad,
-                        help="gradient norm clip (0: off)")
-    parser.add_argument("--crop-size", type=flags.crop_size, default=crop_size,
+    parser.add_argument("--new-layer-lr-mult", type=flags.positive_float, help="learning-rate factor of the new layers")
+    parser.add_argument("--weight-decay", type=flags.non_negative_float, help="SGD weight decay")
+    parser.add_argument("--momentum", type=flags.fraction, help="SGD momentum")
+    parser.add_argument("--clip-grad", type=flags.non_negative_float, help="gradient norm clip (0: off)")
+    parser.add_argument("--crop-size", type=flags.crop_size,
                         help=f"square training crop (pixels, at least {flags.MIN_CROP_SIZE})")
     parser.add_argument("--seed", type=flags.non_negative_int, default=0,
                         help="sample order, augmentation and initialisation")
@@ -100,7 +95,7 @@ def add_training_args(parser, batch_size, epochs, lr, crop_size, new_layer_lr_mu
 
 def add_augmentation_args(parser):
     """The augmentation flags of train_cam and train_affinity (SPEC 3, 5.10, 9), off by
-    default: each stage's recipe (``stage.recipe_defaults``) sets them."""
+    default: each stage's recipe (tools/recipes.py) sets them."""
     parser.add_argument("--resize-long", type=flags.positive_int, nargs=2, metavar=("MIN", "MAX"),
                         action=flags.OrderedPair,
                         help="resize the image so that its long side is uniform in this range (None: as it is)")

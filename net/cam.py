@@ -43,13 +43,13 @@ class CAMNet(nn.Module):
         """The backbone's stage outputs (stem, x1..x4), the frozen ones without autograd."""
         return stage_outputs(self.backbone, images, self.frozen_stages)
 
-    def cam(self, images):
+    def raw_cam(self, images):
         """Raw CAM [N, C-1, h, w] (SPEC 5.1)."""
         return self.classifier(self.stages(images)[-1])
 
     def forward(self, images, labels, valid_pixels=None):
         """Training pass: the classification loss (multilabel soft margin) and the scores."""
-        score = self.cam(images).mean(dim=(2, 3))
+        score = self.raw_cam(images).mean(dim=(2, 3))
         return {"cls_loss": F.multilabel_soft_margin_loss(score, labels), "score": score}
 
 
@@ -62,6 +62,6 @@ def psa_cam(model, scaled_images, keys, size):
     [1,3,h,w] normalised tensors; keys int64 [K] (0 first).  Returns the ScaleMaps of [K, H, W]."""
     scales = []
     for scaled in scaled_images:
-        cam = F.relu(full_precision(model.cam(torch.cat([scaled, scaled.flip(-1)]))))[:, keys[1:] - 1]
+        cam = F.relu(full_precision(model.raw_cam(torch.cat([scaled, scaled.flip(-1)]))))[:, keys[1:] - 1]
         scales.append(cam[0] + cam[1].flip(-1))
     return ScaleMaps(scales, tuple(size), background=True)

@@ -135,17 +135,16 @@ use_toy_backbone() {
         exec 9> "$TOY_CACHE/.lock"
         flock 9
     fi
-    python -m data.corpus --out "$TOY_CACHE/corpus" --num-images "$TOY_CORPUS_IMAGES" --image-size 96
-    train_stage pretrain.py pretrain "$TOY_CACHE" --dataset custom --data-root "$TOY_CACHE/corpus" --split train \
-        --backbone resnet18 --device cpu --num-workers 1 --log-every 50
+    python -m data.corpus --out "$TOY_CACHE/corpus" --num-images "$TOY_CORPUS_IMAGES"
+    train_stage pretrain.py pretrain "$TOY_CACHE" --dataset custom --data-root "$TOY_CACHE/corpus" --split train
     TOY_WEIGHTS="$TOY_CACHE/ckpt/pretrain.pth"
     exec 9>&-
 }
 
-# The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run).  Every stage keeps
-# its published recipe (the stages' defaults) from the toy backbone; only the CPU sizes are
-# set here: images, crops, batches, steps, scales.  The toy dataset is made once per run
-# directory; data.toy refuses one made with other settings.
+# The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run): every stage takes
+# --recipe toy (tools/recipes.py: the published recipe at CPU sizes) and the training stages
+# start from the toy backbone.  The toy dataset is made once per run directory; data.toy
+# refuses one made with other settings.
 use_toy_dataset() {
     DATASET=custom
     DATA_ROOT="$WORK_DIR/toy_data"
@@ -154,22 +153,14 @@ use_toy_dataset() {
     EVAL_SPLIT=train
     python -m data.toy --out "$DATA_ROOT" --num-train "$TOY_IMAGES" --num-val $((TOY_IMAGES / 5)) \
         --image-size "$TOY_IMAGE_SIZE" --style instance --extent 0.35 0.8
+    local name
+    for name in "${STAGE_NAMES[@]}"; do
+        STAGE_ARGS[$name]="--recipe toy ${STAGE_ARGS[$name]:-}"
+    done
     use_toy_backbone
-    local cpu="--device cpu --num-workers 1" log="--save-every 50 --log-every 10"
-    local net="--backbone resnet18" crop="--crop-size 256 --batch-size 8"
-    STAGE_PATH_ARGS[train_cam]=$'--pretrained\n'"$TOY_WEIGHTS"
-    STAGE_ARGS[train_cam]="$net $cpu $crop --resize-long 160 320 --epochs 8 $log ${STAGE_ARGS[train_cam]:-}"
-    STAGE_ARGS[make_cam]="$cpu ${STAGE_ARGS[make_cam]:-}"
-    STAGE_ARGS[eval_cam]="--score-workers 2 ${STAGE_ARGS[eval_cam]:-}"
-    STAGE_ARGS[make_affinity_labels]="--crf-workers 2 ${STAGE_ARGS[make_affinity_labels]:-}"
-    STAGE_PATH_ARGS[train_affinity]=$'--pretrained\n'"$TOY_WEIGHTS"
-    STAGE_ARGS[train_affinity]="$net $cpu $crop --epochs 5 $log ${STAGE_ARGS[train_affinity]:-}"
-    STAGE_ARGS[make_seg_labels]="$cpu --crf-workers 2 ${STAGE_ARGS[make_seg_labels]:-}"
-    # stage 7's toy value: lr 0.0025 (the published 2.5e-4 is for 20,000 steps, not 80)
-    STAGE_PATH_ARGS[train_seg]=$'--pretrained\n'"$TOY_WEIGHTS"
-    STAGE_ARGS[train_seg]="$net $cpu --crop-size 192 --batch-size 8 --iterations 80 --lr 0.0025 $log
-        ${STAGE_ARGS[train_seg]:-}"
-    STAGE_ARGS[infer_seg]="$cpu --scales 0.75 1.0 1.25 --crf-workers 2 ${STAGE_ARGS[infer_seg]:-}"
+    for name in train_cam train_affinity train_seg; do
+        STAGE_PATH_ARGS[$name]=$'--pretrained\n'"$TOY_WEIGHTS"
+    done
 }
 
 # --overwrite for the stage --overwrite-from names and for every later one.
@@ -235,15 +226,14 @@ run_pipeline() {
     train_stage train_cam.py cam "$WORK_DIR" "${source[@]}" --split "$TRAIN_SPLIT" --method "$METHOD"
     echo "== make_cam"
     extra make_cam more
-    if [ "$METHOD" = cam ]; then
-        # PSA's plain CAM: its files hold the CAM alone, scored with a constant background
-        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" "${more[@]}"
-        echo "== eval_cam"
-        "${evaluate[@]}" --map cam --sweep --tag "CAM"
-    else
-        launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" --all-maps "${more[@]}"
-        echo "== eval_cam"
-        "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
+    # the CAM row: the classifier's CAM with a constant background (a plain CAM classifier's
+    # files hold it alone, as their final map)
+    local all_maps=(--all-maps)
+    [ "$METHOD" = cam ] && all_maps=()
+    launch make_cam.py "${data[@]}" --split "$CAM_SPLIT" "${all_maps[@]}" "${more[@]}"
+    echo "== eval_cam"
+    "${evaluate[@]}" --map plain_cam --sweep --tag "CAM"
+    if [ "$METHOD" != cam ]; then
         "${evaluate[@]}" --map is_cam --tag "IS-CAM"
     fi
     if [ "$METHOD" = ae_sipe ]; then

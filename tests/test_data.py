@@ -430,7 +430,7 @@ def test_scale_range_rescales_image_bicubic_and_labels_nearest():
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
     labels = rng.integers(0, 4, (40, 60)).astype(np.uint8)
-    transform = TrainTransform(crop_size=96, flip=False, scale_range=(0.5, 1.5))
+    transform = TrainTransform(None, 96, flip=False, scale_range=(0.5, 1.5))
     factors = set()
     for seed in range(6):
         factor = np.random.default_rng(seed).uniform(0.5, 1.5)  # the first draw (SPEC 9: IRN's rescale)

@@ -194,9 +194,14 @@ def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
             assert call[call.index("--work-dir") + 1] == str(work)
         if call[0] != "-m" or call[1] == "data.sources":  # it asks whether the dataset lists val
             assert call[call.index("--data-root") + 1] == f"{work}/toy_data"
+    # every stage takes the toy recipe of tools/recipes.py; the driver holds no recipe of its own
+    stage_calls = [call for call in calls[2:] if call[0] != "-m"]
+    assert all(call[call.index("--recipe") + 1] == "toy" for call in stage_calls)
+    assert not [arg for call in stage_calls for arg in call
+                if arg in ("--epochs", "--crop-size", "--batch-size", "--backbone", "--lr", "--scales")]
     flags = dict(zip(scripts, calls))
     affinity = flags["train_affinity.py"]
-    assert affinity[affinity.index("--pretrained") + 1] == weights and "--epochs" in affinity
+    assert affinity[affinity.index("--pretrained") + 1] == weights
     seg = flags["train_seg.py"]
     pretrained = [seg[i + 1] for i, arg in enumerate(seg) if arg == "--pretrained"]
     assert pretrained == [weights, "none"]  # the driver's flags come after the toy recipe's

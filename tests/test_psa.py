@@ -127,7 +127,7 @@ def test_help_shows_the_chosen_recipe(script, flag, value, shown):
     result = subprocess.run([sys.executable, str(REPO / script), flag, value, "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)
     text = " ".join(result.stdout.split())  # argparse wraps help lines at the terminal width
-    assert shown in text and f"those of {flag} {value}" in text
+    assert shown in text and f"those of --recipe published {flag} {value};" in text
     assert "--color-jitter" in result.stdout
 
 
@@ -168,7 +168,7 @@ def test_plain_cam_classifier_has_no_prototype_branch_and_one_loss():
              "valid": torch.ones(2, 64, 64)}
     losses = classifier_losses(model, batch)
     assert list(losses) == ["cls"]
-    score = model.cam(batch["image"]).mean(dim=(2, 3))
+    score = model.raw_cam(batch["image"]).mean(dim=(2, 3))
     torch.testing.assert_close(losses["cls"], F.multilabel_soft_margin_loss(score, batch["label"]))
     assert type(build_classifier(4, "sipe", pretrained="none")) is SIPENet
 
@@ -228,10 +228,12 @@ def test_method_cam_through_the_scripts_and_its_bad_input(make_toy, tmp_path):
         record = np.load(work / "cam" / f"{name}.npy", allow_pickle=True).item()
         assert record["method"] == "cam" and set(record["maps"]) == {"cam"}
         cam = load_cam(work / "cam" / f"{name}.npy")[1]
+        # the plain CAM classifier's CAM row reads plain_cam, as SIPE's does: its final map
+        assert np.array_equal(load_cam(work / "cam" / f"{name}.npy", "plain_cam")[1], cam)
         np.testing.assert_allclose(cam[0], 1 - cam[1:].max(axis=0), atol=2e-3)
         peaks = cam[1:].max(axis=(1, 2))  # max-normalised; 0 where the relu'd CAM is 0 everywhere
         assert np.all((np.abs(peaks - 1) < 2e-3) | (peaks == 0)), peaks
-    result = run("eval_cam.py", *data, "--work-dir", work, "--map", "cam", "--sweep", "--tag", "CAM",
+    result = run("eval_cam.py", *data, "--work-dir", work, "--map", "plain_cam", "--sweep", "--tag", "CAM",
                  "--score-workers", "0")
     assert "CAM: mIoU" in result.stdout
     first = work / "cam" / f"{names[0]}.npy"

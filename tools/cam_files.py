@@ -120,7 +120,9 @@ def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
     of classes (made on another dataset) is an error, and with the image's ``size`` (H, W)
     too, so are keys that are not 0 followed by sorted class ids below ``num_classes`` and a
     map of another size (SPEC 2).  A map with NaN or infinite values is an error, and with
-    ``made_by`` (its folder's record digest) so is a file that another run made."""
+    ``made_by`` (its folder's record digest) so is a file that another run made.
+    ``plain_cam`` of a plain CAM classifier's file (method ``cam``) is its final map, so
+    that the CAM row of every route reads ``plain_cam``."""
     path = Path(path)
     record, keys = _cam_record(path)
     if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
@@ -130,6 +132,8 @@ def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
         raise PipelineError(f"{path}: made by another run than the rest of its folder (its made_by "
                             f"{record.get('made_by')}, the folder's made_by.json {made_by}); make the CAMs again")
     maps = _cam_maps(record)
+    if map_name == "plain_cam" and record.get("method") == "cam":
+        map_name = "cam"
     if map_name not in maps:
         hint = ("a plain CAM classifier's file (method cam) has no prototype maps" if record.get("method") == "cam"
                 else "make_cam.py --all-maps writes the intermediate maps")

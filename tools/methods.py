@@ -1,4 +1,5 @@
-"""The defaults that depend on the method that made the CAMs, in one table (SPEC 6.4, 8).
+"""The defaults that depend on the method that made the CAMs (SPEC 6.4, 8; their values:
+tools/recipes.py, FROM_INPUTS).
 
 The stages that read CAM files take them from the method each file records, so the
 drivers pass none of them:
@@ -15,12 +16,9 @@ drivers pass none of them:
 """
 from tools.cam_files import cam_method
 from tools.io import PipelineError
+from tools.recipes import FROM_INPUTS
 
-METHOD_DEFAULTS = {
-    "cam": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
-    "sipe": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
-    "ae_sipe": {"bg_scale": 0.8, "bg_conf_scale": 0.8},
-}
+METHOD_DEFAULTS = FROM_INPUTS["cam_method"]
 
 
 # CAM files that record no method (written by other code) get SIPE's values, the published defaults

@@ -1,0 +1,49 @@
+"""The recipe table (tools/recipes.py) as the stages read it: published values, the toy's
+CPU sizes over them, flags over both."""
+import importlib
+
+import pytest
+
+from tools import recipes
+
+REQUIRED = ["--data-root", "data", "--work-dir", "work"]
+
+
+def parse(stage, *argv):
+    return vars(importlib.import_module(stage).parse_args([*REQUIRED, *argv]))
+
+
+@pytest.mark.parametrize("stage", sorted(recipes.PUBLISHED))
+@pytest.mark.parametrize("name", recipes.RECIPE_NAMES)
+def test_every_stage_takes_every_setting_of_each_recipe(stage, name):
+    flag = recipes.CHOOSERS.get(stage, (None,))[0]
+    for choice in recipes.PUBLISHED[stage]:
+        args = parse(stage, "--recipe", name, *([flag, choice] if flag else []))
+        wanted = recipes.recipe(stage, name, choice)
+        assert {key: args[key] for key in wanted} == wanted
+        assert args["recipe"] == name
+
+
+def test_the_toy_lays_cpu_sizes_over_the_chosen_method():
+    psa = parse("train_cam", "--recipe", "toy", "--method", "cam")
+    assert (psa["epochs"], psa["crop_size"], psa["backbone"], psa["device"]) == (8, 256, "resnet18", "cpu")
+    # what the toy does not name stays PSA's published value, not SIPE's
+    assert (psa["weight_decay"], psa["clip_grad"], psa["color_jitter"]) == (5e-4, 0.0, recipes.PSA_JITTER)
+    sipe = parse("train_cam")
+    assert (sipe["epochs"], sipe["crop_size"], sipe["backbone"], sipe["weight_decay"]) == (5, 512, "resnet50", 1e-4)
+    given = parse("train_cam", "--recipe", "toy", "--epochs", "2", "--backbone", "resnet34")
+    assert (given["epochs"], given["backbone"], given["crop_size"]) == (2, "resnet34", 256)
+
+
+def test_a_recipe_setting_without_a_flag_is_refused(monkeypatch):
+    monkeypatch.setitem(recipes.TOY, "make_cam", {"scale": (1.0,)})
+    with pytest.raises(ValueError, match=r"make_cam has no flags for \['scale'\]"):
+        parse("make_cam", "--recipe", "toy")
+
+
+def test_help_shows_the_chosen_recipe(capsys):
+    with pytest.raises(SystemExit):
+        parse("train_affinity", "--recipe", "toy", "--arch", "affinitynet", "--help")
+    shown = capsys.readouterr().out
+    assert "--recipe toy --arch affinitynet" in shown
+    assert "(default: resnet18)" in shown and "(default: 5)" in shown  # the toy's backbone and epochs

@@ -1,0 +1,97 @@
+"""Every recipe in one table (README, Recipes): the settings each stage trains and infers with.
+
+``PUBLISHED[stage][choice]``: the published code's settings for each value of the flag that
+chooses among them (``CHOOSERS``: train_cam's ``--method``, train_affinity's ``--arch``; a
+stage without one has the single choice ``""``): SIPE's and PSA's classifiers (SPEC 5.8,
+5.10), IRN's and PSA's affinity networks (SPEC 9), DeepLab (SPEC 13), the inference scales
+(SPEC 5.9, 13), and the toy run's stand-in for ImageNet pretraining (pretrain.py: ImageNet's
+recipe at the corpus's sizes).
+
+``TOY[stage]``: the toy run's CPU sizes, which ``--recipe toy`` lays over the published
+values (README, Toy run); every setting the toy does not name is the published one.
+
+The stages take these as their argparse defaults (``engine.stage.recipe_defaults``), so
+``--help`` shows the chosen recipe's values and a flag on the command line overrides them.
+
+``FROM_INPUTS``: the defaults that follow from what made a stage's inputs, read when the
+stage knows them: the method a CAM file records (SPEC 6.4, 8: ``bg_scale`` scores the final
+map, ``bg_conf_scale`` makes stage 4's confident background) and the architecture an affinity
+checkpoint records (SPEC 10: the walk's ``beta``).
+"""
+
+RECIPE_NAMES = ("published", "toy")
+
+SIPE = {"backbone": "resnet50", "batch_size": 16, "epochs": 5, "lr": 0.1, "new_layer_lr_mult": 10.0,
+        "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 1.0, "crop_size": 512, "resize_long": (320, 640),
+        "color_jitter": None}
+PSA_JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue (SPEC 5.10, 9)
+
+PUBLISHED = {
+    # ImageNet's recipe (SGD, momentum 0.9, weight decay 1e-4, poly, every layer from random
+    # weights) at the sizes of the toy corpus (images of 72-96 px); the colour jitter keeps the
+    # hue, which names half of a corpus class (README, Toy run)
+    "pretrain": {"": {"backbone": "resnet18", "pretrained": "none", "batch_size": 64, "epochs": 6, "lr": 0.05,
+                      "new_layer_lr_mult": 1.0, "momentum": 0.9, "weight_decay": 1e-4, "clip_grad": 0.0,
+                      "crop_size": 80, "resize_long": (72, 112), "color_jitter": (0.3, 0.3, 0.3, 0.0)}},
+    # PSA's optimizer, like SIPE's, ran SGD without momentum (its poly power sat in the momentum slot)
+    "train_cam": {"sipe": SIPE, "ae_sipe": SIPE,
+                  "cam": {**SIPE, "epochs": 15, "crop_size": 448, "resize_long": (256, 512), "weight_decay": 5e-4,
+                          "clip_grad": 0.0, "color_jitter": PSA_JITTER}},
+    "make_cam": {"": {"scales": (1.0, 0.5, 1.5, 2.0)}},
+    "eval_cam": {"": {}},
+    "make_affinity_labels": {"": {}},
+    # PSA trains AffinityNet on the image as it is (no resize) with colour jitter; IRN trains
+    # its pairs at radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5
+    "train_affinity": {
+        "irn": {"backbone": "resnet50", "batch_size": 32, "epochs": 3, "lr": 0.1, "new_layer_lr_mult": 1.0,
+                "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 0.0, "crop_size": 512, "radius": 10,
+                "resize_long": None, "scale_range": (0.5, 1.5), "color_jitter": None},
+        "affinitynet": {"backbone": "resnet50", "batch_size": 8, "epochs": 8, "lr": 0.1, "new_layer_lr_mult": 10.0,
+                        "momentum": 0.0, "weight_decay": 5e-4, "clip_grad": 0.0, "crop_size": 448, "radius": 5,
+                        "resize_long": None, "scale_range": None, "color_jitter": PSA_JITTER}},
+    "make_seg_labels": {"": {}},
+    # DeepLab-v2's VOC run: batch 10, crop 321, 20,000 iterations (COCO: 100,000)
+    "train_seg": {"": {"backbone": "resnet101", "batch_size": 10, "iterations": 20000, "lr": 2.5e-4,
+                       "new_layer_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4, "clip_grad": 0.0,
+                       "crop_size": 321, "scale_range": (0.5, 1.5)}},
+    "infer_seg": {"": {"scales": (0.5, 0.75, 1.0, 1.25, 1.5)}},
+}
+
+CHOOSERS = {"train_cam": ("--method", "sipe"), "train_affinity": ("--arch", "irn")}
+
+# The toy run on a 2-core CPU: ResNet-18, images of 240-320 px, small crops and batches, few
+# steps; one optimizer value (stage 7's lr: the published 2.5e-4 is for 20,000 steps, not 80).
+_CPU = {"device": "cpu", "num_workers": 1}
+_TRAINING = {**_CPU, "backbone": "resnet18", "batch_size": 8, "save_every": 50, "log_every": 10}
+TOY = {
+    "pretrain": {**_CPU, "log_every": 50},
+    "train_cam": {**_TRAINING, "crop_size": 256, "resize_long": (160, 320), "epochs": 8},
+    "make_cam": _CPU,
+    "eval_cam": {},
+    "make_affinity_labels": {},
+    "train_affinity": {**_TRAINING, "crop_size": 256, "epochs": 5},
+    "make_seg_labels": _CPU,
+    "train_seg": {**_TRAINING, "crop_size": 192, "iterations": 80, "lr": 0.0025},
+    "infer_seg": {**_CPU, "scales": (0.75, 1.0, 1.25)},
+}
+
+FROM_INPUTS = {
+    "cam_method": {
+        "cam": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
+        "sipe": {"bg_scale": 1.0, "bg_conf_scale": 0.5},
+        "ae_sipe": {"bg_scale": 0.8, "bg_conf_scale": 0.8},
+    },
+    "affinity_arch": {"affinitynet": {"beta": 8}, "irn": {"beta": 10}},
+}
+
+
+def recipe(stage, name="published", choice=None):
+    """The settings of ``stage`` under recipe ``name`` (RECIPE_NAMES) for ``choice`` (the
+    value of the stage's chooser; its default when None): argparse dest -> value."""
+    published = PUBLISHED[stage]
+    if choice is None:
+        choice = CHOOSERS[stage][1] if stage in CHOOSERS else ""
+    settings = dict(published[choice])
+    if name == "toy":
+        settings.update(TOY[stage])
+    return settings
