@@ -1,17 +1,17 @@
 """The classification corpus that stands in for ImageNet in the toy run (README, Toy run).
 
 A real run starts from ImageNet weights: features learned from far more classes than the
-target dataset has, on other images.  The toy run's stand-in
-is a ResNet trained with image-level labels on this corpus, which shares no class with the
-toy: 32 classes, each a shape and a colour family that the toy does not use (eight shapes
-times four hue families), every object textured with one of four textures the toy does not
-use (drawn at random, so that texture marks an object but not its class), the texture in a
-darker shade of the object's colour or, half of the time, in a colour of any hue (objects of
-two colours, whose class shows in one of them, as many of ImageNet's), one or two
-objects of one class per image (as ImageNet labels an image with one class), on the toy's
-cluttered backgrounds.  The corpus is written in VOC layout without
-masks (JPEGImages, Annotations, ImageSets/Segmentation/train.txt, class_names.txt), so that
-``pretrain.py`` reads it as any custom dataset.
+target dataset has, on other images, classes that differ mostly in their textures and
+colours.  The toy run's stand-in is a ResNet trained with image-level labels on this corpus,
+which shares no class, texture, shape or colour family with the toy: 32 classes, each a
+texture in a colour family (eight textures the toy does not use times four hue families
+it does not use), drawn over an object body of any colour and of any of eight shapes the
+toy does not use (shape and body colour mark an object, not its class: objects of two
+colours whose class shows in one of them, as many of ImageNet's), one or two objects of one
+class per image (as ImageNet labels an image with one class), on the toy's cluttered
+backgrounds.  The corpus is written in VOC layout without masks (JPEGImages, Annotations,
+ImageSets/Segmentation/train.txt, class_names.txt), so that ``pretrain.py`` reads it as any
+custom dataset.
 
 Usage: ``python -m data.corpus --out DIR [--seed N] [--num-images N] [--image-size PX]``;
 ``corpus.json`` records the settings, and the command leaves a folder that holds the same
@@ -30,9 +30,10 @@ from tools.io import PipelineError, write_image, write_json, write_text
 
 SHAPES = ("star", "ring", "hexagon", "ellipse", "crescent", "chevron", "bar", "corner")
 HUES = {"orange": 25.0, "lime": 85.0, "cyan": 180.0, "purple": 280.0}  # none of the toy's hue families
-TEXTURES = ("waves", "rings", "grid", "blotches")
-CLASS_NAMES = ("background", *(f"{hue}_{shape}" for hue in HUES for shape in SHAPES))
+TEXTURES = ("waves", "rings", "grid", "blotches", "zigzag", "hatch", "bricks", "rays")
+CLASS_NAMES = ("background", *(f"{hue}_{texture}" for hue in HUES for texture in TEXTURES))
 RECORD = "corpus.json"  # the settings of a generated corpus
+GENERATOR = 2  # 2: classes of texture and hue (1: of shape and hue); a corpus of another is refused
 EXTENT_RANGE = (0.4, 0.8)  # larger than the toy's objects: ImageNet's objects fill much of the picture
 
 
@@ -69,6 +70,15 @@ def corpus_texture(kind, u, v, period, rng):
         return np.sin(2 * math.pi * np.hypot(u, v) / period) > 0
     if kind == "grid":
         return (np.abs(u % period) < 1.5) | (np.abs(v % period) < 1.5)
+    if kind == "zigzag":
+        return np.sin(2 * math.pi * (v + np.abs((u % period) - period / 2)) / period) > 0
+    if kind == "hatch":
+        return ((u + v) % period < 1.5) | ((u - v) % period < 1.5)
+    if kind == "bricks":
+        row = np.floor(v / period)
+        return (v % period < 1.5) | ((u + row * period) % (2 * period) < 1.5)
+    if kind == "rays":
+        return np.sin(8 * np.arctan2(v, u)) > 0
     h, w = u.shape  # blotches: thresholded coarse noise
     coarse = rng.random((h // 6 + 2, w // 6 + 2))
     return np.kron(coarse, np.ones((6, 6)))[:h, :w] > 0.5
@@ -78,21 +88,19 @@ def render_corpus_image(rng, shape_hw):
     """One corpus image: (uint8 RGB [H, W, 3], instances, objects as in data.toy.place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
     image = background(rng, grid)
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]  # one shape for the image's objects, of any class
 
     def mask_of(class_id, u, v, extent):
-        return corpus_shape_mask(SHAPES[(class_id - 1) % len(SHAPES)], u, v, extent)
+        return corpus_shape_mask(shape, u, v, extent)
 
     classes = [int(rng.integers(1, len(CLASS_NAMES)))] * int(rng.integers(1, 3))
     instances, objects = place_objects(rng, classes, grid, mask_of, EXTENT_RANGE)
     for k, (class_id, geometry, _) in enumerate(objects):
-        hue = list(HUES.values())[(class_id - 1) // len(SHAPES)]
-        primary = family_colour(rng, hue)
-        if rng.random() < 0.5:  # the texture in a darker shade of the object's colour, or in any other
-            secondary = primary * rng.uniform(0.3, 0.6)
-        else:
-            secondary = hsv_colour(rng.uniform(0, 360), rng.uniform(0.3, 0.95), rng.uniform(0.3, 0.95))
+        hue = list(HUES.values())[(class_id - 1) // len(TEXTURES)]
+        secondary = family_colour(rng, hue)  # the class: its texture in its colour family
+        primary = hsv_colour(rng.uniform(0, 360), rng.uniform(0.3, 0.95), rng.uniform(0.3, 0.95))
         u, v = local_coords(grid, *geometry[:3])
-        texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        texture = TEXTURES[(class_id - 1) % len(TEXTURES)]
         weight = corpus_texture(texture, u, v, rng.uniform(4, 9), rng).astype(np.float32)[..., None]
         mask = instances == k + 1
         image[mask] = (primary * (1 - weight) + secondary * weight)[mask]
@@ -100,7 +108,7 @@ def render_corpus_image(rng, shape_hw):
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), instances, objects
 
 
-def generate_corpus(out_dir, num_images=4000, size=(120, 160), seed=0):
+def generate_corpus(out_dir, num_images=6000, size=(72, 96), seed=0):
     """Write the corpus (VOC layout without masks, split ``train``) to ``out_dir``; image i
     draws everything from ``numpy.random.default_rng([seed, i])``.  ``corpus.json``, written
     last, records the settings (``corpus_settings``).  Returns its path."""
@@ -122,7 +130,7 @@ def generate_corpus(out_dir, num_images=4000, size=(120, 160), seed=0):
 
 def corpus_settings(num_images, size, seed):
     """The record of ``generate_corpus``'s settings that ``corpus.json`` holds."""
-    return {"num_images": num_images, "size": list(side_range(size)), "seed": seed}
+    return {"num_images": num_images, "size": list(side_range(size)), "seed": seed, "generator": GENERATOR}
 
 
 def main(argv=None):
@@ -131,9 +139,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder (becomes the dataset root)")
     parser.add_argument("--seed", type=flags.non_negative_int, default=0,
                         help="random seed; the same seed gives identical files")
-    parser.add_argument("--num-images", type=flags.positive_int, default=4000,
+    parser.add_argument("--num-images", type=flags.positive_int, default=6000,
                         help="number of images (all in the train list)")
-    parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=160,
+    parser.add_argument("--image-size", type=flags.int_at_least(MIN_SIZE), default=96,
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     args = parser.parse_args(argv)
     size = (max(MIN_SIZE, args.image_size * 3 // 4), args.image_size)

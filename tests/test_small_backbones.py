@@ -7,10 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from data.corpus import CLASS_NAMES, EXTENT_RANGE, SHAPES, corpus_shape_mask, generate_corpus
+from data.corpus import CLASS_NAMES, EXTENT_RANGE, SHAPES, TEXTURES, corpus_shape_mask, generate_corpus
 from data.sources import build_source
 from data.toy import CLASS_NAMES as TOY_CLASSES
 from data.toy import HUES as TOY_HUES
+from data.toy import TEXTURES as TOY_TEXTURES
 from net.affinity import AffinityNet, BoundaryNet
 from net.backbone import build_backbone, stage_channels, stage_outputs
 from net.classifier import ImageClassifier, classification_loss
@@ -80,9 +81,10 @@ def test_the_classifier_backbone_loads_as_pretrained_weights(tmp_path):
     assert torch.allclose(loss, expected)
 
 
-def test_corpus_shares_no_class_shape_or_hue_with_the_toy(tmp_path):
+def test_corpus_shares_no_class_shape_texture_or_hue_with_the_toy(tmp_path):
     assert len(CLASS_NAMES) - 1 == 32 and len(set(CLASS_NAMES)) == len(CLASS_NAMES)
     assert not set(SHAPES) & set(TOY_CLASSES)
+    assert not set(TEXTURES) & set(TOY_TEXTURES.values()) and len(set(TEXTURES)) == 8
     corpus_hues = [float(h) for h in __import__("data.corpus", fromlist=["HUES"]).HUES.values()]
     assert min(abs((a - b + 180) % 360 - 180) for a in corpus_hues for b in TOY_HUES.values()) >= 25
     root = generate_corpus(tmp_path / "corpus", num_images=12, size=(40, 56), seed=3)
@@ -99,7 +101,8 @@ def test_corpus_cli_keeps_the_same_corpus_and_refuses_another(tmp_path, capsys):
     out = tmp_path / "corpus"
     argv = ["--out", str(out), "--num-images", "3", "--image-size", "40"]
     corpus.main(argv)
-    assert json.loads((out / "corpus.json").read_text()) == {"num_images": 3, "size": [30, 40], "seed": 0}
+    assert json.loads((out / "corpus.json").read_text()) == {"num_images": 3, "size": [30, 40], "seed": 0,
+                                                                "generator": corpus.GENERATOR}
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     corpus.main(argv)
     assert capsys.readouterr().out.strip().endswith("(already there)")
@@ -109,6 +112,11 @@ def test_corpus_cli_keeps_the_same_corpus_and_refuses_another(tmp_path, capsys):
             corpus.main(argv + other)
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.startswith(f"error: {out}: holds a corpus of other settings")
+    # a corpus of the generator before (classes of shape and hue) is not this one
+    (out / "corpus.json").write_text(json.dumps({"num_images": 3, "size": [30, 40], "seed": 0}))
+    with pytest.raises(SystemExit):
+        corpus.main(argv)
+    assert capsys.readouterr().err.startswith(f"error: {out}: holds a corpus of other settings")
     for bad in (["--num-images", "0"], ["--image-size", "15"], ["--seed", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             corpus.main(["--out", str(tmp_path / "bad")] + bad)
