@@ -9,8 +9,8 @@ from data.datasets import LabelMapDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import (PolySchedule, add_augmentation_args, add_training_args, build_optimizer, epoch_steps,
-                          train, unwrap)
+from engine.train import (PolySchedule, add_augmentation_args, add_frozen_arg, add_training_args, build_optimizer,
+                          check_frozen, epoch_steps, train, unwrap)
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
 from tools import flags
@@ -34,9 +34,15 @@ def parse_args(argv=None):
                         help="rescale the image by a factor in this range (IRN's augmentation; "
                              "replaces --resize-long)")
     add_training_args(parser)
+    add_frozen_arg(parser)
     add_augmentation_args(parser)
     stage.recipe_defaults(parser, argv, "train_affinity")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.arch == "irn" and not args.frozen:
+        parser.error("--no-frozen: IRN trains its boundary layers on a frozen backbone (SPEC 9); it has no other form")
+    if args.arch == "affinitynet":
+        check_frozen(parser, args)
+    return args
 
 
 def pair_losses(radius, label_resize="nearest"):
@@ -69,7 +75,7 @@ def main(argv=None):
         transform = TrainTransform(args.resize_long, args.crop_size, scale_range=args.scale_range,
                                    color_jitter=args.color_jitter)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
-        model = build_affinity_net(args.arch, args.pretrained, args.backbone).to(info.device)
+        model = build_affinity_net(args.arch, args.pretrained, args.backbone, args.frozen).to(info.device)
         # SGD over the network's groups (PSA: four, SPEC 9; IRN: the boundary layers), poly decay
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))

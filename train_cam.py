@@ -3,8 +3,8 @@ from data.datasets import ClassificationDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import (PolySchedule, add_augmentation_args, add_training_args, build_optimizer, epoch_steps,
-                          train)
+from engine.train import (PolySchedule, add_augmentation_args, add_frozen_arg, add_training_args, build_optimizer,
+                          check_frozen, epoch_steps, train)
 from net.backbone import BACKBONES
 from net.sipe import METHODS, build_classifier, classifier_losses
 from tools import flags
@@ -21,9 +21,12 @@ def parse_args(argv=None):
                         help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (SPEC 5.4); "
                              "it travels in the checkpoint to make_cam")
     add_training_args(parser)
+    add_frozen_arg(parser)
     add_augmentation_args(parser)
     stage.recipe_defaults(parser, argv, "train_cam")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_frozen(parser, args)
+    return args
 
 
 def main(argv=None):
@@ -34,7 +37,7 @@ def main(argv=None):
         transform = TrainTransform(args.resize_long, args.crop_size, color_jitter=args.color_jitter)
         dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
         model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone,
-                                 args.seed_bg_scale).to(info.device)
+                                 args.seed_bg_scale, args.frozen).to(info.device)
         # SGD: the backbone at --lr, the new layers at --lr x --new-layer-lr-mult; poly decay (SPEC 5.8)
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))

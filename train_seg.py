@@ -6,7 +6,7 @@ from data.datasets import LabelMapDataset
 from data.sources import build_source, check_label_maps
 from data.transforms import TrainTransform
 from engine import stage
-from engine.train import PolySchedule, add_training_args, build_optimizer, train
+from engine.train import PolySchedule, add_frozen_arg, add_training_args, build_optimizer, check_frozen, train
 from net.backbone import BACKBONES
 from net.segmentation import ARCHS, build_segmentation_net, pixel_losses
 from tools import flags
@@ -28,8 +28,11 @@ def parse_args(argv=None):
                         action=flags.OrderedPair,
                         help="random rescale of the image (bicubic) and its labels (nearest)")
     add_training_args(parser, steps="iterations")
+    add_frozen_arg(parser)
     stage.recipe_defaults(parser, argv, "train_seg")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_frozen(parser, args)
+    return args
 
 
 def main(argv=None):
@@ -45,7 +48,8 @@ def main(argv=None):
         check_label_maps(source, args.split, label_dir)
         transform = TrainTransform(None, args.crop_size, scale_range=args.scale_range)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
-        model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained).to(info.device)
+        model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained,
+                                       args.frozen).to(info.device)
         # SGD with momentum, the head at 10x; poly decay over --iterations (SPEC 13)
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, args.iterations)

@@ -8,7 +8,7 @@ its BatchNorm folded, ``stage.inference_model``).  It prints AMP's
 training speed-up over fp32 and AE-SIPE's step time over SIPE's.  make_cam's resizing of
 the scales (PIL, in its loader's workers) is timed apart, in milliseconds per image for
 one worker: the network's rate holds when the workers keep up with it.
-Random weights and data: BatchNorm trains, as with ``--pretrained none``.
+Random weights and data: BatchNorm trains, as with ``--pretrained none --no-frozen``.
 """
 import argparse
 

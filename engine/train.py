@@ -1,5 +1,6 @@
 """The training loop shared by the training stages: flags, sample order, schedule,
 resume (SPEC 2, 5.8, 9, 11)."""
+import argparse
 import time
 
 import torch
@@ -65,9 +66,7 @@ def add_training_args(parser, steps="epochs"):
     the split) or ``iterations`` (a stage that counts its schedule in steps)."""
     parser.add_argument("--pretrained", default="imagenet",
                         help="the backbone's initial weights: imagenet (torch hub cache, offline), none (random), a "
-                             "ResNet file, or a checkpoint of this pipeline (its backbone); with weights the network "
-                             "freezes what the published recipe freezes (recorded in the checkpoint as 'frozen'), "
-                             "from random weights every layer trains")
+                             "ResNet file, or a checkpoint of this pipeline (its backbone)")
     parser.add_argument("--batch-size", type=flags.positive_int, help="images per step over all processes")
     if steps == "epochs":
         parser.add_argument("--epochs", type=flags.positive_int, help="passes over the split")
@@ -91,6 +90,24 @@ def add_training_args(parser, steps="epochs"):
                         help="stop with a resumable checkpoint after this many steps (for job time limits; 0: never)")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again from step 0, over a finished or a resumable run")
+
+
+def add_frozen_arg(parser):
+    """``--frozen``: what the published recipe freezes, whatever the initial weights (SPEC 4)."""
+    parser.add_argument("--frozen", action=argparse.BooleanOptionalAction,
+                        help="freeze what the published recipe freezes (the stem, layer1 and layer2 of the CAM "
+                             "classifiers, AffinityNet's stem and BatchNorm, IRN's whole backbone, DeepLab-v2's "
+                             "BatchNorm) and keep BatchNorm's "
+                             "statistics, whatever --pretrained is; recorded in the checkpoint. --no-frozen trains "
+                             "every layer and BatchNorm (not for IRN, whose backbone the method keeps)")
+
+
+def check_frozen(parser, args):
+    """Random weights have no statistics to keep nor features to freeze: ``--pretrained
+    none`` needs ``--no-frozen`` (IRN, always frozen, is the caller's exception)."""
+    if args.frozen and args.pretrained == "none":
+        parser.error("--pretrained none trains from random weights, whose BatchNorm statistics and stem --frozen "
+                     "would keep as they are: add --no-frozen")
 
 
 def add_augmentation_args(parser):

@@ -82,7 +82,7 @@ class Stage:
 
 
 STAGES = {
-    "train_cam": Stage("train_cam.py", "ckpt", [*TRAIN, "--method", "sipe"], checkpoint="cam"),
+    "train_cam": Stage("train_cam.py", "ckpt", [*TRAIN, "--no-frozen", "--method", "sipe"], checkpoint="cam"),
     "make_cam": Stage("make_cam.py", "cam", ["--checkpoint", "REF/ckpt/cam.pth", "--device", "cpu",
                                              "--num-workers", "0", "--scales", "1.0"]),
     "make_affinity_labels": Stage("make_affinity_labels.py", "affinity_labels", ["--cam-dir", "REF/cam",

@@ -15,7 +15,7 @@ from tools.metrics import confusion_matrix, iou
 
 pytestmark = pytest.mark.slow  # every test here runs stage scripts or drivers
 
-TINY_TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
+TINY_TRAIN = ["--pretrained", "none", "--no-frozen", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
               "--resize-long", "48", "64", "--batch-size", "4", "--log-every", "1"]
 
 
@@ -35,7 +35,7 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     assert (work / "ckpt" / "cam.pth").is_file() and (work / "ckpt" / "cam_last.pth").is_file()
     last = torch.load(work / "ckpt" / "cam_last.pth", weights_only=False)
     assert last["step"] == 2 and {"model", "optimizer", "rng"} <= set(last)
-    assert last["frozen"] is False  # --pretrained none: every layer trained, as the checkpoint records
+    assert last["frozen"] is False  # --no-frozen: every layer trained, as the checkpoint records
     assert json.loads((work / "args" / "train_cam.json").read_text())["method"] == "ae_sipe"
     assert (work / "logs" / "train_cam.log").read_text().count("step ") >= 2
 

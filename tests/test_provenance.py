@@ -11,7 +11,7 @@ from tools import provenance
 from tools.cam_files import load_cam, save_cam
 from tools.io import PipelineError
 
-TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
+TRAIN = ["--pretrained", "none", "--no-frozen", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
          "64", "--batch-size", "2", "--epochs", "1", "--backbone", "resnet18"]
 
 

@@ -204,7 +204,7 @@ def test_psa_inference_matches_a_direct_computation():
 
 # ---- the scripts: --method cam end to end, and bad input ---------------------------------------------
 
-TINY = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
+TINY = ["--pretrained", "none", "--no-frozen", "--device", "cpu", "--num-workers", "0", "--crop-size", "64",
         "--resize-long", "48", "64", "--batch-size", "4", "--epochs", "1"]
 
 

@@ -35,6 +35,23 @@ def test_the_toy_lays_cpu_sizes_over_the_chosen_method():
     assert (given["epochs"], given["backbone"], given["crop_size"]) == (2, "resnet34", 256)
 
 
+def test_frozen_is_its_own_flag_not_a_side_effect_of_the_weights(capsys):
+    for stage, choice in (("train_cam", []), ("train_affinity", ["--arch", "affinitynet"]), ("train_seg", [])):
+        assert parse(stage, *choice)["frozen"] is True  # the published recipe's
+        assert parse(stage, *choice, "--no-frozen")["frozen"] is False  # with ImageNet weights too
+        assert parse(stage, *choice, "--pretrained", "none", "--no-frozen")["frozen"] is False
+        # random weights with frozen statistics and stem: an error, not a network of no features
+        with pytest.raises(SystemExit):
+            parse(stage, *choice, "--pretrained", "none")
+        assert "--pretrained none trains from random weights" in capsys.readouterr().err
+    # IRN's backbone is frozen by the method: random weights are its frozen backbone, and
+    # --no-frozen is an error, not a flag ignored
+    assert parse("train_affinity", "--arch", "irn", "--pretrained", "none")["frozen"] is True
+    with pytest.raises(SystemExit):
+        parse("train_affinity", "--arch", "irn", "--no-frozen")
+    assert "--no-frozen: IRN trains its boundary layers on a frozen backbone" in capsys.readouterr().err
+
+
 def test_a_recipe_setting_without_a_flag_is_refused(monkeypatch):
     monkeypatch.setitem(recipes.TOY, "make_cam", {"scale": (1.0,)})
     with pytest.raises(ValueError, match=r"make_cam has no flags for \['scale'\]"):

@@ -86,7 +86,8 @@ def test_train_affinity_affinitynet_and_its_walk(toy, tmp_path):
     # crop 96: the stride-8 map is 12 x 12 and has radius-5 pairs (a 64 crop gives 8 x 8, which has none)
     work = tmp_path / "psa"
     gt_affinity_labels(toy, work)
-    run("train_affinity.py", *data_args(toy, work), "--arch", "affinitynet", "--crop-size", "96", *tiny())
+    run("train_affinity.py", *data_args(toy, work), "--arch", "affinitynet", "--crop-size", "96", "--no-frozen",
+        *tiny())
     checkpoint = torch.load(work / "ckpt" / "affinity.pth", weights_only=False)
     assert checkpoint["arch"] == "affinitynet" and checkpoint["model"]["fuse.weight"].shape == (448, 448, 1, 1)
     losses = logged_losses(work)
@@ -237,7 +238,7 @@ def test_train_affinity_refuses_a_crop_without_pixel_pairs(toy, tmp_path):
     gt_affinity_labels(toy, work)
     # stride 8: a 64 crop gives an 8x8 map, too narrow for a pair of radius 5 (it needs 9 columns)
     result = run("train_affinity.py", *data_args(toy, work), "--arch", "affinitynet", "--crop-size", "64",
-                 *tiny(0), check=False)
+                 "--no-frozen", *tiny(0), check=False)
     assert result.returncode == 2
     assert "--crop-size 64: the 8x8 map of affinitynet at stride 8 has no pixel pairs" in result.stderr
     assert not (work / "ckpt").exists()

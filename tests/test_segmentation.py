@@ -91,7 +91,7 @@ def test_inference_of_a_flipped_image_is_the_flipped_inference():
 # --- the scripts on a tiny toy set ---
 
 def tiny_training(iterations=4):
-    return ["--pretrained", "none", "--backbone", "resnet50", "--device", "cpu", "--num-workers", "0",
+    return ["--pretrained", "none", "--no-frozen", "--backbone", "resnet50", "--device", "cpu", "--num-workers", "0",
             "--crop-size", "48", "--batch-size", "2", "--iterations", str(iterations), "--lr", "0.01",
             "--log-every", "1"]
 
