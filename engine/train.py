@@ -97,9 +97,9 @@ def add_frozen_arg(parser):
     parser.add_argument("--frozen", action=argparse.BooleanOptionalAction,
                         help="freeze what the published recipe freezes (the stem, layer1 and layer2 of the CAM "
                              "classifiers, AffinityNet's stem and BatchNorm, IRN's whole backbone, DeepLab-v2's "
-                             "BatchNorm) and keep BatchNorm's "
-                             "statistics, whatever --pretrained is; recorded in the checkpoint. --no-frozen trains "
-                             "every layer and BatchNorm (not for IRN, whose backbone the method keeps)")
+                             "BatchNorm), BatchNorm keeping its statistics; recorded in the checkpoint. --no-frozen "
+                             "trains every layer and BatchNorm (from random weights, which have nothing to keep; "
+                             "not for IRN, whose backbone the method keeps)")
 
 
 def check_frozen(parser, args):

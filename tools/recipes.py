@@ -21,9 +21,9 @@ checkpoint records (SPEC 10: the walk's ``beta``).
 
 RECIPE_NAMES = ("published", "toy")
 
-SIPE = {"backbone": "resnet50", "frozen": True, "batch_size": 16, "epochs": 5, "lr": 0.1, "new_layer_lr_mult": 10.0,
-        "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 1.0, "crop_size": 512, "resize_long": (320, 640),
-        "color_jitter": None}
+SIPE = {"backbone": "resnet50", "frozen": True, "batch_size": 16, "epochs": 5, "lr": 0.1,
+        "new_layer_lr_mult": 10.0, "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 1.0, "crop_size": 512,
+        "resize_long": (320, 640), "color_jitter": None}
 PSA_JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue (SPEC 5.10, 9)
 
 PUBLISHED = {
@@ -43,17 +43,18 @@ PUBLISHED = {
     # PSA trains AffinityNet on the image as it is (no resize) with colour jitter; IRN trains
     # its pairs at radius 10 on images rescaled by 0.5-1.5; the walk of stage 6 is at radius 5
     "train_affinity": {
-        "irn": {"backbone": "resnet50", "frozen": True, "batch_size": 32, "epochs": 3, "lr": 0.1, "new_layer_lr_mult": 1.0,
-                "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 0.0, "crop_size": 512, "radius": 10,
-                "resize_long": None, "scale_range": (0.5, 1.5), "color_jitter": None},
-        "affinitynet": {"backbone": "resnet50", "frozen": True, "batch_size": 8, "epochs": 8, "lr": 0.1, "new_layer_lr_mult": 10.0,
-                        "momentum": 0.0, "weight_decay": 5e-4, "clip_grad": 0.0, "crop_size": 448, "radius": 5,
-                        "resize_long": None, "scale_range": None, "color_jitter": PSA_JITTER}},
+        "irn": {"backbone": "resnet50", "frozen": True, "batch_size": 32, "epochs": 3, "lr": 0.1,
+                "new_layer_lr_mult": 1.0, "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 0.0, "crop_size": 512,
+                "radius": 10, "resize_long": None, "scale_range": (0.5, 1.5), "color_jitter": None},
+        "affinitynet": {"backbone": "resnet50", "frozen": True, "batch_size": 8, "epochs": 8, "lr": 0.1,
+                        "new_layer_lr_mult": 10.0, "momentum": 0.0, "weight_decay": 5e-4, "clip_grad": 0.0,
+                        "crop_size": 448, "radius": 5, "resize_long": None, "scale_range": None,
+                        "color_jitter": PSA_JITTER}},
     "make_seg_labels": {"": {}},
     # DeepLab-v2's VOC run: batch 10, crop 321, 20,000 iterations (COCO: 100,000)
-    "train_seg": {"": {"backbone": "resnet101", "frozen": True, "batch_size": 10, "iterations": 20000, "lr": 2.5e-4,
-                       "new_layer_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4, "clip_grad": 0.0,
-                       "crop_size": 321, "scale_range": (0.5, 1.5)}},
+    "train_seg": {"": {"backbone": "resnet101", "frozen": True, "batch_size": 10, "iterations": 20000,
+                       "lr": 2.5e-4, "new_layer_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4,
+                       "clip_grad": 0.0, "crop_size": 321, "scale_range": (0.5, 1.5)}},
     "infer_seg": {"": {"scales": (0.5, 0.75, 1.0, 1.25, 1.5)}},
 }
 
@@ -85,13 +86,10 @@ FROM_INPUTS = {
 }
 
 
-def recipe(stage, name="published", choice=None):
+def recipe(stage, name, choice):
     """The settings of ``stage`` under recipe ``name`` (RECIPE_NAMES) for ``choice`` (the
-    value of the stage's chooser; its default when None): argparse dest -> value."""
-    published = PUBLISHED[stage]
-    if choice is None:
-        choice = CHOOSERS[stage][1] if stage in CHOOSERS else ""
-    settings = dict(published[choice])
+    value of the stage's chooser, ``""`` without one): argparse dest -> value."""
+    settings = dict(PUBLISHED[stage][choice])
     if name == "toy":
         settings.update(TOY[stage])
     return settings
