@@ -470,9 +470,11 @@ def test_finished_training_is_overwritten_only_when_asked(toy, ref, tmp_path):
     (work / "ckpt").mkdir(parents=True)
     for name in ("cam", "affinity"):
         (work / "ckpt" / f"{name}.pth").write_bytes(b"finished")
-    result = run_stage("train_affinity", toy, ref, work, check=False)
-    assert_error(result, work / "ckpt" / "affinity.pth", "already holds a finished affinity network.*--overwrite")
-    assert (work / "ckpt" / "affinity.pth").read_bytes() == b"finished"
+    for name, network in (("train_cam", "cam"), ("train_affinity", "affinity")):
+        result = run_stage(name, toy, ref, work, check=False)
+        assert_error(result, work / "ckpt" / f"{network}.pth",
+                     f"already holds a finished {network} network.*--overwrite")
+        assert (work / "ckpt" / f"{network}.pth").read_bytes() == b"finished"
 
     # retrained; the old network is gone as soon as an overwriting run starts
     run_stage("train_affinity", toy, ref, work, "--overwrite", "--stop-at-step", "2")

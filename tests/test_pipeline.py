@@ -153,28 +153,6 @@ def test_torchrun_two_processes_train_and_split_inference(toy, tmp_path):
         assert path.read_bytes() == (single / path.name).read_bytes()
 
 
-def test_resumed_training_gives_the_same_weights(toy, tmp_path):
-    common = [*data_args(toy), "--method", "sipe", "--epochs", "2", *TINY_TRAIN]
-    run("train_cam.py", *common, "--work-dir", tmp_path / "whole")
-    run("train_cam.py", *common, "--work-dir", tmp_path / "split", "--stop-at-step", "3")
-    assert not (tmp_path / "split" / "ckpt" / "cam.pth").exists()
-    run("train_cam.py", *common, "--work-dir", tmp_path / "split", "--resume")
-    whole = torch.load(tmp_path / "whole" / "ckpt" / "cam.pth", weights_only=False)["model"]
-    split = torch.load(tmp_path / "split" / "ckpt" / "cam.pth", weights_only=False)["model"]
-    assert whole.keys() == split.keys()
-    for key in whole:
-        assert torch.equal(whole[key], split[key]), key
-
-
-def test_finished_run_is_not_overwritten(toy, tmp_path):
-    work = tmp_path / "run"
-    (work / "ckpt").mkdir(parents=True)
-    (work / "ckpt" / "cam.pth").write_bytes(b"finished")
-    result = run("train_cam.py", *data_args(toy), "--work-dir", work, *TINY_TRAIN, check=False)
-    assert result.returncode == 2 and "--overwrite" in result.stderr
-    assert (work / "ckpt" / "cam.pth").read_bytes() == b"finished"
-
-
 def broken_copy(toy, tmp_path, breakage):
     """A copy of the toy set with one thing broken by ``breakage(root)``."""
     root = tmp_path / "broken"
