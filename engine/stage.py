@@ -214,8 +214,9 @@ def recipe_defaults(parser, argv, stage):
                              "(tools/recipes.py, README, Recipes)")
     chooser = argparse.ArgumentParser(add_help=False)
     chooser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="published")
-    flag, default = recipes.CHOOSERS.get(stage, (None, None))
-    if flag:
+    flag = recipes.CHOOSERS.get(stage)
+    if flag:  # the stage's own flag gives the default, so that the two cannot differ
+        default = next(action.default for action in parser._actions if flag in action.option_strings)
         chooser.add_argument(flag, choices=tuple(recipes.PUBLISHED[stage]), default=default)
     chosen = vars(chooser.parse_known_args(argv)[0])
     choice = chosen[flag.lstrip("-").replace("-", "_")] if flag else ""

@@ -16,7 +16,7 @@ def parse(stage, *argv):
 @pytest.mark.parametrize("stage", sorted(recipes.PUBLISHED))
 @pytest.mark.parametrize("name", recipes.RECIPE_NAMES)
 def test_every_stage_takes_every_setting_of_each_recipe(stage, name):
-    flag = recipes.CHOOSERS.get(stage, (None,))[0]
+    flag = recipes.CHOOSERS.get(stage)
     for choice in recipes.PUBLISHED[stage]:
         args = parse(stage, "--recipe", name, *([flag, choice] if flag else []))
         wanted = recipes.recipe(stage, name, choice)

@@ -58,7 +58,7 @@ PUBLISHED = {
     "infer_seg": {"": {"scales": (0.5, 0.75, 1.0, 1.25, 1.5)}},
 }
 
-CHOOSERS = {"train_cam": ("--method", "sipe"), "train_affinity": ("--arch", "irn")}
+CHOOSERS = {"train_cam": "--method", "train_affinity": "--arch"}  # their defaults: the stages' own flags
 
 # The toy run on a 2-core CPU: ResNet-18, images of 240-320 px, small crops and batches, few
 # steps; one optimizer value (stage 7's lr: the published 2.5e-4 is for 20,000 steps, not 80).
