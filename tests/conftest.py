@@ -6,8 +6,8 @@ oversubscribing them.  Set here, before any test module imports torch.
 
 Markers: ``slow`` (the test runs stage scripts, in this process or another, or drivers, or
 trains a network: seconds to minutes; ``pytest -m "not slow"`` runs the unit tests alone),
-``gpu`` (needs CUDA; skipped without it) and xdist's ``xdist_group`` (a module whose tests
-share an expensive fixture keeps them on one worker).
+``gpu`` (needs CUDA; skipped without it) and xdist's ``xdist_group`` (the modules that read
+the shared ``reference`` run keep their tests on one worker, which makes it once).
 """
 import os
 
@@ -49,3 +49,15 @@ def make_toy(tmp_path_factory):
             generate(made[key], num_train=num_train, num_val=num_val, size=size, seed=seed)
         return made[key]
     return make
+
+
+@pytest.fixture(scope="session")
+def reference(make_toy, tmp_path_factory):
+    """The toy set and run directory of ``tests/reference.py``: every stage run once,
+    unbroken.  The toy lists its val images as a test split too."""
+    from tests.reference import TOY, make_reference
+
+    toy = make_toy(**TOY)
+    lists = toy / "ImageSets" / "Segmentation"
+    (lists / "test.txt").write_text((lists / "val.txt").read_text())
+    return toy, make_reference(toy, tmp_path_factory.mktemp("reference"))

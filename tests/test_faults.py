@@ -22,20 +22,16 @@ from PIL import Image
 
 from data.sources import build_source
 from engine.checkpoint import load_checkpoint
+from tests.reference import STAGES, STEPS, run_stage
 from tests.scripts import REPO, assert_error, run
 from tools.cam_files import load_cam, save_cam
 from tools.io import PipelineError, atomic_path, read_image, read_label_png, write_label_png
 from tools.provenance import RECORD_NAME
 from tools.report import summarize, update_results
 
-# every test here runs stage scripts or drivers; on one xdist worker, which makes the module's
-# reference run once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
-
-# four steps (8 images, batch 2, one epoch)
-TRAIN = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--crop-size", "64", "--resize-long", "48",
-         "64", "--batch-size", "2", "--epochs", "1"]
-STEPS = 4
+# every test here runs stage scripts, most of them on the shared reference run (tests/reference.py),
+# which the xdist group makes once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference")]
 
 
 def temporaries(folder):
@@ -67,51 +63,17 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-# ---- the stages, an unbroken reference run, and a broken copy of the data ----------------------------
+# ---- the reference run and a broken copy of its data ---------------------------------------------
 
-class Stage:
-    """A stage script, its output folder in the run directory, its flags (REF: the run directory
-    whose outputs of the earlier stages it reads) and, for training, its checkpoint name."""
-
-    def __init__(self, script, folder, flags, checkpoint=None):
-        self.script, self.folder, self.flags, self.checkpoint = script, folder, flags, checkpoint
-
-    def args(self, toy, ref, work):
-        flags = [str(f).replace("REF", str(ref)) for f in self.flags]
-        return ["--dataset", "custom", "--data-root", toy, "--split", "train", "--work-dir", work, *flags]
-
-
-STAGES = {
-    "train_cam": Stage("train_cam.py", "ckpt", [*TRAIN, "--no-frozen", "--method", "sipe"], checkpoint="cam"),
-    "make_cam": Stage("make_cam.py", "cam", ["--checkpoint", "REF/ckpt/cam.pth", "--device", "cpu",
-                                             "--num-workers", "0", "--scales", "1.0"]),
-    "make_affinity_labels": Stage("make_affinity_labels.py", "affinity_labels", ["--cam-dir", "REF/cam",
-                                                                                 "--crf-workers", "1"]),
-    # crop 80: IRN's stride-4 map of 20 x 20 has pairs at its training radius 10
-    "train_affinity": Stage("train_affinity.py", "ckpt", [*TRAIN, "--crop-size", "80", "--arch", "irn", "--label-dir",
-                                                          "REF/affinity_labels"], checkpoint="affinity"),
-    "make_seg_labels": Stage("make_seg_labels.py", "pseudo_labels", ["--checkpoint", "REF/ckpt/affinity.pth",
-                                                                     "--cam-dir", "REF/cam", "--device", "cpu"]),
-}
-
-
-def run_stage(name, toy, ref, work, *extra, check=True, preexec_fn=None):
-    stage = STAGES[name]
-    return run(stage.script, *stage.args(toy, ref, work), *extra, check=check, preexec_fn=preexec_fn)
+@pytest.fixture(scope="module")
+def toy(reference):
+    return reference[0]
 
 
 @pytest.fixture(scope="module")
-def toy(make_toy):
-    return make_toy(num_train=8, num_val=2, size=(48, 64), seed=2)
-
-
-@pytest.fixture(scope="module")
-def ref(toy, tmp_path_factory):
+def ref(reference):
     """A run directory with every stage run once, unbroken."""
-    work = tmp_path_factory.mktemp("reference")
-    for name in STAGES:
-        run_stage(name, toy, work, work)
-    return work
+    return reference[1]
 
 
 @pytest.fixture
@@ -167,7 +129,7 @@ def test_a_killed_stage_resumes_to_the_unbroken_result(toy, ref, tmp_path, sourc
     if stage.checkpoint:
         assert not final.exists() and load_checkpoint(last)["step"] < STEPS
     else:
-        assert 0 < len(finished(out)) < len(source.ids("train")), "not killed part-way"
+        assert 0 < len(finished(out)) < len(source.ids(stage.split)), "not killed part-way"
     first = Path(next(iter(finished(out))))
     (out / f".{first.stem}.0123abcd.tmp{first.suffix}").write_bytes(b"half a file")
 
@@ -180,6 +142,26 @@ def test_a_killed_stage_resumes_to_the_unbroken_result(toy, ref, tmp_path, sourc
         assert resumed.keys() == unbroken.keys()
         for file_name in resumed:
             assert resumed[file_name] == unbroken[file_name], file_name
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
+    """Outputs made from the same inputs and flags (SPEC 2) are done: a second run keeps them
+    as they are, and a training stage says so."""
+    stage = STAGES[name]
+    out = tmp_path / "run" / stage.folder
+    shutil.copytree(ref / stage.folder, out)
+    stamps = lambda: {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != RECORD_NAME}  # noqa: E731
+    before = stamps()
+    result = run_stage(name, toy, ref, tmp_path / "run")
+    assert stamps() == before
+    assert not (out / RECORD_NAME).exists() or (out / RECORD_NAME).read_bytes() == (
+        ref / stage.folder / RECORD_NAME).read_bytes()
+    if stage.checkpoint:
+        assert (f"{out}/{stage.checkpoint}.pth: trained from these inputs and flags already; nothing to do"
+                in result.stdout + result.stderr)
+    else:
+        assert f"{out}: 0 of {len(finished(out))} images to do" in result.stdout + result.stderr
 
 
 # ---- 2. bad input ----------------------------------------------------------------------------------
@@ -468,9 +450,11 @@ def test_non_finite_weights_are_never_saved(toy, ref, tmp_path):
 def test_finished_training_is_overwritten_only_when_asked(toy, ref, tmp_path):
     work = tmp_path / "run"
     (work / "ckpt").mkdir(parents=True)
-    for name in ("cam", "affinity"):
-        (work / "ckpt" / f"{name}.pth").write_bytes(b"finished")
-    for name, network in (("train_cam", "cam"), ("train_affinity", "affinity")):
+    trainers = {name: stage.checkpoint for name, stage in STAGES.items() if stage.checkpoint}
+    assert len(trainers) == 3
+    for network in trainers.values():
+        (work / "ckpt" / f"{network}.pth").write_bytes(b"finished")
+    for name, network in trainers.items():
         result = run_stage(name, toy, ref, work, check=False)
         assert_error(result, work / "ckpt" / f"{network}.pth",
                      f"already holds a finished {network} network.*--overwrite")
