@@ -102,3 +102,18 @@ def drive(script, work_dir, *args):
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout + result.stderr  # the stage lines and the stages' logs
+
+
+def labelled_share(root, label_dir, split="train"):
+    """Percentage of the ground-truth pixels (not 255) of a custom dataset's split that the
+    label PNGs in ``label_dir`` assign (not 255): eval_cam's coverage, computed directly."""
+    from data.sources import build_source
+    from tools.io import read_label_png
+
+    source = build_source("custom", root)
+    labelled = scored = 0
+    for name in source.ids(split):
+        gt, labels = read_label_png(source.mask_path(name)), read_label_png(Path(label_dir) / f"{name}.png")
+        labelled += int(((gt != 255) & (labels != 255)).sum())
+        scored += int((gt != 255).sum())
+    return 100 * labelled / scored

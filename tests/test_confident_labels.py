@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data.sources import build_source
-from tests.scripts import REPO, assert_error, run
+from tests.scripts import REPO, assert_error, labelled_share, run
 from tools.confident_labels import confident_labels, psa_background, psa_labels
 from tools.cam_files import save_cam
 from tools.io import read_image, read_label_png
@@ -205,7 +205,9 @@ def test_stage_end_to_end_and_eval(toy, tmp_path):
     result = run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work,
                  "--label-dir", work / "affinity_labels", "--confident", "--score-workers", "0")
     entry = json.loads((work / "results.json").read_text())["affinity_labels"]
-    assert 0 < entry["coverage"] <= 100 and entry["precision"] > 80
+    share = labelled_share(toy, work / "affinity_labels")
+    assert 0 < share < 100 and entry["coverage"] == pytest.approx(share, abs=0.005)
+    assert entry["precision"] > 80
     assert entry["note"] == f"confident, coverage {entry['coverage']:.1f}%" and entry["note"] in result.stdout
     assert f"| {entry['note']} |" in (work / "results.md").read_text()
     run("eval_cam.py", "--dataset", "custom", "--data-root", toy, "--work-dir", work, "--label-dir",
