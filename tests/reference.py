@@ -5,8 +5,9 @@ join the xdist group ``reference``, so that the run is made once per test sessio
 (``tests/conftest.py``'s ``reference`` fixture)."""
 from tests.scripts import run
 
-# random weights, on the CPU, a loss line each step
-FROM_SCRATCH = ["--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--log-every", "1"]
+# ResNet-18 from random weights, on the CPU, a loss line each step
+FROM_SCRATCH = ["--backbone", "resnet18", "--pretrained", "none", "--device", "cpu", "--num-workers", "0",
+                "--log-every", "1"]
 # four steps a network (8 images, batch 2, one epoch)
 TRAIN = [*FROM_SCRATCH, "--crop-size", "64", "--resize-long", "48", "64", "--batch-size", "2", "--epochs", "1"]
 STEPS = 4
@@ -39,7 +40,7 @@ STAGES = {
     "make_seg_labels": Stage("make_seg_labels.py", "pseudo_labels", ["--checkpoint", "REF/ckpt/affinity.pth",
                                                                      "--cam-dir", "REF/cam", "--device", "cpu"]),
     # crop 48, four iterations: the 8 images make 4 batches of 2, one pass
-    "train_seg": Stage("train_seg.py", "ckpt", [*FROM_SCRATCH, "--no-frozen", "--backbone", "resnet50", "--crop-size", "48",
+    "train_seg": Stage("train_seg.py", "ckpt", [*FROM_SCRATCH, "--no-frozen", "--crop-size", "48",
                                                 "--batch-size", "2", "--iterations", str(STEPS), "--lr", "0.01",
                                                 "--label-dir", "REF/pseudo_labels"],
                        checkpoint="seg"),

@@ -122,7 +122,7 @@ def seg_run(reference, tmp_path):
 def test_train_seg_checkpoint(seg_run):
     checkpoint = torch.load(seg_run / "ckpt" / "seg.pth", weights_only=False)
     assert checkpoint["kind"] == "seg" and checkpoint["arch"] == "deeplabv2" and checkpoint["step"] == STEPS
-    assert checkpoint["backbone"] == "resnet50" and checkpoint["num_classes"] == 5
+    assert checkpoint["backbone"] == "resnet18" and checkpoint["num_classes"] == 5
     assert any(key.startswith("head.convs.3.") for key in checkpoint["model"])
 
 
