@@ -1,5 +1,6 @@
-"""Faults, through the real stage scripts on a tiny toy set (CPU): a stage killed part-way
-resumes to the result of an unbroken run; bad input is one line ``error: <file>: <problem>``
+"""Faults, through the real stage scripts on the shared reference run (tests/reference.py):
+every stage killed part-way resumes to the reference's result, and run again over its
+finished outputs rewrites none of them; bad input is one line ``error: <file>: <problem>``
 and exit status 2 (or a conversion, for odd image modes); training stops on a NaN loss or
 non-finite weights with the last good checkpoint kept and never overwrites a finished run
 unasked; a full disk leaves no temporary file and says which file it could not write."""
@@ -43,6 +44,12 @@ def finished(folder):
     folder = Path(folder)
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*"))
             if not p.name.startswith(".") and p.name != RECORD_NAME} if folder.is_dir() else {}
+
+
+def stamps(folder):
+    """{name: modification time} of the files in ``folder`` but its provenance record (rewritten
+    as it was by every run)."""
+    return {p.name: p.stat().st_mtime_ns for p in Path(folder).iterdir() if p.name != RECORD_NAME}
 
 
 def assert_readable(folder):
@@ -151,10 +158,9 @@ def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
     stage = STAGES[name]
     out = tmp_path / "run" / stage.folder
     shutil.copytree(ref / stage.folder, out)
-    stamps = lambda: {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != RECORD_NAME}  # noqa: E731
-    before = stamps()
+    before = stamps(out)
     result = run_stage(name, toy, ref, tmp_path / "run")
-    assert stamps() == before
+    assert stamps(out) == before
     assert not (out / RECORD_NAME).exists() or (out / RECORD_NAME).read_bytes() == (
         ref / stage.folder / RECORD_NAME).read_bytes()
     if stage.checkpoint:
