@@ -114,8 +114,9 @@ parse_driver_args() {
     fi
     need_int --gpus "$GPUS" 1
     need_int --nnodes "$NNODES" 1
-    case "$METHOD" in sipe|ae_sipe|cam) ;; *) die "--method must be sipe, ae_sipe or cam" ;; esac
-    case "$AFFINITY" in irn|affinitynet|none) ;; *) die "--affinity must be irn, affinitynet or none" ;; esac
+    # the choices are the recipe table's (tools/recipes.py), as the stages' own flags are
+    python -m tools.recipes train_cam --flag=--method --value="$METHOD" || exit 2
+    python -m tools.recipes train_affinity --flag=--affinity --value="$AFFINITY" --or none || exit 2
     case "$DATASET" in
         voc|coco) ;;
         custom)

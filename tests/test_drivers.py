@@ -107,6 +107,8 @@ def test_default_run_directory_names_the_method_and_a_non_default_affinity(args,
 
 FAKE_PYTHON = """#!{python}
 import json, os, sys
+if sys.argv[1:3] == ["-m", "tools.recipes"]:  # the drivers' check of their choices: run, not recorded
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 with open(os.environ["DRIVER_CALLS"], "a") as calls:
     calls.write(json.dumps(sys.argv[1:]) + "\\n")
 """
@@ -137,6 +139,9 @@ def drive_recorded(tmp_path, script, *args):
     (["--toy", "--toy-images", "1e3"], "--toy-images must be an integer >= 5, not '1e3'"),
     (["--toy", "--toy-image-size", "15"], "--toy-image-size must be an integer >= 16, not '15'"),
     (["--gpus", "two"], "--gpus must be an integer >= 1, not 'two'"),
+    (["--method", "sipe2"], "--method must be sipe, ae_sipe or cam, not 'sipe2'"),
+    (["--affinity", "psa"], "--affinity must be irn, affinitynet or none, not 'psa'"),
+    (["--toy", "--affinity", "-x"], "--affinity must be irn, affinitynet or none, not '-x'"),
     (["--toy", "--toy-corpus-images", "0"], "--toy-corpus-images must be an integer >= 1, not '0'"),
     (["--pretrain", "--epochs 1"], "--pretrain sets the flags of the toy backbone's pretraining: it needs --toy"),
     (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: pretrain train-cam make-cam eval-cam "

@@ -64,3 +64,19 @@ def test_help_shows_the_chosen_recipe(capsys):
     shown = capsys.readouterr().out
     assert "--recipe toy --arch affinitynet" in shown
     assert "(default: resnet18)" in shown and "(default: 5)" in shown  # the toy's backbone and epochs
+
+
+@pytest.mark.parametrize("stage", sorted(recipes.CHOOSERS))
+def test_the_table_holds_every_choice_of_the_stage_that_the_drivers_check_against_it(stage, capsys):
+    # the stage's argparse choices, as its error lists them, are the table's
+    with pytest.raises(SystemExit):
+        parse(stage, recipes.CHOOSERS[stage], "no-such-choice")
+    listed = capsys.readouterr().err.split("choose from ")[1].split(")")[0]
+    choices = list(recipes.PUBLISHED[stage])
+    assert [c.strip(" '") for c in listed.split(",")] == choices
+    # the drivers' check: every choice passes, as does an --or value; anything else is one line, exit 2
+    assert all(recipes.main([stage, "--flag=--x", f"--value={choice}"]) == 0 for choice in choices)
+    assert recipes.main([stage, "--flag=--x", "--value=none", "--or", "none"]) == 0
+    assert recipes.main([stage, "--flag=--x", "--value=no-such-choice"]) == 2
+    assert capsys.readouterr().err == (f"error: --x must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                                       f"not 'no-such-choice'\n")

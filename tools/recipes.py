@@ -17,7 +17,12 @@ The stages take these as their argparse defaults (``engine.stage.recipe_defaults
 stage knows them: the method a CAM file records (SPEC 6.4, 8: ``bg_scale`` scores the final
 map, ``bg_conf_scale`` makes stage 4's confident background) and the architecture an affinity
 checkpoint records (SPEC 10: the walk's ``beta``).
+
+``python -m tools.recipes STAGE --flag=FLAG --value=VALUE`` checks a driver's choice against this table
+(``main``), so that the drivers hold no list of methods or architectures of their own.
 """
+import argparse
+import sys
 
 RECIPE_NAMES = ("published", "toy")
 
@@ -93,3 +98,26 @@ def recipe(stage, name, choice):
     if name == "toy":
         settings.update(TOY[stage])
     return settings
+
+
+def main(argv=None):
+    """Exit 0 when ``--value`` is one of STAGE's choices in ``PUBLISHED`` (or of ``--or``), else
+    one line ``error: FLAG must be ...`` and exit 2: the drivers' check of their ``--method``
+    (train_cam's choices) and ``--affinity`` (train_affinity's, or none) before anything runs."""
+    parser = argparse.ArgumentParser(prog="python -m tools.recipes", description=main.__doc__)
+    parser.add_argument("stage", choices=sorted(CHOOSERS), help="the stage whose choices the value must be one of")
+    parser.add_argument("--flag", required=True, help="the caller's name of the choice, for the error line")
+    parser.add_argument("--value", required=True, help="the value to check (give it as --value=VALUE)")
+    parser.add_argument("--or", dest="others", nargs="+", default=[], metavar="VALUE",
+                        help="values the caller takes besides the stage's")
+    args = parser.parse_args(argv)
+    allowed = [*PUBLISHED[args.stage], *args.others]
+    if args.value not in allowed:
+        print(f"error: {args.flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {args.value!r}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
