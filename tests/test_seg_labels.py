@@ -38,8 +38,8 @@ def toy(reference):
 
 @pytest.fixture(scope="module")
 def irn_run(reference):
-    """The reference run: its IRN checkpoint, trained four steps from random frozen weights on
-    the stage-4 labels."""
+    """The reference run: its IRN checkpoint, trained four steps on a frozen ResNet-18 of random
+    weights, from the stage-4 labels."""
     return reference[1]
 
 
@@ -67,6 +67,7 @@ def uninformed_irn(toy, tmp_path_factory):
     its boundary map says almost nothing (B ~ 0.25..0.45 everywhere)."""
     work = tmp_path_factory.mktemp("irn")
     gt_affinity_labels(toy, work)
+    # crop 80: the stride-4 map is 20 x 20 and has pairs of IRN's training radius 10
     run("train_affinity.py", *data_args(toy, work), "--arch", "irn", "--crop-size", "80", *tiny())
     return work / "ckpt" / "affinity.pth"
 
