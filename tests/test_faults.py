@@ -321,13 +321,15 @@ def label_out_of_range(label_dir):
     return path, r"values \[9\] are neither class ids"
 
 
-@pytest.mark.parametrize("breakage", [truncated_label, label_out_of_range])
-def test_train_affinity_bad_label(toy, ref, tmp_path, breakage):
+# with a data-loading worker too: torch re-raises the error wrapped in the worker's traceback
+@pytest.mark.parametrize("breakage, workers", [(truncated_label, 0), (label_out_of_range, 0), (truncated_label, 1)])
+def test_train_affinity_bad_label(toy, ref, tmp_path, breakage, workers):
     labels = tmp_path / "labels"
     shutil.copytree(ref / "affinity_labels", labels)
     named, problem = breakage(labels)
     work = tmp_path / "run"
-    result = run_stage("train_affinity", toy, ref, work, "--label-dir", labels, check=False)
+    result = run_stage("train_affinity", toy, ref, work, "--label-dir", labels, "--num-workers", str(workers),
+                       check=False)
     assert_error(result, named, problem)
     assert not finished(work / "ckpt") and not temporaries(work / "ckpt")
 

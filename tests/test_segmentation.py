@@ -13,7 +13,7 @@ from data.sources import build_source
 from net.backbone import build_backbone
 from net.segmentation import ASPP_DILATIONS, ASPPv2, build_segmentation_net, multiscale_probs, segmentation_loss
 from tools.io import PipelineError, read_label_png, write_label_png
-from tests.reference import STEPS
+from tests.reference import STEPS, run_stage
 from tests.scripts import run
 
 # on the xdist worker that makes the shared reference run (tests/reference.py) once
@@ -92,12 +92,6 @@ def test_inference_of_a_flipped_image_is_the_flipped_inference():
 
 # --- the scripts on a tiny toy set ---
 
-def tiny_training(iterations=4):
-    return ["--pretrained", "none", "--no-frozen", "--backbone", "resnet50", "--device", "cpu", "--num-workers", "0",
-            "--crop-size", "48", "--batch-size", "2", "--iterations", str(iterations), "--lr", "0.01",
-            "--log-every", "1"]
-
-
 def data_args(root, work, split):
     return ["--dataset", "custom", "--data-root", root, "--split", split, "--work-dir", work]
 
@@ -106,6 +100,11 @@ def data_args(root, work, split):
 def toy(reference):
     """The reference toy set (tests/reference.py); its test split lists the val images."""
     return reference[0]
+
+
+def train_seg(toy, reference, work, *extra):
+    """The reference run's train_seg (tests/reference.py) on the pseudo-labels in ``work``."""
+    return run_stage("train_seg", toy, reference[1], work, "--label-dir", work / "pseudo_labels", *extra, check=False)
 
 
 @pytest.fixture
@@ -172,10 +171,10 @@ def labels_with(toy, work, name, damage):
     (lambda path: write_label_png(path, np.full((48, 64), 9, np.uint8)), "values [9]"),
     (lambda path: write_label_png(path, np.zeros((40, 64), np.uint8)), "differs from its image"),
 ])
-def test_train_seg_bad_labels_are_one_line_errors(toy, tmp_path, damage, message):
+def test_train_seg_bad_labels_are_one_line_errors(toy, reference, tmp_path, damage, message):
     name = build_source("custom", toy).ids("train")[1]
     work = labels_with(toy, tmp_path, name, damage)
-    result = run("train_seg.py", *data_args(toy, work, "train"), *tiny_training(), check=False)
+    result = train_seg(toy, reference, work)
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and message in line
@@ -196,20 +195,16 @@ def test_infer_seg_refuses_a_checkpoint_of_another_kind(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_seg_refuses_pixel_supervised_weights(toy, tmp_path):
+def test_train_seg_refuses_pixel_supervised_weights(toy, reference, tmp_path):
     torch.save({"classifier.4.weight": torch.zeros(21, 256)}, tmp_path / "coco_with_voc_labels.pth")
     shutil.copytree(toy / "SegmentationClass", tmp_path / "pseudo_labels")
-    flags = tiny_training()
-    flags[flags.index("none")] = str(tmp_path / "coco_with_voc_labels.pth")
-    result = run("train_seg.py", *data_args(toy, tmp_path, "train"), *flags, check=False)
+    result = train_seg(toy, reference, tmp_path, "--pretrained", tmp_path / "coco_with_voc_labels.pth")
     assert result.returncode == 2 and "pixel labels" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
-def test_train_seg_deeplabv3_needs_two_images_per_process(toy, tmp_path):
+def test_train_seg_deeplabv3_needs_two_images_per_process(toy, reference, tmp_path):
     shutil.copytree(toy / "SegmentationClass", tmp_path / "pseudo_labels")
-    flags = tiny_training()
-    flags[flags.index("--batch-size") + 1] = "1"
-    result = run("train_seg.py", *data_args(toy, tmp_path, "train"), *flags, "--arch", "deeplabv3", check=False)
+    result = train_seg(toy, reference, tmp_path, "--batch-size", "1", "--arch", "deeplabv3")
     assert result.returncode == 2
     assert "at least 2 images per process: --batch-size 1 over 1 processes" in result.stderr.strip().splitlines()[-1]
