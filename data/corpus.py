@@ -3,15 +3,15 @@
 A real run starts from ImageNet weights: features learned from far more classes than the
 target dataset has, on other images, classes that differ mostly in their textures and
 colours.  The toy run's stand-in is a ResNet trained with image-level labels on this corpus,
-which shares no class, texture, shape or colour family with the toy: 32 classes, each a
-texture in a colour family (eight textures the toy does not use times four hue families
-it does not use), drawn over an object body of any colour and of any of eight shapes the
-toy does not use (shape and body colour mark an object, not its class: objects of two
-colours whose class shows in one of them, as many of ImageNet's), one or two objects of one
-class per image (as ImageNet labels an image with one class), on the toy's cluttered
-backgrounds.  The corpus is written in VOC layout without masks (JPEGImages, Annotations,
-ImageSets/Segmentation/train.txt, class_names.txt), so that ``pretrain.py`` reads it as any
-custom dataset.
+which shares no class, texture or shape with the toy: 96 classes, each a texture in a
+colour family (eight textures the toy does not use times twelve hue families that divide the
+hue circle, as ImageNet's colours leave none out), drawn at periods of 4-14 px over an object
+body of any colour and of any of eight shapes the toy does not use (shape and body colour
+mark an object, not its class: objects of two colours whose class shows in one of them, as
+many of ImageNet's), one or two objects of one class per image (as ImageNet labels an image
+with one class), on the toy's cluttered backgrounds.  The corpus is written in VOC layout
+without masks (JPEGImages, Annotations, ImageSets/Segmentation/train.txt, class_names.txt),
+so that ``pretrain.py`` reads it as any custom dataset.
 
 Usage: ``python -m data.corpus --out DIR [--seed N] [--num-images N] [--image-size PX]``;
 ``corpus.json`` records the settings, and the command leaves a folder that holds the same
@@ -29,11 +29,15 @@ from tools import flags
 from tools.io import PipelineError, write_image, write_json, write_text
 
 SHAPES = ("star", "ring", "hexagon", "ellipse", "crescent", "chevron", "bar", "corner")
-HUES = {"orange": 25.0, "lime": 85.0, "cyan": 180.0, "purple": 280.0}  # none of the toy's hue families
+# twelve families of 30 degrees around the circle (family_colour: +-15): every hue is in one
+HUE_NAMES = ("red", "orange", "yellow", "chartreuse", "green", "spring", "cyan", "azure", "blue", "violet", "magenta",
+             "rose")
+HUES = {name: 30.0 * k for k, name in enumerate(HUE_NAMES)}
 TEXTURES = ("waves", "rings", "grid", "blotches", "zigzag", "hatch", "bricks", "rays")
 CLASS_NAMES = ("background", *(f"{hue}_{texture}" for hue in HUES for texture in TEXTURES))
 RECORD = "corpus.json"  # the settings of a generated corpus
-GENERATOR = 2  # 2: classes of texture and hue (1: of shape and hue); a corpus of another is refused
+GENERATOR = 3  # 3: twelve hue families (2: four, none of the toy's; 1: classes of shape and hue); another is refused
+PERIOD_RANGE = (4, 14)  # texture periods in px: fine and coarse, as ImageNet's textures come at many scales
 EXTENT_RANGE = (0.4, 0.8)  # larger than the toy's objects: ImageNet's objects fill much of the picture
 
 
@@ -101,7 +105,7 @@ def render_corpus_image(rng, shape_hw):
         primary = hsv_colour(rng.uniform(0, 360), rng.uniform(0.3, 0.95), rng.uniform(0.3, 0.95))
         u, v = local_coords(grid, *geometry[:3])
         texture = TEXTURES[(class_id - 1) % len(TEXTURES)]
-        weight = corpus_texture(texture, u, v, rng.uniform(4, 9), rng).astype(np.float32)[..., None]
+        weight = corpus_texture(texture, u, v, rng.uniform(*PERIOD_RANGE), rng).astype(np.float32)[..., None]
         mask = instances == k + 1
         image[mask] = (primary * (1 - weight) + secondary * weight)[mask]
     image += rng.normal(0, 5, image.shape)

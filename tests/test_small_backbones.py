@@ -7,10 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from data.corpus import CLASS_NAMES, EXTENT_RANGE, SHAPES, TEXTURES, corpus_shape_mask, generate_corpus
+from data.corpus import CLASS_NAMES, EXTENT_RANGE, HUES, SHAPES, TEXTURES, corpus_shape_mask, generate_corpus
 from data.sources import build_source
 from data.toy import CLASS_NAMES as TOY_CLASSES
-from data.toy import HUES as TOY_HUES
 from data.toy import TEXTURES as TOY_TEXTURES
 from net.affinity import AffinityNet, BoundaryNet
 from net.backbone import build_backbone, stage_channels, stage_outputs
@@ -81,16 +80,18 @@ def test_the_classifier_backbone_loads_as_pretrained_weights(tmp_path):
     assert torch.allclose(loss, expected)
 
 
-def test_corpus_shares_no_class_shape_texture_or_hue_with_the_toy(tmp_path):
-    assert len(CLASS_NAMES) - 1 == 32 and len(set(CLASS_NAMES)) == len(CLASS_NAMES)
+def test_corpus_shares_no_class_shape_or_texture_with_the_toy_and_its_hues_cover_the_circle(tmp_path):
+    assert len(CLASS_NAMES) - 1 == 96 and len(set(CLASS_NAMES)) == len(CLASS_NAMES)
     assert not set(SHAPES) & set(TOY_CLASSES)
     assert not set(TEXTURES) & set(TOY_TEXTURES.values()) and len(set(TEXTURES)) == 8
-    corpus_hues = [float(h) for h in __import__("data.corpus", fromlist=["HUES"]).HUES.values()]
-    assert min(abs((a - b + 180) % 360 - 180) for a in corpus_hues for b in TOY_HUES.values()) >= 25
+    # every hue, the toy's among them, lies in a family (family_colour draws +-15 degrees around it)
+    centres = np.array(list(HUES.values()))
+    gaps = [np.abs((hue - centres + 180) % 360 - 180).min() for hue in np.arange(0, 360, 0.5)]
+    assert max(gaps) <= 15 and len(centres) == len(set(centres)) == 12
     root = generate_corpus(tmp_path / "corpus", num_images=12, size=(40, 56), seed=3)
     source = build_source("custom", root)
     ids = source.ids("train")
-    assert len(ids) == 12 and source.num_classes == 33
+    assert len(ids) == 12 and source.num_classes == 97
     assert all(len(source.labels(i)) == 1 for i in ids)  # one class per image
     again = generate_corpus(tmp_path / "again", num_images=12, size=(40, 56), seed=3)
     assert (root / "JPEGImages" / f"{ids[4]}.jpg").read_bytes() == (again / "JPEGImages" / f"{ids[4]}.jpg").read_bytes()
