@@ -19,12 +19,12 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-``style="part"`` and ``style="instance"`` paint objects with a discriminative part instead
-(``paint_object``), like a VOC object whose head the classifier learns from and whose body
-it does not need (README, Toy run); ``extent`` sets the range of object sizes.
+``style="part"``, ``"instance"`` and ``"body"`` paint objects with a discriminative part
+instead (``paint_object``), like a VOC object whose head the classifier learns from and whose
+body it does not need (README, Toy run); ``extent`` sets the range of object sizes.
 
 Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]
-[--style whole|part|instance] [--extent LO HI]``;
+[--style whole|part|instance|body] [--extent LO HI]``;
 the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
 a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
@@ -47,9 +47,11 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
-STYLES = ("whole", "part", "instance")  # how objects are painted (paint_object)
-PART_RANGE = (0.3, 0.45)  # "part", "instance": the textured end's share of the object's length
-TEXTURE_SIDE = 112  # "instance": the short side at which the textures keep their periods (4-8 px)
+STYLES = ("whole", "part", "instance", "body")  # how objects are painted (paint_object)
+PART_RANGE = (0.3, 0.45)  # "part", "instance", "body": the textured end's share of the object's length
+TEXTURE_SIDE = 112  # "instance", "body": the short side at which the textures keep their periods (4-8 px)
+BODY_GRAIN = 3  # "body": the mottling's cell in px at TEXTURE_SIDE
+BODY_CONTRAST = 0.25  # "body": the mottling's brightness swing (one standard deviation)
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -207,20 +209,34 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     PART_RANGE share of its length takes, plain primary colour elsewhere.  ``instance``: a
     body of one colour drawn for this object (any hue), its end marked with the class texture
     in the class's colour on that body colour: the class shows on the end alone, and the
-    object's own colour joins the end to the rest, as a VOC object's head and body."""
+    object's own colour joins the end to the rest, as a VOC object's head and body.  ``body``:
+    ``instance`` with a mottled body (``mottling``), a texture every class's objects share,
+    so that a body is unlike the flat background blobs, as a VOC object's body (fur, skin,
+    paint) is unlike the background it stands on, although it does not name the class."""
     name = CLASS_NAMES[class_id]
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
-    scale = texture_scale(mask.shape) if style == "instance" else 1.0
+    scale = texture_scale(mask.shape) if style in ("instance", "body") else 1.0
     weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8) * scale, rng, round(2 * scale))[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     if style == "part":
         pattern = np.where(textured_end(rng, u, geometry[3]), pattern, primary)
-    elif style == "instance":
+    elif style in ("instance", "body"):
         body = hsv_colour(rng.uniform(0, 360), rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
+        if style == "body":
+            body = body * mottling(rng, mask.shape, BODY_GRAIN * scale)
         pattern = np.where(textured_end(rng, u, geometry[3]), body * (1 - weight) + primary * weight, body)
     image[mask] = pattern[mask]
+
+
+def mottling(rng, shape_hw, grain):
+    """[H, W, 1] brightness factors around 1: smooth noise of ``grain``-pixel cells, the
+    ``body`` style's texture that every class's objects share."""
+    h, w = shape_hw
+    cells = rng.normal(0, 1, (int(h / grain) + 2, int(w / grain) + 2)).astype(np.float32)
+    field = cv2.resize(cells, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (1 + BODY_CONTRAST * np.clip(field, -1.5, 1.5))[..., None]
 
 
 def void_border(labels):
@@ -235,7 +251,7 @@ def void_border(labels):
 def render(rng, shape_hw, style="whole", extent=EXTENT_RANGE):
     """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
-    image = background(rng, grid, class_hues=style != "instance")
+    image = background(rng, grid, class_hues=style not in ("instance", "body"))
     instances, objects = place_objects(rng, object_classes(rng), grid, extent_range=extent)
     for k, (class_id, geometry, _) in enumerate(objects):
         paint_object(rng, image, grid, class_id, geometry, instances == k + 1, style)

@@ -182,6 +182,24 @@ def test_toy_instance_bodies_vary_and_textures_scale_with_the_image():
     assert np.array_equal(speckle[::4].repeat(4, 0), speckle) and np.array_equal(speckle[:, ::4].repeat(4, 1), speckle)
 
 
+def test_toy_body_style_mottles_one_body_colour_and_keeps_the_class_on_the_end():
+    image, u, mask = paint_one("square", 2, "body", 5, 0.3)
+    body = image[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))]
+    head = image[mask & (u >= HALF * (1 - 2 * toy.PART_RANGE[0]))]
+    # the body: one colour times brightness factors around 1 (its channels keep their ratios)
+    ratios = body / body.sum(axis=1, keepdims=True)
+    assert np.abs(ratios - ratios.mean(axis=0)).max() < 1e-5
+    brightness = body.sum(axis=1) / np.median(body.sum(axis=1))
+    assert 0.6 * toy.BODY_CONTRAST < brightness.std() < 1.5 * toy.BODY_CONTRAST
+    assert len(np.unique(body, axis=0)) > 100
+    # the end: the class's checks in its colour family (green) over the mottled body
+    green = [p for p in head if p[1] > 1.3 * max(p[0], p[2])]
+    assert len(green) > 0.2 * len(head)
+    # instance draws the same objects without the mottling
+    plain, _, _ = paint_one("square", 2, "instance", 5, 0.3)
+    assert len(np.unique(plain[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))], axis=0)) == 1
+
+
 def test_toy_cli_style_and_extent(tmp_path, capsys):
     out = tmp_path / "t"
     toy.main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "64", "--style", "part",
