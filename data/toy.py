@@ -48,6 +48,9 @@ HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
 STYLES = ("whole", "part", "instance", "body")  # how objects are painted (paint_object)
+# the styles of objects with a body of their own colour: textures at the image's scale, no
+# class colour in the background
+OWN_BODY_STYLES = ("instance", "body")
 PART_RANGE = (0.3, 0.45)  # "part", "instance", "body": the textured end's share of the object's length
 TEXTURE_SIDE = 112  # "instance", "body": the short side at which the textures keep their periods (4-8 px)
 BODY_GRAIN = 3  # "body": the mottling's cell in px at TEXTURE_SIDE
@@ -217,12 +220,12 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
-    scale = texture_scale(mask.shape) if style in ("instance", "body") else 1.0
+    scale = texture_scale(mask.shape) if style in OWN_BODY_STYLES else 1.0
     weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8) * scale, rng, round(2 * scale))[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     if style == "part":
         pattern = np.where(textured_end(rng, u, geometry[3]), pattern, primary)
-    elif style in ("instance", "body"):
+    elif style in OWN_BODY_STYLES:
         body = hsv_colour(rng.uniform(0, 360), rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
         if style == "body":
             body = body * mottling(rng, mask.shape, BODY_GRAIN * scale)
@@ -251,7 +254,7 @@ def void_border(labels):
 def render(rng, shape_hw, style="whole", extent=EXTENT_RANGE):
     """One image: (uint8 RGB [H, W, 3], uint8 labels [H, W], instances, objects as in place_objects)."""
     grid = np.mgrid[0:shape_hw[0], 0:shape_hw[1]].astype(np.float32)
-    image = background(rng, grid, class_hues=style not in ("instance", "body"))
+    image = background(rng, grid, class_hues=style not in OWN_BODY_STYLES)
     instances, objects = place_objects(rng, object_classes(rng), grid, extent_range=extent)
     for k, (class_id, geometry, _) in enumerate(objects):
         paint_object(rng, image, grid, class_id, geometry, instances == k + 1, style)
