@@ -33,6 +33,12 @@ def test_the_toy_lays_cpu_sizes_over_the_chosen_method():
     assert (sipe["epochs"], sipe["crop_size"], sipe["backbone"], sipe["weight_decay"]) == (5, 512, "resnet50", 1e-4)
     given = parse("train_cam", "--recipe", "toy", "--epochs", "2", "--backbone", "resnet34")
     assert (given["epochs"], given["backbone"], given["crop_size"]) == (2, "resnet34", 256)
+    # a toy value of one choice (IRN's) stays with it: AffinityNet keeps the toy's and its own
+    irn = parse("train_affinity", "--recipe", "toy", "--arch", "irn")
+    affinitynet = parse("train_affinity", "--recipe", "toy", "--arch", "affinitynet")
+    assert (irn["lr"], irn["epochs"], irn["crop_size"]) == (0.3, 10, 256)
+    assert (affinitynet["lr"], affinitynet["epochs"], affinitynet["crop_size"]) == (0.1, 5, 256)
+    assert parse("train_affinity", "--arch", "irn")["lr"] == 0.1
 
 
 def test_frozen_is_its_own_flag_not_a_side_effect_of_the_weights(capsys):
