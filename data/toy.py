@@ -19,12 +19,12 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-``style="part"``, ``"instance"`` and ``"body"`` paint objects with a discriminative part
+``style="part"``, ``"instance"``, ``"body"`` and ``"hint"`` paint objects with a discriminative part
 instead (``paint_object``), like a VOC object whose head the classifier learns from and whose
 body it does not need (README, Toy run); ``extent`` sets the range of object sizes.
 
 Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]
-[--style whole|part|instance|body] [--extent LO HI]``;
+[--style whole|part|instance|body|hint] [--extent LO HI]``;
 the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
 a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
@@ -47,14 +47,17 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
-STYLES = ("whole", "part", "instance", "body")  # how objects are painted (paint_object)
+STYLES = ("whole", "part", "instance", "body", "hint")  # how objects are painted (paint_object)
 # the styles of objects with a body of their own colour: textures at the image's scale, no
 # class colour in the background
-OWN_BODY_STYLES = ("instance", "body")
-PART_RANGE = (0.3, 0.45)  # "part", "instance", "body": the textured end's share of the object's length
-TEXTURE_SIDE = 112  # "instance", "body": the short side at which the textures keep their periods (4-8 px)
-BODY_GRAIN = 3  # "body": the mottling's cell in px at TEXTURE_SIDE
-BODY_CONTRAST = 0.25  # "body": brightness factors 1 + BODY_CONTRAST x the cells' standard normal noise
+OWN_BODY_STYLES = ("instance", "body", "hint")
+MOTTLED_STYLES = ("body", "hint")
+PART_RANGE = (0.3, 0.45)  # "part" and OWN_BODY_STYLES: the textured end's share of the object's length
+TEXTURE_SIDE = 112  # OWN_BODY_STYLES: the short side at which the textures keep their periods (4-8 px)
+BODY_GRAIN = 3  # MOTTLED_STYLES: the mottling's cell in px at TEXTURE_SIDE
+BODY_CONTRAST = 0.25  # MOTTLED_STYLES: brightness factors 1 + BODY_CONTRAST x the cells' standard normal noise
+BODY_HUES = {"disc": 180.0, "square": 0.0, "triangle": 90.0, "cross": 270.0}  # "hint": the centres of the body hues
+BODY_HUE_SPREAD = 60.0  # "hint": a body's hue lies within this many degrees of its class's BODY_HUES centre
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -215,7 +218,11 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     object's own colour joins the end to the rest, as a VOC object's head and body.  ``body``:
     ``instance`` with a mottled body (``mottling``), a texture every class's objects share,
     so that a body is unlike the flat background blobs, as a VOC object's body (fur, skin,
-    paint) is unlike the background it stands on, although it does not name the class."""
+    paint) is unlike the background it stands on, although it does not name the class.
+    ``hint``: ``body`` with the body's hue drawn within BODY_HUE_SPREAD degrees of its class's
+    BODY_HUES centre, so that a body hints at its class as a VOC object's body does (a cat's fur,
+    a bus's paint) without naming it: each class's range overlaps its neighbours', and the class
+    texture stays on the end alone (README, Toy run)."""
     name = CLASS_NAMES[class_id]
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
@@ -226,8 +233,9 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     if style == "part":
         pattern = np.where(textured_end(rng, u, geometry[3]), pattern, primary)
     elif style in OWN_BODY_STYLES:
-        body = hsv_colour(rng.uniform(0, 360), rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
-        if style == "body":
+        hue = BODY_HUES[name] + rng.uniform(-1, 1) * BODY_HUE_SPREAD if style == "hint" else rng.uniform(0, 360)
+        body = hsv_colour(hue, rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
+        if style in MOTTLED_STYLES:
             body = body * mottling(rng, mask.shape, BODY_GRAIN * scale)
         pattern = np.where(textured_end(rng, u, geometry[3]), body * (1 - weight) + primary * weight, body)
     image[mask] = pattern[mask]
@@ -235,7 +243,7 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
 
 def mottling(rng, shape_hw, grain):
     """[H, W, 1] brightness factors around 1: smooth noise of ``grain``-pixel cells, the
-    ``body`` style's texture that every class's objects share."""
+    texture of MOTTLED_STYLES that every class's objects share."""
     h, w = shape_hw
     cells = rng.normal(0, 1, (int(h / grain) + 2, int(w / grain) + 2)).astype(np.float32)
     field = cv2.resize(cells, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -371,7 +379,8 @@ def main(argv=None):
                         help="largest image side in pixels; each side is drawn from [3/4 of it, it]")
     parser.add_argument("--style", choices=STYLES, default="whole",
                         help="objects textured all over (whole), on one end and plain elsewhere (part), or of "
-                             "a colour of their own with the class texture on one end (instance)")
+                             "a colour of their own with the class texture on one end (instance), the same "
+                             "with mottled bodies (body), and with body hues that hint at the class (hint)")
     parser.add_argument("--extent", nargs=2, type=flags.fraction, metavar=("LO", "HI"), default=EXTENT_RANGE,
                         action=flags.values_where(extent_in_range, "need 0 < LO <= HI"),
                         help="object size range as fractions of the image's short side")

@@ -1,4 +1,5 @@
 """Tests of data/: toy generator, dataset sources, transforms (SPEC 3)."""
+import colorsys
 import json
 import pickle
 import re
@@ -198,6 +199,33 @@ def test_toy_body_style_mottles_one_body_colour_and_keeps_the_class_on_the_end()
     # instance draws the same objects without the mottling
     plain, _, _ = paint_one("square", 2, "instance", 5, 0.3)
     assert len(np.unique(plain[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))], axis=0)) == 1
+
+
+def circular_distance(a, b):
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def test_toy_hint_style_draws_body_hues_around_the_class_centre_and_otherwise_paints_as_body():
+    body_part = None
+    for class_id, name in enumerate(toy.CLASS_NAMES[1:], start=1):
+        hues = []
+        for seed in range(12):
+            hinted, u, mask = paint_one(name, class_id, "hint", seed, 0.3)
+            mottled, _, _ = paint_one(name, class_id, "body", seed, 0.3)
+            body_part = mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))
+            body = hinted[body_part]
+            hue = colorsys.rgb_to_hsv(*(body.mean(axis=0) / 255.0))[0] * 360.0
+            assert circular_distance(hue, toy.BODY_HUES[name]) <= toy.BODY_HUE_SPREAD + 0.5, (name, seed, hue)
+            hues.append(hue)
+            # the same mottling and the same end as body: only the body's colour differs
+            brightness = body.sum(axis=1) / body.sum(axis=1).max()
+            other = mottled[body_part].sum(axis=1)
+            assert np.allclose(brightness, other / other.max(), atol=1e-4)
+            head = mask & (u >= HALF * (1 - 2 * toy.PART_RANGE[0]))
+            assert not np.allclose(hinted[head], mottled[head])  # the body shows between the end's marks
+        # the hue varies within the class's range: a hint, not a name
+        assert max(circular_distance(a, b) for a in hues for b in hues) > toy.BODY_HUE_SPREAD
+    assert body_part.sum() > 500
 
 
 def test_toy_cli_style_and_extent(tmp_path, capsys):
