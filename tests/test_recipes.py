@@ -33,12 +33,13 @@ def test_the_toy_lays_cpu_sizes_over_the_chosen_method():
     assert (sipe["epochs"], sipe["crop_size"], sipe["backbone"], sipe["weight_decay"]) == (5, 512, "resnet50", 1e-4)
     given = parse("train_cam", "--recipe", "toy", "--epochs", "2", "--backbone", "resnet34")
     assert (given["epochs"], given["backbone"], given["crop_size"]) == (2, "resnet34", 256)
-    # a toy value of one choice (IRN's) stays with it: AffinityNet keeps the toy's and its own
+    # a toy value of one choice stays with it: AffinityNet keeps the toy's epochs, IRN its own
     irn = parse("train_affinity", "--recipe", "toy", "--arch", "irn")
     affinitynet = parse("train_affinity", "--recipe", "toy", "--arch", "affinitynet")
-    assert (irn["lr"], irn["epochs"], irn["crop_size"]) == (0.3, 10, 256)
-    assert (affinitynet["lr"], affinitynet["epochs"], affinitynet["crop_size"]) == (0.1, 5, 256)
-    assert parse("train_affinity", "--arch", "irn")["lr"] == 0.1
+    assert (irn["lr"], irn["epochs"], irn["crop_size"], irn["weight_decay"]) == (0.3, 10, 256, 1e-4)
+    assert (affinitynet["lr"], affinitynet["epochs"], affinitynet["crop_size"]) == (1.0, 5, 256)
+    assert affinitynet["weight_decay"] == 5e-4  # PSA's, under the toy's lr
+    assert parse("train_affinity", "--arch", "irn")["lr"] == parse("train_affinity", "--arch", "affinitynet")["lr"] == 0.1
 
 
 def test_frozen_is_its_own_flag_not_a_side_effect_of_the_weights(capsys):

@@ -67,8 +67,8 @@ PUBLISHED = {
 CHOOSERS = {"train_cam": "--method", "train_affinity": "--arch"}  # their defaults: the stages' own flags
 
 # The toy run on a 2-core CPU: ResNet-18, images of 240-320 px, small crops and batches, few
-# steps; two optimizer values (stage 7's lr: the published 2.5e-4 is for 20,000 steps, not 80;
-# IRN's, TOY_CHOICES).
+# steps; three optimizer values (stage 7's lr: the published 2.5e-4 is for 20,000 steps, not 80;
+# the affinity networks', TOY_CHOICES).
 _CPU = {"device": "cpu", "num_workers": 1}
 _TRAINING = {**_CPU, "backbone": "resnet18", "batch_size": 8, "save_every": 50, "log_every": 10}
 TOY = {
@@ -82,10 +82,11 @@ TOY = {
     "train_seg": {**_TRAINING, "crop_size": 192, "iterations": 80, "lr": 0.0025},
     "infer_seg": {**_CPU, "scales": (0.75, 1.0, 1.25)},
 }
-# IRN's boundary layers are new and train alone on the frozen backbone: VOC gives them 990
-# steps at lr 0.1 (train_aug, batch 32, 3 epochs), the toy 200 at lr 0.3, measured in the README
-# (Toy run) as stage 7's lr is
-TOY_CHOICES = {"train_affinity": {"irn": {"epochs": 10, "lr": 0.3}}}
+# The affinity networks' lr on the toy grows with the steps it cuts, as stage 7's does (20,000
+# -> 80 steps, lr x 10): IRN's new boundary layers, alone on the frozen backbone, get 200 steps
+# for VOC's 990 (train_aug, batch 32, 3 epochs) at lr 0.3, AffinityNet 100 for VOC's 10,582
+# (batch 8, 8 epochs) at lr 1.0; each measured in the README (Toy run)
+TOY_CHOICES = {"train_affinity": {"irn": {"epochs": 10, "lr": 0.3}, "affinitynet": {"lr": 1.0}}}
 
 FROM_INPUTS = {
     "cam_method": {
