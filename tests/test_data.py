@@ -206,13 +206,13 @@ def circular_distance(a, b):
 
 
 def test_toy_hint_style_draws_body_hues_around_the_class_centre_and_otherwise_paints_as_body():
-    body_part = None
     for class_id, name in enumerate(toy.CLASS_NAMES[1:], start=1):
         hues = []
         for seed in range(12):
             hinted, u, mask = paint_one(name, class_id, "hint", seed, 0.3)
             mottled, _, _ = paint_one(name, class_id, "body", seed, 0.3)
             body_part = mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))
+            assert body_part.sum() > 500
             body = hinted[body_part]
             hue = colorsys.rgb_to_hsv(*(body.mean(axis=0) / 255.0))[0] * 360.0
             assert circular_distance(hue, toy.BODY_HUES[name]) <= toy.BODY_HUE_SPREAD + 0.5, (name, seed, hue)
@@ -225,7 +225,6 @@ def test_toy_hint_style_draws_body_hues_around_the_class_centre_and_otherwise_pa
             assert not np.allclose(hinted[head], mottled[head])  # the body shows between the end's marks
         # the hue varies within the class's range: a hint, not a name
         assert max(circular_distance(a, b) for a in hues for b in hues) > toy.BODY_HUE_SPREAD
-    assert body_part.sum() > 500
 
 
 def test_toy_cli_style_and_extent(tmp_path, capsys):
