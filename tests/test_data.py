@@ -137,23 +137,23 @@ HALF = 40.0  # the half-length of the objects paint_one draws
 
 def paint_one(shape, class_id, style, seed, angle):
     """One object of ``shape`` painted in ``style`` from ``default_rng(seed)`` on a black
-    96 px image: (image, u coordinates, mask)."""
+    96 px image: (image, head, body), the masks of its pixels that lie in its textured end and
+    outside it whatever share of its length (PART_RANGE) the end takes."""
     grid = np.mgrid[0:96, 0:96].astype(np.float32)
     geometry = (48.0, 48.0, angle, 2 * HALF)
     u, v = toy.local_coords(grid, *geometry[:3])
     mask = toy.shape_mask(shape, u, v, geometry[3])
     image = np.zeros((96, 96, 3), np.float32)
     toy.paint_object(np.random.default_rng(seed), image, grid, class_id, geometry, mask, style)
-    return image, u, mask
+    surely_end, surely_not_end = (HALF * (1 - 2 * share) for share in toy.PART_RANGE)
+    return image, mask & (u >= surely_end), mask & (u < surely_not_end)
 
 
 def test_toy_part_style_is_plain_away_from_its_textured_end():
     # the same draws paint both styles: the textured end (at least PART_RANGE[0] of the
     # length, from u = +half) is the whole style's pattern, the far end one plain colour
     painted = {style: paint_one("square", 2, style, 3, 0.3)[0] for style in toy.STYLES}
-    _, u, mask = paint_one("square", 2, "whole", 3, 0.3)
-    head = mask & (u >= HALF * (1 - 2 * toy.PART_RANGE[0]))
-    body = mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))
+    _, head, body = paint_one("square", 2, "whole", 3, 0.3)
     assert head.sum() > 200 and body.sum() > 200
     assert np.array_equal(painted["part"][head], painted["whole"][head])
     assert len(np.unique(painted["whole"][head], axis=0)) == 2  # checks: two colours
@@ -170,8 +170,8 @@ def test_toy_part_style_is_plain_away_from_its_textured_end():
 def test_toy_instance_bodies_vary_and_textures_scale_with_the_image():
     colours = set()
     for seed in range(6):
-        image, u, mask = paint_one("disc", 1, "instance", seed, 0.0)
-        colours.add(tuple(image[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))][0]))
+        image, _, body = paint_one("disc", 1, "instance", seed, 0.0)
+        colours.add(tuple(image[body][0]))
     assert len(colours) == 6  # no class colour in the body: the class shows on the end alone
     # stripes run across u: a twice larger image draws them twice as wide (TEXTURE_SIDE)
     assert toy.texture_scale((96, 200)) == 1.0 and toy.texture_scale((224, 300)) == 2.0
@@ -184,9 +184,8 @@ def test_toy_instance_bodies_vary_and_textures_scale_with_the_image():
 
 
 def test_toy_body_style_mottles_one_body_colour_and_keeps_the_class_on_the_end():
-    image, u, mask = paint_one("square", 2, "body", 5, 0.3)
-    body = image[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))]
-    head = image[mask & (u >= HALF * (1 - 2 * toy.PART_RANGE[0]))]
+    image, head_part, body_part = paint_one("square", 2, "body", 5, 0.3)
+    body, head = image[body_part], image[head_part]
     # the body: one colour times brightness factors around 1 (its channels keep their ratios)
     ratios = body / body.sum(axis=1, keepdims=True)
     assert np.abs(ratios - ratios.mean(axis=0)).max() < 1e-5
@@ -198,7 +197,7 @@ def test_toy_body_style_mottles_one_body_colour_and_keeps_the_class_on_the_end()
     assert len(green) > 0.2 * len(head)
     # instance draws the same objects without the mottling
     plain, _, _ = paint_one("square", 2, "instance", 5, 0.3)
-    assert len(np.unique(plain[mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))], axis=0)) == 1
+    assert len(np.unique(plain[body_part], axis=0)) == 1
 
 
 def circular_distance(a, b):
@@ -209,9 +208,8 @@ def test_toy_hint_style_draws_body_hues_around_the_class_centre_and_otherwise_pa
     for class_id, name in enumerate(toy.CLASS_NAMES[1:], start=1):
         hues = []
         for seed in range(12):
-            hinted, u, mask = paint_one(name, class_id, "hint", seed, 0.3)
+            hinted, head, body_part = paint_one(name, class_id, "hint", seed, 0.3)
             mottled, _, _ = paint_one(name, class_id, "body", seed, 0.3)
-            body_part = mask & (u < HALF * (1 - 2 * toy.PART_RANGE[1]))
             assert body_part.sum() > 500
             body = hinted[body_part]
             hue = colorsys.rgb_to_hsv(*(body.mean(axis=0) / 255.0))[0] * 360.0
@@ -221,7 +219,6 @@ def test_toy_hint_style_draws_body_hues_around_the_class_centre_and_otherwise_pa
             brightness = body.sum(axis=1) / body.sum(axis=1).max()
             other = mottled[body_part].sum(axis=1)
             assert np.allclose(brightness, other / other.max(), atol=1e-4)
-            head = mask & (u >= HALF * (1 - 2 * toy.PART_RANGE[0]))
             assert not np.allclose(hinted[head], mottled[head])  # the body shows between the end's marks
         # the hue varies within the class's range: a hint, not a name
         assert max(circular_distance(a, b) for a in hues for b in hues) > toy.BODY_HUE_SPREAD
