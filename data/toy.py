@@ -47,17 +47,18 @@ CLASS_NAMES = ("background", "disc", "square", "triangle", "cross")
 HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
-STYLES = ("whole", "part", "instance", "body", "hint")  # how objects are painted (paint_object)
+STYLES = ("whole", "part", "instance", "body", "hint", "fade")  # how objects are painted (paint_object)
 # the styles of objects with a body of their own colour: textures at the image's scale, no
 # class colour in the background
-OWN_BODY_STYLES = ("instance", "body", "hint")
-MOTTLED_STYLES = ("body", "hint")
+OWN_BODY_STYLES = ("instance", "body", "hint", "fade")
+MOTTLED_STYLES = ("body", "hint", "fade")
 PART_RANGE = (0.3, 0.45)  # "part" and OWN_BODY_STYLES: the textured end's share of the object's length
 TEXTURE_SIDE = 112  # OWN_BODY_STYLES: the short side at which the textures keep their periods (4-8 px)
 BODY_GRAIN = 3  # MOTTLED_STYLES: the mottling's cell in px at TEXTURE_SIDE
 BODY_CONTRAST = 0.25  # MOTTLED_STYLES: brightness factors 1 + BODY_CONTRAST x the cells' standard normal noise
 BODY_HUES = {"disc": 180.0, "square": 0.0, "triangle": 90.0, "cross": 270.0}  # "hint": the centres of the body hues
 BODY_HUE_SPREAD = 60.0  # "hint": a body's hue lies within this many degrees of its class's BODY_HUES centre
+FADE_SHARE = 0.5  # "fade": the share of the body's length, from the end, over which the class texture fades out
 MIN_VISIBLE = 0.4  # fraction of an object that later objects must leave visible
 MIN_SIZE = 16  # the smallest image side
 RECORD = "toy.json"  # the settings of a generated toy dataset
@@ -203,10 +204,19 @@ def texture_scale(shape_hw):
     return max(1.0, min(shape_hw) / TEXTURE_SIDE)
 
 
-def textured_end(rng, u, extent):
-    """[H, W, 1] mask of the end of an object of ``extent`` that a random PART_RANGE share of
-    its length takes, from u = +extent / 2."""
-    return (u >= extent / 2 * (1 - 2 * rng.uniform(*PART_RANGE)))[..., None]
+def end_start(rng, extent):
+    """Where the textured end of an object of ``extent`` begins along u: it takes a random
+    PART_RANGE share of the object's length, from u = +extent / 2."""
+    return extent / 2 * (1 - 2 * rng.uniform(*PART_RANGE))
+
+
+def texture_strength(u, extent, start, style):
+    """[H, W, 1] strength of the class texture along an object: 1 on its end (u >= ``start``);
+    on the body 0, or for ``fade`` falling linearly from 1 at the end to 0 over the FADE_SHARE of
+    the body's length (start + extent / 2) next to it."""
+    if style != "fade":
+        return (u >= start).astype(np.float32)[..., None]
+    return np.clip(1 - (start - u) / (FADE_SHARE * (start + extent / 2)), 0.0, 1.0).astype(np.float32)[..., None]
 
 
 def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
@@ -222,7 +232,10 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     ``hint``: ``body`` with the body's hue drawn within BODY_HUE_SPREAD degrees of its class's
     BODY_HUES centre, so that a body hints at its class as a VOC object's body does (a cat's fur,
     a bus's paint) without naming it: each class's range overlaps its neighbours', and the class
-    texture stays on the end alone (README, Toy run)."""
+    texture stays on the end alone (README, Toy run).  ``fade``: ``body`` with the class texture
+    carried on from the end over the body, fading (``texture_strength``), so that the end is the
+    most discriminative part and the body, like a VOC object's fur, shows its class more faintly
+    and meets the end without an edge."""
     name = CLASS_NAMES[class_id]
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
@@ -231,13 +244,14 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8) * scale, rng, round(2 * scale))[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     if style == "part":
-        pattern = np.where(textured_end(rng, u, geometry[3]), pattern, primary)
+        pattern = np.where((u >= end_start(rng, geometry[3]))[..., None], pattern, primary)
     elif style in OWN_BODY_STYLES:
         hue = BODY_HUES[name] + rng.uniform(-1, 1) * BODY_HUE_SPREAD if style == "hint" else rng.uniform(0, 360)
         body = hsv_colour(hue, rng.uniform(0.45, 0.95), rng.uniform(0.45, 0.95))
         if style in MOTTLED_STYLES:
             body = body * mottling(rng, mask.shape, BODY_GRAIN * scale)
-        pattern = np.where(textured_end(rng, u, geometry[3]), body * (1 - weight) + primary * weight, body)
+        mark = weight * texture_strength(u, geometry[3], end_start(rng, geometry[3]), style)
+        pattern = body * (1 - mark) + primary * mark
     image[mask] = pattern[mask]
 
 

@@ -224,6 +224,29 @@ def test_toy_hint_style_draws_body_hues_around_the_class_centre_and_otherwise_pa
         assert max(circular_distance(a, b) for a in hues for b in hues) > toy.BODY_HUE_SPREAD
 
 
+def test_toy_fade_style_carries_the_class_texture_from_the_end_over_part_of_the_body():
+    extent, start = 2 * HALF, 0.2 * HALF
+    fade_end = start - toy.FADE_SHARE * (start + HALF)
+    u = np.linspace(-HALF, HALF, 81, dtype=np.float32)[None]
+    strength = toy.texture_strength(u, extent, start, "fade")[0, :, 0]
+    assert np.allclose(strength[u[0] >= start], 1.0) and np.all(strength[u[0] <= fade_end] == 0)
+    between = (u[0] > fade_end) & (u[0] < start)
+    assert np.allclose(strength[between], (u[0][between] - fade_end) / (start - fade_end), atol=1e-6)
+    assert set(np.unique(toy.texture_strength(u, extent, start, "body"))) == {0.0, 1.0}
+    for class_id, name in enumerate(toy.CLASS_NAMES[1:], start=1):
+        for seed in range(4):
+            faded, head, body_part = paint_one(name, class_id, "fade", seed, 0.0)
+            mottled, _, _ = paint_one(name, class_id, "body", seed, 0.0)
+            # the same draws: the end as body paints it, the body next to the end with the class
+            # texture on it, its far part (u < -18 whatever share the end takes) plain
+            assert np.array_equal(faded[head], mottled[head])
+            near, far = body_part.copy(), body_part.copy()
+            near[:, :40], far[:, 30:] = False, False  # u runs along the columns at angle 0
+            assert near.sum() > 100 and far.sum() > 100
+            assert np.abs(faded - mottled).sum(axis=2)[near].mean() > 1.0, (name, seed)
+            assert np.array_equal(faded[far], mottled[far])
+
+
 def test_toy_cli_style_and_extent(tmp_path, capsys):
     out = tmp_path / "t"
     toy.main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "64", "--style", "part",
