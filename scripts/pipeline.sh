@@ -153,7 +153,7 @@ use_toy_dataset() {
     CAM_SPLIT=train
     EVAL_SPLIT=train
     python -m data.toy --out "$DATA_ROOT" --num-train "$TOY_IMAGES" --num-val $((TOY_IMAGES / 5)) \
-        --image-size "$TOY_IMAGE_SIZE" --style body --extent 0.35 0.8
+        --image-size "$TOY_IMAGE_SIZE" --style fade --extent 0.35 0.8
     local name
     for name in "${STAGE_NAMES[@]}"; do
         STAGE_ARGS[$name]="--recipe toy ${STAGE_ARGS[$name]:-}"
