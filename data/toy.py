@@ -19,12 +19,12 @@ image is drawn uniformly from ``size`` (an inclusive (lo, hi) range; an int give
 images of that side).  Masks mark a one-pixel band on the inside of every object edge with
 255 ("void"), like VOC.  The same seed gives byte-identical files on the same machine.
 
-``style="part"``, ``"instance"``, ``"body"`` and ``"hint"`` paint objects with a discriminative part
+``style="part"``, ``"instance"``, ``"body"``, ``"hint"`` and ``"fade"`` paint objects with a discriminative part
 instead (``paint_object``), like a VOC object whose head the classifier learns from and whose
 body it does not need (README, Toy run); ``extent`` sets the range of object sizes.
 
 Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]
-[--style whole|part|instance|body|hint] [--extent LO HI]``;
+[--style whole|part|instance|body|hint|fade] [--extent LO HI]``;
 the folder's ``toy.json`` records the settings, and the command refuses a folder that holds
 a toy dataset of other settings (a run's CAMs and labels were made on that one).
 """
