@@ -46,7 +46,10 @@ def test_small_backbone_at_output_stride_8_dilates_as_torchvision_does_bottlenec
     first = strided.layer3[0]
     with torch.no_grad():
         x2 = stage_outputs(strided, image)[2]
-        assert torch.allclose(first(x2), model.layer3[0](x2)[..., ::2, ::2], atol=1e-5)
+        expected = first(x2)
+        # float32 rounding grows with the random network's outputs (up to about 40 here)
+        tolerance = 1e-5 * float(expected.abs().max())
+        assert torch.allclose(expected, model.layer3[0](x2)[..., ::2, ::2], atol=tolerance)
     assert dilated_x3.shape[-2:] == (8, 12)
 
 
