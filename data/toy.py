@@ -394,7 +394,8 @@ def main(argv=None):
     parser.add_argument("--style", choices=STYLES, default="whole",
                         help="objects textured all over (whole), on one end and plain elsewhere (part), or of "
                              "a colour of their own with the class texture on one end (instance), the same "
-                             "with mottled bodies (body), and with body hues that hint at the class (hint)")
+                             "with mottled bodies (body), with body hues that hint at the class (hint), and "
+                             "with the class texture fading from the end over half the body (fade: the toy run's)")
     parser.add_argument("--extent", nargs=2, type=flags.fraction, metavar=("LO", "HI"), default=EXTENT_RANGE,
                         action=flags.values_where(extent_in_range, "need 0 < LO <= HI"),
                         help="object size range as fractions of the image's short side")
