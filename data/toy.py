@@ -52,9 +52,12 @@ STYLES = ("whole", "part", "instance", "body", "hint", "fade")  # how objects ar
 # class colour in the background
 OWN_BODY_STYLES = ("instance", "body", "hint", "fade")
 MOTTLED_STYLES = ("body", "hint", "fade")
+# the styles whose textures and mottling grow with the image (TEXTURE_SIDE); ``fade`` draws
+# them at the same periods at any size, finer than IRN's stride-4 cells (README, Toy run)
+SCALED_TEXTURE_STYLES = ("instance", "body", "hint")
 PART_RANGE = (0.3, 0.45)  # "part" and OWN_BODY_STYLES: the textured end's share of the object's length
-TEXTURE_SIDE = 112  # OWN_BODY_STYLES: the short side at which the textures keep their periods (4-8 px)
-BODY_GRAIN = 3  # MOTTLED_STYLES: the mottling's cell in px at TEXTURE_SIDE
+TEXTURE_SIDE = 112  # SCALED_TEXTURE_STYLES: the short side at which the textures keep their periods (4-8 px)
+BODY_GRAIN = 3  # MOTTLED_STYLES: the mottling's cell in px (at TEXTURE_SIDE for SCALED_TEXTURE_STYLES)
 BODY_CONTRAST = 0.25  # MOTTLED_STYLES: brightness factors 1 + BODY_CONTRAST x the cells' standard normal noise
 BODY_HUES = {"disc": 180.0, "square": 0.0, "triangle": 90.0, "cross": 270.0}  # "hint": the centres of the body hues
 BODY_HUE_SPREAD = 60.0  # "hint": a body's hue lies within this many degrees of its class's BODY_HUES centre
@@ -199,8 +202,8 @@ def place_objects(rng, classes, grid, mask_of=None, extent_range=EXTENT_RANGE):
 
 
 def texture_scale(shape_hw):
-    """``instance``: how much coarser than at TEXTURE_SIDE the textures of an image of this
-    size are drawn, so that a larger image shows the same picture, not finer marks."""
+    """SCALED_TEXTURE_STYLES: how much coarser than at TEXTURE_SIDE the textures of an image of
+    this size are drawn, so that a larger image shows the same picture, not finer marks."""
     return max(1.0, min(shape_hw) / TEXTURE_SIDE)
 
 
@@ -235,12 +238,14 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     texture stays on the end alone (README, Toy run).  ``fade``: ``body`` with the class texture
     carried on from the end over the body, fading (``texture_strength``), so that the end is the
     most discriminative part and the body, like a VOC object's fur, shows its class more faintly
-    and meets the end without an edge."""
+    and meets the end without an edge; its textures and mottling keep their periods (4-8 px, 3 px
+    grain) at any image size, finer than IRN's stride-4 cells, as most of a VOC object's texture
+    is."""
     name = CLASS_NAMES[class_id]
     primary = family_colour(rng, HUES[name])
     secondary = primary * rng.uniform(0.35, 0.6)
     u, v = local_coords(grid, *geometry[:3])
-    scale = texture_scale(mask.shape) if style in OWN_BODY_STYLES else 1.0
+    scale = texture_scale(mask.shape) if style in SCALED_TEXTURE_STYLES else 1.0
     weight = texture(TEXTURES[name], u, v, rng.uniform(4, 8) * scale, rng, round(2 * scale))[..., None]
     pattern = primary * (1 - weight) + secondary * weight
     if style == "part":
@@ -355,12 +360,16 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, style="w
 
 def settings(num_train, num_val, size, seed, style="whole", extent=EXTENT_RANGE):
     """The record of ``generate``'s settings that ``toy.json`` holds (style and extent only
-    where they are not the defaults, so that the datasets made before them keep their record)."""
+    where they are not the defaults, so that the datasets made before them keep their record;
+    ``fade`` records its fixed texture periods, so that a ``fade`` dataset made before them,
+    with textures scaled to the image, is refused)."""
     record = {"num_train": num_train, "num_val": num_val, "size": list(side_range(size)), "seed": seed}
     if style != "whole":
         record["style"] = style
     if tuple(extent) != EXTENT_RANGE:
         record["extent"] = [float(e) for e in extent]
+    if style == "fade":
+        record["textures"] = "fixed"
     return record
 
 
@@ -395,7 +404,8 @@ def main(argv=None):
                         help="objects textured all over (whole), on one end and plain elsewhere (part), or of "
                              "a colour of their own with the class texture on one end (instance), the same "
                              "with mottled bodies (body), with body hues that hint at the class (hint), and "
-                             "with the class texture fading from the end over half the body (fade: the toy run's)")
+                             "with the class texture fading from the end over half the body (fade: the toy run's; its "
+                             "textures keep their 4-8 px periods at any image size)")
     parser.add_argument("--extent", nargs=2, type=flags.fraction, metavar=("LO", "HI"), default=EXTENT_RANGE,
                         action=flags.values_where(extent_in_range, "need 0 < LO <= HI"),
                         help="object size range as fractions of the image's short side")

@@ -135,15 +135,15 @@ def test_toy_cli_keeps_a_dataset_of_the_same_settings_and_refuses_other_settings
 HALF = 40.0  # the half-length of the objects paint_one draws
 
 
-def paint_one(shape, class_id, style, seed, angle):
-    """One object of ``shape`` painted in ``style`` from ``default_rng(seed)`` on a black
-    96 px image: (image, head, body), the masks of its pixels that lie in its textured end and
-    outside it whatever share of its length (PART_RANGE) the end takes."""
-    grid = np.mgrid[0:96, 0:96].astype(np.float32)
-    geometry = (48.0, 48.0, angle, 2 * HALF)
+def paint_one(shape, class_id, style, seed, angle, side=96):
+    """One object of ``shape`` painted in ``style`` from ``default_rng(seed)`` in the middle of
+    a black image of ``side`` px: (image, head, body), the masks of its pixels that lie in its
+    textured end and outside it whatever share of its length (PART_RANGE) the end takes."""
+    grid = np.mgrid[0:side, 0:side].astype(np.float32)
+    geometry = (side / 2, side / 2, angle, 2 * HALF)
     u, v = toy.local_coords(grid, *geometry[:3])
     mask = toy.shape_mask(shape, u, v, geometry[3])
-    image = np.zeros((96, 96, 3), np.float32)
+    image = np.zeros((side, side, 3), np.float32)
     toy.paint_object(np.random.default_rng(seed), image, grid, class_id, geometry, mask, style)
     surely_end, surely_not_end = (HALF * (1 - 2 * share) for share in toy.PART_RANGE)
     return image, mask & (u >= surely_end), mask & (u < surely_not_end)
@@ -181,6 +181,30 @@ def test_toy_instance_bodies_vary_and_textures_scale_with_the_image():
     assert wide > 50 and abs(narrow - 2 * wide) <= 2
     speckle = toy.texture("speckle", u_axis.repeat(12, 0), u_axis.repeat(12, 0), 6.0, np.random.default_rng(0), 4)
     assert np.array_equal(speckle[::4].repeat(4, 0), speckle) and np.array_equal(speckle[:, ::4].repeat(4, 1), speckle)
+
+
+def test_toy_fade_keeps_its_texture_periods_at_any_image_size(tmp_path, capsys):
+    # the class texture on the end (the pixels of the class's primary colour) of one object
+    # drawn on a 96 px and a 320 px image: the same marks for fade, wider ones for body
+    def marks(style, side):
+        image, head, _ = paint_one("disc", 1, style, 4, 0.0, side)
+        primary = toy.family_colour(np.random.default_rng(4), toy.HUES["disc"])
+        middle = slice(side // 2 - 48, side // 2 + 48)
+        return (np.all(image == primary, axis=-1) & head)[middle, middle]
+
+    assert marks("fade", 96).sum() > 100
+    assert np.array_equal(marks("fade", 96), marks("fade", 320))
+    assert not np.array_equal(marks("body", 96), marks("body", 320))
+    # a fade dataset of textures scaled to the image (made before; no "textures" in its record) is refused
+    out = tmp_path / "t"
+    argv = ["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "32", "--style", "fade"]
+    toy.main(argv)
+    record = json.loads((out / "toy.json").read_text())
+    assert record.pop("textures") == "fixed"
+    (out / "toy.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as exit_info:
+        toy.main(argv)
+    assert exit_info.value.code == 2 and "holds a toy dataset of other settings" in capsys.readouterr().err
 
 
 def test_toy_body_style_mottles_one_body_colour_and_keeps_the_class_on_the_end():
