@@ -48,8 +48,7 @@ HUES = {"disc": 0.0, "square": 120.0, "triangle": 220.0, "cross": 50.0}
 TEXTURES = {"disc": "stripes", "square": "checks", "triangle": "dots", "cross": "speckle"}
 EXTENT_RANGE = (0.18, 0.5)  # object extent as a fraction of the image's short side
 STYLES = ("whole", "part", "instance", "body", "hint", "fade")  # how objects are painted (paint_object)
-# the styles of objects with a body of their own colour: textures at the image's scale, no
-# class colour in the background
+# the styles of objects with a body of their own colour: no class colour in the background
 OWN_BODY_STYLES = ("instance", "body", "hint", "fade")
 MOTTLED_STYLES = ("body", "hint", "fade")
 # the styles whose textures and mottling grow with the image (TEXTURE_SIDE); ``fade`` draws
