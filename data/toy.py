@@ -360,14 +360,15 @@ def generate(out_dir, num_train=48, num_val=16, size=(96, 128), seed=0, style="w
 def settings(num_train, num_val, size, seed, style="whole", extent=EXTENT_RANGE):
     """The record of ``generate``'s settings that ``toy.json`` holds (style and extent only
     where they are not the defaults, so that the datasets made before them keep their record;
-    ``fade`` records its fixed texture periods, so that a ``fade`` dataset made before them,
-    with textures scaled to the image, is refused)."""
+    an own-body style outside SCALED_TEXTURE_STYLES, ``fade``, records its fixed texture
+    periods, so that a ``fade`` dataset made before them, with textures scaled to the image, is
+    refused)."""
     record = {"num_train": num_train, "num_val": num_val, "size": list(side_range(size)), "seed": seed}
     if style != "whole":
         record["style"] = style
     if tuple(extent) != EXTENT_RANGE:
         record["extent"] = [float(e) for e in extent]
-    if style == "fade":
+    if style in OWN_BODY_STYLES and style not in SCALED_TEXTURE_STYLES:
         record["textures"] = "fixed"
     return record
 
