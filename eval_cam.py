@@ -12,7 +12,7 @@ from tools.cam_files import load_cam
 from tools.io import PipelineError, image_size, read_label_png
 from tools.methods import method_default
 from tools.metrics import confusion_matrix, coverage, labelled_confusion
-from tools.report import summarize, update_results
+from tools.report import share_of, summarize, update_results
 from tools.workers import WorkerPool
 
 log = stage.log
@@ -42,6 +42,9 @@ def parse_args(argv=None):
                         help=f"try the constant background thresholds {SWEEP[0]}..{SWEEP[-1]} and keep the best")
     parser.add_argument("--tag", help="row name in results.md (default: the map name or the label folder)")
     parser.add_argument("--note", help="text added to the row's note column (e.g. which checkpoint made the maps)")
+    parser.add_argument("--share-of", metavar="TAG",
+                        help="add to the note the mIoU as a percentage of the row TAG of results.md (e.g. the "
+                             "segmentation against the fully supervised network)")
     parser.add_argument("--coco-crowd", choices=CROWD_MODES, default="background",
                         help="COCO ground truth: crowd regions are background (0, as the published masks) "
                              "or ignored (255)")
@@ -164,6 +167,8 @@ def main(argv=None):
         entry["made_by"] = checkpoints
         if args.note:
             entry["note"] = f"{entry['note']}; {args.note}"
+        if args.share_of:
+            entry["note"] = f"{entry['note']}; {share_of(work_dir, args.share_of, entry['miou'])}"
         if args.sweep:
             entry["sweep"] = {str(t): e["miou"] for (_, t), e in zip(backgrounds, entries)}
             for (_, t), e in zip(backgrounds, entries):

@@ -1,5 +1,5 @@
 """Stage 7: train the segmentation network (DeepLab-v2 or -v3, SPEC 13) on the pseudo-labels
--> ckpt/seg.pth."""
+-> ckpt/seg.pth; with --ground-truth on the dataset's masks, the fully supervised reference."""
 from pathlib import Path
 
 from data.datasets import LabelMapDataset
@@ -22,8 +22,12 @@ def parse_args(argv=None):
     parser.add_argument("--arch", choices=ARCHS, default="deeplabv2",
                         help="deeplabv2 (ASPP 6/12/18/24 summed, the papers' standard) or deeplabv3")
     parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet, stride 8")
-    parser.add_argument("--label-dir", help="pseudo-labels to learn from, 255 ignored "
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--label-dir", help="pseudo-labels to learn from, 255 ignored "
                                             "(default: WORK_DIR/pseudo_labels, stage 6's)")
+    labels.add_argument("--ground-truth", action="store_true",
+                        help="learn from the dataset's ground-truth masks instead: the fully supervised network "
+                             "that the pseudo-labels' network is read against (every training image needs a mask)")
     parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
                         action=flags.OrderedPair,
                         help="random rescale of the image (bicubic) and its labels (nearest)")
@@ -43,8 +47,8 @@ def main(argv=None):
                                 f"least 2 images per process: --batch-size {args.batch_size} over {info.world_size} "
                                 "processes")
         source = build_source(args.dataset, args.data_root)
-        label_dir = Path(args.label_dir) if args.label_dir else work_dir / "pseudo_labels"
-        log.info("checking the label maps of %s in %s", args.split, label_dir)
+        label_dir = None if args.ground_truth else Path(args.label_dir or work_dir / "pseudo_labels")
+        log.info("checking the label maps of %s in %s", args.split, label_dir or "the ground truth")
         check_label_maps(source, args.split, label_dir)
         transform = TrainTransform(None, args.crop_size, scale_range=args.scale_range)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)

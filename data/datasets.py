@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from data.transforms import scaled_images
+from data.sources import label_map_path
 from tools.cam_files import load_cam
 from tools.io import PipelineError, read_image, read_label_png
 
@@ -52,16 +53,17 @@ class ClassificationDataset(AugmentedDataset):
 class LabelMapDataset(AugmentedDataset):
     """Training images with a label map each, ``label_dir/<id>.png`` (0 background, class
     ids, 255 unsure or ignored), both augmented together: the affinity labels of stage 5
-    (SPEC 9) or the pseudo-labels of stage 7 (SPEC 13)."""
+    (SPEC 9) or the pseudo-labels of stage 7 (SPEC 13); ``label_dir`` None: the dataset's
+    ground-truth masks (stage 7's fully supervised reference)."""
 
     def __init__(self, source, split, label_dir, transform, seed=0):
         super().__init__(source, split, transform, seed)
-        self.label_dir = Path(label_dir)
+        self.label_dir = None if label_dir is None else Path(label_dir)
 
     def __getitem__(self, index):
         image_id = self.ids[index]
         image = read_image(self.source.image_path(image_id))
-        label_path = self.label_dir / f"{image_id}.png"
+        label_path = label_map_path(self.source, self.label_dir, image_id)
         labels = read_label_png(label_path, self.source.num_classes)
         if labels.shape != image.shape[:2]:
             raise PipelineError(f"{label_path}: size {labels.shape} differs from its image {image.shape[:2]}")

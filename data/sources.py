@@ -535,19 +535,29 @@ def build_source(dataset, root, coco_crowd="background", **kw):
     return SOURCES[dataset](root, **kw)
 
 
+def label_map_path(source, label_dir, image_id):
+    """The label map of an image: ``label_dir/<id>.png``, or with ``label_dir`` None its
+    ground-truth mask (None where it has none)."""
+    return source.mask_path(image_id) if label_dir is None else Path(label_dir) / f"{image_id}.png"
+
+
 def check_label_maps(source, split, label_dir, threads=8):
-    """Read every label map ``label_dir/<id>.png`` of a split before training on them: a
+    """Read every label map of a split (``label_map_path``) before training on them: a
     missing or corrupt PNG, a value that is no class id (nor 255), a size that is not its
     image's, is a PipelineError naming the file."""
-    label_dir = Path(label_dir)
     names = source.ids(split)
-    missing = [name for name in names if not (label_dir / f"{name}.png").is_file()]
+    if label_dir is None:
+        source.render_masks(names)  # COCO: from its annotations, once
+    missing = [name for name in names if not (label_map_path(source, label_dir, name) or Path()).is_file()]
+    if missing and label_dir is None:
+        raise PipelineError(f"{source.root}: no ground-truth mask for {len(missing)} of the {len(names)} images of "
+                            f"{split} (e.g. {missing[0]}); training on the ground truth needs one for every image")
     if missing:
         raise PipelineError(f"{label_dir}: no label PNG for {len(missing)} of the {len(names)} images of {split} "
                             f"(e.g. {missing[0]}.png)")
 
     def check(name):
-        path = label_dir / f"{name}.png"
+        path = label_map_path(source, label_dir, name)
         shape = read_label_png(path, source.num_classes).shape
         size = image_size(source.image_path(name))
         if shape != size:

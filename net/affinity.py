@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import STEM_CHANNELS, build_backbone, freeze, frozen_default, stage_channels, stage_outputs
+from net.backbone import (build_backbone, freeze, frozen_default, input_conv, stage_channels, stage_outputs,
+                          stage_strides, stem_channels)
 from net.parameters import layer_groups, psa_groups
 from net.precision import full_precision
 from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_with_boundary, random_walk
@@ -24,7 +25,7 @@ class AffinityNet(nn.Module):
         self.frozen_stages = 1 if self.frozen else 0  # the stem keeps its ImageNet weights
         if self.frozen:
             # as PSA: the first stage frozen, and every BatchNorm (statistics and affine)
-            freeze(self.backbone.conv1, *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
+            freeze(input_conv(self.backbone), *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
         self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
                                   for cin, cout in zip(stage_channels(backbone)[1:], (64, 128, 256)))
         self.fuse = nn.Conv2d(448, 448, 1, bias=False)
@@ -60,12 +61,15 @@ def embedding_affinity(features, radius=5):
     return torch.exp(-(source - target).abs().mean(dim=1))
 
 
-def edge_branch(width, upsample=1):
-    """One of IRN's per-stage edge branches: 1x1 conv to 32, GroupNorm(4, 32), the
-    bilinear upsampling of the deeper stages (before the ReLU, as published), ReLU."""
+def edge_branch(width, stride):
+    """One of IRN's per-stage edge branches for a stage at ``stride``: 1x1 conv to 32,
+    GroupNorm(4, 32), the resampling to stride 4 (before the ReLU, as published: bilinear
+    upsampling of the deeper stages, 2x2 average pooling of a stride-2 stem), ReLU."""
     layers = [nn.Conv2d(width, 32, 1, bias=False), nn.GroupNorm(4, 32)]
-    if upsample > 1:
-        layers.append(nn.Upsample(scale_factor=upsample, mode="bilinear", align_corners=False))
+    if stride > 4:
+        layers.append(nn.Upsample(scale_factor=stride // 4, mode="bilinear", align_corners=False))
+    elif stride < 4:
+        layers.append(nn.AvgPool2d(4 // stride, ceil_mode=True))
     return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
@@ -73,16 +77,14 @@ class BoundaryNet(nn.Module):
     """IRN's class-boundary branch: a stride-4 map B in [0, 1] from the five stages
     (stem, layer1..layer4) of a frozen backbone (SPEC 9)."""
 
-    upsampling = (1, 1, 2, 4, 4)  # stem, layer1 at stride 4; layer2 at 8; layer3, layer4 at 16
-
     frozen = True  # the whole backbone, always (IRN trains its boundary layers alone)
 
     def __init__(self, pretrained="imagenet", backbone="resnet50"):
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained)
         freeze(self.backbone)
-        self.branches = nn.ModuleList(edge_branch(width, up) for width, up in
-                                      zip((STEM_CHANNELS, *stage_channels(backbone)), self.upsampling))
+        self.branches = nn.ModuleList(edge_branch(width, stride) for width, stride in
+                                      zip((stem_channels(backbone), *stage_channels(backbone)), stage_strides(backbone)))
         self.head = nn.Conv2d(32 * len(self.branches), 1, 1, bias=True)
 
     def param_groups(self):
@@ -95,9 +97,9 @@ class BoundaryNet(nn.Module):
         return self
 
     def logits(self, images):
-        """Boundary logits [N, 1, h, w] at the stem's stride-4 size, before the sigmoid."""
+        """Boundary logits [N, 1, h, w] at the stride-4 size of ``x1``, before the sigmoid."""
         features = stage_outputs(self.backbone, images, detach_until=5)
-        h, w = features[0].shape[-2:]
+        h, w = features[1].shape[-2:]
         parts = [branch(x)[..., :h, :w] for branch, x in zip(self.branches, features)]
         return self.head(torch.cat(parts, dim=1))
 

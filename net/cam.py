@@ -4,12 +4,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from net.backbone import build_backbone, freeze, frozen_default, stage_channels, stage_outputs
+from net.backbone import build_backbone, freeze, frozen_default, stage_channels, stage_modules, stage_outputs
 from net.parameters import layer_groups
 from net.precision import full_precision
 from tools.cam_maps import ScaleMaps
 
-FROZEN_STAGES = 3  # stem, layer1, layer2: the published forward is detached after layer2 (SPEC 4)
+# stem, layer1, layer2 (EfficientNet-Lite: the stem and block groups 1-3, the same stride 8): the
+# published forward is detached after layer2 (SPEC 4)
+FROZEN_STAGES = 3
 
 
 class CAMNet(nn.Module):
@@ -29,7 +31,7 @@ class CAMNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
         self.frozen_stages = FROZEN_STAGES if self.frozen else 0
         if self.frozen_stages:
-            freeze(self.backbone.conv1, self.backbone.bn1, self.backbone.layer1, self.backbone.layer2)
+            freeze(*stage_modules(self.backbone)[:self.frozen_stages])
         self.classifier = nn.Conv2d(stage_channels(backbone)[-1], num_classes - 1, 1, bias=False)
 
     def new_layers(self):

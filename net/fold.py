@@ -13,9 +13,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 def _pairs(module):
     """(conv name, BatchNorm name) of the children of ``module`` where a BatchNorm follows a
-    convolution: torchvision's ``convK`` / ``bnK`` attributes, and consecutive children of
-    a Sequential (a ResNet's shortcut, DeepLab-v3's head)."""
+    convolution: torchvision's ``convK`` / ``bnK`` attributes, consecutive children of a
+    Sequential (a ResNet's shortcut, DeepLab-v3's head), and the pairs a module names in its
+    ``conv_bn_pairs`` (EfficientNet-Lite's)."""
     children = dict(module.named_children())
+    named = [(a, b) for a, b in getattr(module, "conv_bn_pairs", ())
+             if isinstance(children.get(a), nn.Conv2d) and isinstance(children.get(b), nn.BatchNorm2d)]
     pairs = [(name, "bn" + name[len("conv"):]) for name in children if name.startswith("conv")
              and isinstance(children[name], nn.Conv2d)
              and isinstance(children.get("bn" + name[len("conv"):]), nn.BatchNorm2d)]
@@ -23,7 +26,7 @@ def _pairs(module):
         names = list(children)
         pairs += [(a, b) for a, b in zip(names, names[1:])
                   if isinstance(children[a], nn.Conv2d) and isinstance(children[b], nn.BatchNorm2d)]
-    return pairs
+    return pairs + named
 
 
 def fold_batchnorm(model):

@@ -7,11 +7,8 @@ NNODES="${NNODES:-1}"
 TOY=0
 TOY_IMAGES=160
 TOY_IMAGE_SIZE=320
-TOY_CORPUS_IMAGES=6000
-# The toy run's stand-in for the ImageNet file of the torch hub cache: a ResNet-18 pretrained
-# on the generated corpus (data/corpus.py, pretrain.py), made once and reused by every toy run
-TOY_CACHE="${WSSS_TOY_CACHE:-${XDG_CACHE_HOME:-${HOME:-.}/.cache}/wsss/toy_backbone}"
-STAGE_NAMES=(pretrain train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
+FULLY_SUPERVISED=0
+STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
 DATA_ROOT_GIVEN=0
 OVERWRITE_FROM=""
 declare -A STAGE_ARGS=()       # a stage's extra flags, split into words at white space
@@ -21,12 +18,10 @@ driver_usage() {
     cat <<USAGE
 usage: $0 [options]
   --toy                 a VOC run in miniature on the embedded toy dataset (generated into WORK_DIR/toy_data)
-                        from a pretrained stand-in backbone, CPU sizes
+                        from EfficientNet-Lite0's ImageNet weights, CPU sizes
   --toy-images N        training images of the toy dataset, at least 5 (its val split has N/5)
                         (default: $TOY_IMAGES); a run directory keeps the toy settings it began with
   --toy-image-size PX   longest side of the toy images, at least 16 (default: $TOY_IMAGE_SIZE)
-  --toy-corpus-images N images of the corpus the toy backbone is pretrained on (default: $TOY_CORPUS_IMAGES);
-                        corpus and backbone are made once in \$WSSS_TOY_CACHE (here: $TOY_CACHE)
   --dataset D           $DATASET, or custom: a folder of JPEGImages/ and class_names.txt with labels.csv
                         (image,labels[,split]) or VOC-layout lists and XML (--data-root; its train split is
                         learned from, its val split scores stage 7; masks, where some images have them, score)
@@ -37,6 +32,9 @@ usage: $0 [options]
                         PSA's system end to end (default: $METHOD)
   --affinity A          irn, affinitynet (PSA) or none (the CRF labels of stage 4 are the pseudo-labels)
                         (default: $AFFINITY)
+  --fully-supervised    also train the segmentation network on the ground-truth masks of the training images
+                        (same recipe and budget, in WORK_DIR/fully_supervised): its rows read stage 7
+                        against the fully supervised network (every training image needs a mask)
   --gpus N              processes per machine for torchrun (default: 1: plain python)
   --nnodes N            machines; with --nnodes > 1 also set RDZV_ENDPOINT=host:port on every machine
   --STAGE "FLAGS"       extra flags for one stage, quoted, e.g. --train-cam "--amp --channels-last";
@@ -79,8 +77,9 @@ parse_driver_args() {
     while [ $# -gt 0 ]; do
         case "$1" in
             --toy) TOY=1; shift; continue ;;
+            --fully-supervised) FULLY_SUPERVISED=1; shift; continue ;;
             -h|--help) driver_usage; exit 0 ;;
-            --toy-images|--toy-image-size|--toy-corpus-images|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
+            --toy-images|--toy-image-size|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
             --overwrite-from) ;;
             --*) if [ -z "$(stage_of "$1")" ]; then
                      echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
@@ -91,7 +90,6 @@ parse_driver_args() {
         case "$1" in
             --toy-images) TOY_IMAGES="$2" ;;
             --toy-image-size) TOY_IMAGE_SIZE="$2" ;;
-            --toy-corpus-images) TOY_CORPUS_IMAGES="$2" ;;
             --dataset) DATASET="$2" ;;
             --data-root) DATA_ROOT="$2"; DATA_ROOT_GIVEN=1 ;;
             --work-dir) WORK_DIR="$2" ;;
@@ -108,10 +106,6 @@ parse_driver_args() {
     # the toy dataset's val split holds a fifth of its images: at least one
     need_int --toy-images "$TOY_IMAGES" 5
     need_int --toy-image-size "$TOY_IMAGE_SIZE" 16
-    need_int --toy-corpus-images "$TOY_CORPUS_IMAGES" 1
-    if [ "$TOY" = 0 ] && [ -n "${STAGE_ARGS[pretrain]:-}" ]; then
-        die "--pretrain sets the flags of the toy backbone's pretraining: it needs --toy"
-    fi
     need_int --gpus "$GPUS" 1
     need_int --nnodes "$NNODES" 1
     # the choices are the recipe table's (tools/recipes.py), as the stages' own flags are
@@ -128,23 +122,9 @@ parse_driver_args() {
     esac
 }
 
-# The toy backbone: the corpus and the ResNet-18 pretrained on it, made once in TOY_CACHE
-# (resumed when cut short, left as it is when made with the same flags) -> TOY_WEIGHTS.
-use_toy_backbone() {
-    mkdir -p "$TOY_CACHE"
-    if command -v flock > /dev/null; then  # another toy run making it now: wait for it, then reuse it
-        exec 9> "$TOY_CACHE/.lock"
-        flock 9
-    fi
-    python -m data.corpus --out "$TOY_CACHE/corpus" --num-images "$TOY_CORPUS_IMAGES"
-    train_stage pretrain.py pretrain "$TOY_CACHE" --dataset custom --data-root "$TOY_CACHE/corpus" --split train
-    TOY_WEIGHTS="$TOY_CACHE/ckpt/pretrain.pth"
-    exec 9>&-
-}
-
 # The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run): every stage takes
-# --recipe toy (tools/recipes.py: the published recipe at CPU sizes) and the training stages
-# start from the toy backbone.  The toy dataset is made once per run directory; data.toy
+# --recipe toy (tools/recipes.py: the published recipe at CPU sizes, EfficientNet-Lite0 with
+# the ImageNet weights of its registry package).  The toy dataset is made once per run directory; data.toy
 # refuses one made with other settings.
 use_toy_dataset() {
     DATASET=custom
@@ -157,10 +137,6 @@ use_toy_dataset() {
     local name
     for name in "${STAGE_NAMES[@]}"; do
         STAGE_ARGS[$name]="--recipe toy ${STAGE_ARGS[$name]:-}"
-    done
-    use_toy_backbone
-    for name in train_cam train_affinity train_seg; do
-        STAGE_PATH_ARGS[$name]=$'--pretrained\n'"$TOY_WEIGHTS"
     done
 }
 
@@ -261,23 +237,48 @@ run_pipeline() {
         "${evaluate[@]}" --label-dir "$WORK_DIR/pseudo_labels_crf" --tag "random walk + CRF"
     fi
 
-    # stage 7: the segmentation network on the pseudo-labels (255 ignored), scored on SEG_SPLIT
-    train_stage train_seg.py seg "$WORK_DIR" "${source[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
+    # stage 7: the segmentation network on the pseudo-labels (255 ignored), scored on SEG_SPLIT,
+    # and with --fully-supervised the same network on the ground truth, in a run directory of its own
+    local scored=1
     if [ "$DATASET" = custom ] && ! python -m data.sources --dataset custom --data-root "$DATA_ROOT" \
             --has-split "$SEG_SPLIT"; then
+        scored=0
+    fi
+    if [ "$FULLY_SUPERVISED" = 1 ]; then
+        local reference="$WORK_DIR/fully_supervised"
+        train_stage train_seg.py seg "$reference" "${source[@]}" --split "$CAM_SPLIT" --ground-truth
+        [ "$scored" = 0 ] || segment "$reference" "fully supervised"
+    fi
+    train_stage train_seg.py seg "$WORK_DIR" "${source[@]}" --split "$CAM_SPLIT" --label-dir "$pseudo_labels"
+    if [ "$scored" = 0 ]; then
         echo "== infer_seg: $DATA_ROOT lists no $SEG_SPLIT split; the segmentation network is trained, not scored"
     else
-        echo "== infer_seg"
-        extra infer_seg more
-        launch infer_seg.py "${data[@]}" --split "$SEG_SPLIT" --crf "${more[@]}"
-        "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation/$SEG_SPLIT" \
-            --tag "segmentation ($SEG_SPLIT)"
-        "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation_crf/$SEG_SPLIT" \
-            --tag "segmentation + CRF ($SEG_SPLIT)"
+        segment "$WORK_DIR" "segmentation"
     fi
     echo
     echo "== mIoU of every stage ($EVAL_SPLIT split; stage 7: $SEG_SPLIT), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"
+}
+
+# segment DIR NAME: stage 7's predictions of the network in run directory DIR on SEG_SPLIT, with
+# and without CRF, scored into the run's results as "NAME (split)"; the segmentation rows as a
+# share of the fully supervised ones when those were made.
+segment() {
+    local dir="$1" name="$2" more
+    echo "== infer_seg ($name)"
+    extra infer_seg more
+    launch infer_seg.py --dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$dir" --split "$SEG_SPLIT" --crf \
+        "${more[@]}"
+    extra eval_cam more
+    local evaluate=(python eval_cam.py --dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$WORK_DIR"
+                    "${more[@]}" --split "$SEG_SPLIT")
+    local share=() share_crf=()
+    if [ "$FULLY_SUPERVISED" = 1 ] && [ "$dir" = "$WORK_DIR" ]; then
+        share=(--share-of "fully supervised ($SEG_SPLIT)")
+        share_crf=(--share-of "fully supervised + CRF ($SEG_SPLIT)")
+    fi
+    "${evaluate[@]}" --label-dir "$dir/segmentation/$SEG_SPLIT" --tag "$name ($SEG_SPLIT)" "${share[@]}"
+    "${evaluate[@]}" --label-dir "$dir/segmentation_crf/$SEG_SPLIT" --tag "$name + CRF ($SEG_SPLIT)" "${share_crf[@]}"
 }
 
 # The drivers' main: options, toy settings, the run directory, every stage.  Each choice of

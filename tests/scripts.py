@@ -77,11 +77,9 @@ def assert_error(result, path, problem):
     assert "Traceback" not in result.stderr and "Logging error" not in result.stderr, result.stderr[-3000:]
 
 
-# A tiny toy run through a driver: 8 images of 64 px, a backbone pretrained on 8 corpus
-# images, one epoch or two steps a network; the CRFs and the scoring in this process (the
-# pools start interpreters: tests/test_workers.py)
-TINY = ["--toy-images", "8", "--toy-image-size", "64", "--toy-corpus-images", "8",
-        "--pretrain", "--epochs 1 --batch-size 4 --crop-size 48 --resize-long 40 56 --num-workers 0",
+# A tiny toy run through a driver: 8 images of 64 px, one epoch or two steps a network; the
+# CRFs and the scoring in this process (the pools start interpreters: tests/test_workers.py)
+TINY = ["--toy-images", "8", "--toy-image-size", "64",
         "--train-cam", "--epochs 1 --crop-size 64 --resize-long 48 64 --batch-size 4 --num-workers 0",
         "--make-cam", "--scales 1.0 --num-workers 0",
         "--eval-cam", "--score-workers 0",
@@ -94,10 +92,8 @@ TINY = ["--toy-images", "8", "--toy-image-size", "64", "--toy-corpus-images", "8
 
 def drive(script, work_dir, *args):
     """``bash SCRIPT --toy --work-dir WORK_DIR`` with TINY and ``args`` (this interpreter's
-    folder first on PATH, the toy backbone cached next to WORK_DIR); fails the test on a
-    non-zero exit, returns the stages' output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "WSSS_TOY_CACHE": str(Path(work_dir).parent / "toy_cache")}
+    folder first on PATH); fails the test on a non-zero exit, returns the stages' output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(REPO / script), "--toy", "--work-dir", str(work_dir), *TINY, *args],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -122,8 +122,7 @@ def drive_recorded(tmp_path, script, *args):
     (bin_dir / "python").write_text(FAKE_PYTHON.format(python=sys.executable))
     (bin_dir / "python").chmod(0o755)
     calls = tmp_path / "calls.jsonl"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DRIVER_CALLS": str(calls),
-           "WSSS_TOY_CACHE": str(tmp_path / "toy cache")}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DRIVER_CALLS": str(calls)}
     result = subprocess.run(["bash", str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=60)
     recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
@@ -142,9 +141,7 @@ def drive_recorded(tmp_path, script, *args):
     (["--method", "sipe2"], "--method must be sipe, ae_sipe or cam, not 'sipe2'"),
     (["--affinity", "psa"], "--affinity must be irn, affinitynet or none, not 'psa'"),
     (["--toy", "--affinity", "-x"], "--affinity must be irn, affinitynet or none, not '-x'"),
-    (["--toy", "--toy-corpus-images", "0"], "--toy-corpus-images must be an integer >= 1, not '0'"),
-    (["--pretrain", "--epochs 1"], "--pretrain sets the flags of the toy backbone's pretraining: it needs --toy"),
-    (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: pretrain train-cam make-cam eval-cam "
+    (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: train-cam make-cam eval-cam "
                                         "make-affinity-labels train-affinity make-seg-labels train-seg infer-seg"),
 ])
 def test_driver_argument_errors_are_one_line_before_anything_runs(tmp_path, args, message):
@@ -170,7 +167,7 @@ def test_overwrite_from_reaches_that_stage_and_every_later_one(tmp_path):
                                    "--overwrite-from", "make-affinity-labels")
     assert result.returncode == 0, result.stderr[-3000:]
     overwriting = {call[0]: "--overwrite" in call for call in calls if call[0].endswith(".py")}
-    assert overwriting == {"pretrain.py": False, "train_cam.py": False, "make_cam.py": False, "eval_cam.py": False,
+    assert overwriting == {"train_cam.py": False, "make_cam.py": False, "eval_cam.py": False,
                            "make_affinity_labels.py": True, "train_affinity.py": True, "make_seg_labels.py": True,
                            "train_seg.py": True, "infer_seg.py": True}
 
@@ -183,36 +180,25 @@ def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
                                    "--train-seg", "--pretrained none --iterations 2")
     assert result.returncode == 0, result.stderr[-3000:]
     scripts = [call[1] if call[0] == "-m" else call[0] for call in calls]
-    assert scripts == ["data.toy", "data.corpus", "pretrain.py", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
+    assert scripts == ["data.toy", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
                        "eval_cam.py", "train_affinity.py", "make_seg_labels.py", *["eval_cam.py"] * 2,
-                       "train_seg.py", "data.sources", "infer_seg.py", *["eval_cam.py"] * 2]
+                       "data.sources", "train_seg.py", "infer_seg.py", *["eval_cam.py"] * 2]
     assert calls[0][:4] == ["-m", "data.toy", "--out", f"{work}/toy_data"]
-    cache = tmp_path / "toy cache"
-    assert calls[1][:4] == ["-m", "data.corpus", "--out", f"{cache}/corpus"]
-    weights = f"{cache}/ckpt/pretrain.pth"
-    for call in calls[2:]:
-        # every path is one word: nothing of the temporary folder but whole paths in the run
-        # directory and the toy backbone
-        assert all(arg.startswith((str(work), str(cache))) for arg in call if str(tmp_path) in arg), call
-        if call[0] == "pretrain.py":
-            assert call[call.index("--work-dir") + 1] == str(cache)
-            assert call[call.index("--data-root") + 1] == f"{cache}/corpus"
-            continue
+    for call in calls[1:]:
+        # every path is one word: nothing of the temporary folder but whole paths in the run directory
+        assert all(arg.startswith(str(work)) for arg in call if str(tmp_path) in arg), call
         if call[0] != "-m":
             assert call[call.index("--work-dir") + 1] == str(work)
         if call[0] != "-m" or call[1] == "data.sources":  # it asks whether the dataset lists val
             assert call[call.index("--data-root") + 1] == f"{work}/toy_data"
     # every stage takes the toy recipe of tools/recipes.py; the driver holds no recipe of its own
-    stage_calls = [call for call in calls[2:] if call[0] != "-m"]
+    stage_calls = [call for call in calls[1:] if call[0] != "-m"]
     assert all(call[call.index("--recipe") + 1] == "toy" for call in stage_calls)
     assert not [arg for call in stage_calls for arg in call
                 if arg in ("--epochs", "--crop-size", "--batch-size", "--backbone", "--lr", "--scales")]
     flags = dict(zip(scripts, calls))
-    affinity = flags["train_affinity.py"]
-    assert affinity[affinity.index("--pretrained") + 1] == weights
     seg = flags["train_seg.py"]
-    pretrained = [seg[i + 1] for i, arg in enumerate(seg) if arg == "--pretrained"]
-    assert pretrained == [weights, "none"]  # the driver's flags come after the toy recipe's
+    assert seg[seg.index("--pretrained") + 1] == "none"  # the driver's flags reach the stage
     assert seg[seg.index("--label-dir") + 1] == f"{work}/pseudo_labels"
 
 
@@ -225,3 +211,29 @@ def test_a_data_root_with_spaces_reaches_every_stage_whole(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(calls) == 16 and all(call[call.index("--data-root") + 1] == str(data) for call in calls)
     assert calls[0][0] == "train_cam.py" and calls[0][-4:] == ["--epochs", "1", "--lr", "0.1"]
+
+
+def test_fully_supervised_trains_the_same_network_on_the_ground_truth_and_reads_stage_7_against_it(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "results.md").write_text("\n")
+    result, calls = drive_recorded(tmp_path, "run_voc.sh", "--toy", "--work-dir", str(work), "--fully-supervised",
+                                   "--train-seg", "--iterations 3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    seg_calls = [call for call in calls if call[0] in ("train_seg.py", "infer_seg.py")]
+    reference = f"{work}/fully_supervised"
+    assert [(call[0], call[call.index("--work-dir") + 1]) for call in seg_calls] == [
+        ("train_seg.py", reference), ("infer_seg.py", reference), ("train_seg.py", str(work)),
+        ("infer_seg.py", str(work))]
+    truth, pseudo = seg_calls[0], seg_calls[2]
+    # the same recipe and budget: the two differ only in their labels and run directory
+    assert "--ground-truth" in truth and "--label-dir" not in truth
+    assert [a for a in truth if a not in ("--ground-truth", reference)] == \
+        [a for a in pseudo if a not in ("--label-dir", f"{work}/pseudo_labels", str(work))]
+    rows = [(call[call.index("--tag") + 1], call[call.index("--share-of") + 1] if "--share-of" in call else None)
+            for call in calls if call[0] == "eval_cam.py" and "val" in call[call.index("--tag") + 1]]
+    assert rows == [("fully supervised (val)", None), ("fully supervised + CRF (val)", None),
+                    ("segmentation (val)", "fully supervised (val)"),
+                    ("segmentation + CRF (val)", "fully supervised + CRF (val)")]
+    scored = [call for call in calls if call[0] == "eval_cam.py" and "--share-of" in call]
+    assert all(call[call.index("--work-dir") + 1] == str(work) for call in scored)

@@ -26,7 +26,7 @@ def test_every_stage_takes_every_setting_of_each_recipe(stage, name):
 
 def test_the_toy_lays_cpu_sizes_over_the_chosen_method():
     psa = parse("train_cam", "--recipe", "toy", "--method", "cam")
-    assert (psa["epochs"], psa["crop_size"], psa["backbone"], psa["device"]) == (8, 256, "resnet18", "cpu")
+    assert (psa["epochs"], psa["crop_size"], psa["backbone"], psa["device"]) == (8, 256, "efficientnet_lite0", "cpu")
     # what the toy does not name stays PSA's published value, not SIPE's
     assert (psa["weight_decay"], psa["clip_grad"], psa["color_jitter"]) == (5e-4, 0.0, recipes.PSA_JITTER)
     sipe = parse("train_cam")
@@ -70,7 +70,7 @@ def test_help_shows_the_chosen_recipe(capsys):
         parse("train_affinity", "--recipe", "toy", "--arch", "affinitynet", "--help")
     shown = capsys.readouterr().out
     assert "--recipe toy --arch affinitynet" in shown
-    assert "(default: resnet18)" in shown and "(default: 5)" in shown  # the toy's backbone and epochs
+    assert "(default: efficientnet_lite0)" in shown and "(default: 5)" in shown  # the toy's backbone and epochs
 
 
 @pytest.mark.parametrize("stage", sorted(recipes.CHOOSERS))

@@ -43,6 +43,14 @@ def update_results(work_dir, tag, entry):
     return results
 
 
+def share_of(work_dir, tag, miou):
+    """``miou`` as a percentage of the mIoU of the row ``tag`` of the run's results, as a note."""
+    reference = load_results(work_dir).get(tag, {}).get("miou")
+    if not reference:
+        raise PipelineError(f"{Path(work_dir) / 'results.json'}: no scored row {tag!r} to give a share of")
+    return f"{100 * miou / reference:.1f} % of {tag}"
+
+
 def markdown(results):
     """The ladder (one row per evaluated map or label set, with the checkpoints that made
     it) and the per-class IoU table."""
