@@ -1,4 +1,4 @@
-"""The classification corpus that stands in for ImageNet in the toy run (README, Toy run).
+"""The classification corpus that stands in for ImageNet in the toy run (docs/toy.md).
 
 A real run starts from ImageNet weights: features learned from far more classes than the
 target dataset has, on other images, classes that differ mostly in their textures and

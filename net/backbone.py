@@ -1,4 +1,4 @@
-"""torchvision ResNet backbones at output stride 16 (SPEC 4) or 8 (SPEC 13).
+"""torchvision ResNet backbones at output stride 16 (docs/method.md §4) or 8 (docs/method.md §13).
 
 The network is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
 parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
@@ -37,7 +37,7 @@ def stage_channels(backbone):
 
 class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm that always normalises with its running statistics and never updates
-    them, in training too; its affine parameters still train (SPEC 4)."""
+    them, in training too; its affine parameters still train (docs/method.md §4)."""
 
     def forward(self, x):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
@@ -80,7 +80,7 @@ def backbone_state(state, path):
     pipeline's checkpoints (``{"model": {"backbone.*": ...}}``).
 
     Weights of a segmentation network (this pipeline's stage 7, or torchvision's, trained
-    with pixel labels) are refused: the pipeline is weakly supervised (SPEC 13).
+    with pixel labels) are refused: the pipeline is weakly supervised (docs/method.md §13).
     """
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         if state.get("kind") == "seg":
@@ -106,11 +106,11 @@ def frozen_default(frozen, pretrained):
 def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16, frozen_statistics=None):
     """torchvision's ResNet without classification head at ``output_stride``: 16 is
     ``layer4`` at stride 1 without dilation (strides 2, 2, 2, 1 as the published SIPE and
-    IRN, SPEC 4); 8 is torchvision's dilation of ``layer3`` and ``layer4`` (2 and 4, the
-    DeepLab backbone of SPEC 13).
+    IRN, docs/method.md §4); 8 is torchvision's dilation of ``layer3`` and ``layer4`` (2 and 4, the
+    DeepLab backbone of docs/method.md §13).
 
     ``pretrained`` names the initial weights only (``none``: random).  With
-    ``frozen_statistics`` BatchNorm keeps its statistics, the loaded ones (SPEC 4); without,
+    ``frozen_statistics`` BatchNorm keeps its statistics, the loaded ones (docs/method.md §4); without,
     it trains normally; None: kept with weights, trained without (``frozen_default``).
     """
     if backbone not in ARCHITECTURES:

@@ -142,7 +142,7 @@ use_toy_backbone() {
     exec 9>&-
 }
 
-# The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run): every stage takes
+# The toy run: a VOC run in miniature on a 2-core CPU (docs/toy.md): every stage takes
 # --recipe toy (tools/recipes.py: the published recipe at CPU sizes) and the training stages
 # start from the toy backbone.  The toy dataset is made once per run directory; data.toy
 # refuses one made with other settings.
@@ -275,6 +275,8 @@ run_pipeline() {
         "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$WORK_DIR/segmentation_crf/$SEG_SPLIT" \
             --tag "segmentation + CRF ($SEG_SPLIT)"
     fi
+    echo "== ladder figure"
+    python ladder_figure.py "${source[@]}" --work-dir "$WORK_DIR" --split "$CAM_SPLIT" --seg-split "$SEG_SPLIT"
     echo
     echo "== mIoU of every stage ($EVAL_SPLIT split; stage 7: $SEG_SPLIT), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"

@@ -1,5 +1,5 @@
 """resnet18 / resnet34 (basic blocks) in every network, the pretraining corpus and its
-classifier (the toy run's stand-in for ImageNet, README Toy run)."""
+classifier (the toy run's stand-in for ImageNet, docs/toy.md)."""
 import json
 
 import numpy as np
