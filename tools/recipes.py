@@ -86,7 +86,7 @@ TOY = {
 # The affinity networks' lr on the toy grows with the steps it cuts, as stage 7's does (20,000
 # -> 80 steps, lr x 10): IRN's new boundary layers, alone on the frozen backbone, get 200 steps
 # for VOC's 990 (train_aug, batch 32, 3 epochs) at lr 0.3, AffinityNet 100 for VOC's 10,582
-# (batch 8, 8 epochs) at lr 1.0; each measured in docs/toy.md
+# (batch 8, 8 epochs) at lr 1.0; chosen on the toy of the earlier stand-in backbone (CHANGELOG.md)
 TOY_CHOICES = {"train_affinity": {"irn": {"epochs": 10, "lr": 0.3}, "affinitynet": {"lr": 1.0}}}
 
 FROM_INPUTS = {
