@@ -50,6 +50,15 @@ def parse_args(argv=None):
     return args
 
 
+def background_settings(args, first_name):
+    """The background settings to score (tools/scoring.py); a CAM's ``--bg-scale`` not given
+    comes from the method its files record, and is saved with the flags."""
+    if args.bg_scale is None and not (args.label_dir or args.sweep or args.threshold is not None):
+        args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{first_name}.npy", args.map)
+        stage.save_flags(args, "eval_cam")
+    return scoring.backgrounds(args.sweep, args.threshold, args.bg_scale)
+
+
 def score(names, source, args, settings, made_by):
     """The confusion matrices of every image summed, one per background setting, and the
     number of evaluated ground-truth pixels."""
@@ -79,16 +88,14 @@ def main(argv=None):
                                            **facts})
             print(f"{tag}: not scored (no image of the {len(listed)} of {args.split} has a ground-truth mask)")
             return
-        if args.bg_scale is None and not (args.label_dir or args.sweep or args.threshold is not None):
-            args.bg_scale = method_default("bg_scale", Path(args.cam_dir) / f"{names[0]}.npy", args.map)
-            stage.save_flags(args, "eval_cam")
-        settings = scoring.backgrounds(args.sweep, args.threshold, args.bg_scale)
+        settings = background_settings(args, names[0])
         totals, evaluated = score(names, source, args, settings, made_by)
         entry = {**scoring.best_entry(totals, evaluated, settings, source.class_names, args), **facts}
         if len(names) < len(listed):
             entry["note"] += f"; {len(names)} of {len(listed)} images have masks"
         update_results(work_dir, tag, entry)
         print(scoring.describe(tag, entry, source.class_names))
+
 
 if __name__ == "__main__":
     stage.run_stage(main)

@@ -71,7 +71,7 @@ def shown_flags(script, words):
     gives the flags of its string as the stage script's."""
     words = iter(words)
     for word in words:
-        if not word.startswith("--"):
+        if not word.startswith("--") or word == "--help":  # every script has --help
             continue
         stage = word[2:].replace("-", "_") + ".py"
         if script in DRIVERS and stage in STAGES:
