@@ -1,4 +1,4 @@
-"""Stage 7: multi-scale + flip inference of the segmentation network (SPEC 13), optionally
+"""Stage 7: multi-scale + flip inference of the segmentation network (docs/method.md §13), optionally
 refined by the dense CRF -> segmentation/<split>/<name>.png (and segmentation_crf/<split>/);
 ``--split test`` also fills the VOC evaluation server's folder."""
 import functools
@@ -25,7 +25,7 @@ def parse_args(argv=None):
     stage.add_dataset_args(parser, split_default="val")
     stage.add_runtime_args(parser)
     parser.add_argument("--checkpoint", help="segmentation network (default: WORK_DIR/ckpt/seg.pth)")
-    parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (SPEC 13)")
+    parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (docs/method.md §13)")
     parser.add_argument("--crf", action="store_true",
                         help="also write CRF-refined predictions to segmentation_crf/<split>/")
     parser.add_argument("--crf-workers", type=flags.non_negative_int, default=dist.cpus_per_process(),

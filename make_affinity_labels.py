@@ -1,5 +1,5 @@
 """Stage 4: confident foreground / background / unsure labels from the CAMs by dense CRF
--> affinity_labels/<name>.png (SPEC 2, 8)."""
+-> affinity_labels/<name>.png (docs/method.md §2, §8)."""
 import functools
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Stage 2: multi-scale + flip inference of the classifier -> cam/<name>.npy (SPEC 2, 5.9, 5.10)."""
+"""Stage 2: multi-scale + flip inference of the classifier -> cam/<name>.npy (docs/method.md §2, §5.9, §5.10)."""
 import functools
 from pathlib import Path
 
@@ -24,7 +24,7 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth)")
     parser.add_argument("--out-dir", help="where the CAM files go (default: WORK_DIR/cam)")
-    parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (SPEC 5.9)")
+    parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (docs/method.md §5.9)")
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
                         help="write heat-map pictures (background, then each class) of the first N images to vis/cam/")
     parser.add_argument("--all-maps", action="store_true",
@@ -68,7 +68,7 @@ def main(argv=None):
         if args.write_workers is None:
             args.write_workers = dist.cpus_per_process() if info.device.type == "cuda" else 0
             stage.save_flags(args, "make_cam", info.is_main)
-        # compressing and writing the maps takes 3-7 ms an image (README, CAM files): beside the network on a GPU
+        # compressing and writing the maps takes 3-7 ms an image (docs/cam-files.md): beside the network on a GPU
         with WorkerPool(args.write_workers if todo else 0, "CAM writing", writes_to=[out_dir]) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]

@@ -1,5 +1,5 @@
-"""Stage 6: random walk of the CAMs over the learned affinities (SPEC 10), optionally
-refined by the dense CRF (SPEC 8) -> pseudo_labels/<name>.png (and pseudo_labels_crf/)."""
+"""Stage 6: random walk of the CAMs over the learned affinities (docs/method.md §10), optionally
+refined by the dense CRF (docs/method.md §8) -> pseudo_labels/<name>.png (and pseudo_labels_crf/)."""
 import functools
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def parse_args(argv=None):
 
 
 def walk(model, checkpoint, image, cam, beta, args):
-    """The random walk's label indices [H, W] of one image from its CAM [K, H, W] (SPEC 10).
+    """The random walk's label indices [H, W] of one image from its CAM [K, H, W] (docs/method.md §10).
     IRN's image is padded to the crop size its network trained at (512 as published)."""
     pixels = normalize(image)[None].to(cam.device)
     with torch.no_grad(), stage.autocast(cam.device, args.amp):

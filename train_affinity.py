@@ -1,4 +1,4 @@
-"""Stage 5: train AffinityNet (PSA) or IRN's boundary network on affinity labels (SPEC 9)
+"""Stage 5: train AffinityNet (PSA) or IRN's boundary network on affinity labels (docs/method.md §9)
 -> ckpt/affinity.pth."""
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from tools import flags
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
 
-# How the label maps reach the network's output size: PIL's nearest for IRN (SPEC 9).
+# How the label maps reach the network's output size: PIL's nearest for IRN (docs/method.md §9).
 LABEL_RESIZE = {"affinitynet": "nearest", "irn": "nearest-exact"}
 
 
@@ -27,8 +27,8 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
     parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
-    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (SPEC 4)")
-    parser.add_argument("--radius", type=flags.radius, help="training pairs within this radius (SPEC 9)")
+    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (docs/method.md §4)")
+    parser.add_argument("--radius", type=flags.radius, help="training pairs within this radius (docs/method.md §9)")
     parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
                         action=flags.OrderedPair,
                         help="rescale the image by a factor in this range (IRN's augmentation; "
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     stage.recipe_defaults(parser, argv, "train_affinity")
     args = parser.parse_args(argv)
     if args.arch == "irn" and not args.frozen:
-        parser.error("--no-frozen: IRN trains its boundary layers on a frozen backbone (SPEC 9); it has no other form")
+        parser.error("--no-frozen: IRN trains its boundary layers on a frozen backbone (docs/method.md §9); it has no other form")
     if args.arch == "affinitynet":
         check_frozen(parser, args)
     return args
@@ -47,7 +47,7 @@ def parse_args(argv=None):
 
 def pair_losses(radius, label_resize="nearest"):
     """The loss function of one batch: network output -> pair affinities against the pair
-    labels of the label maps resized (``label_resize``) to the output size (SPEC 9)."""
+    labels of the label maps resized (``label_resize``) to the output size (docs/method.md §9)."""
     def losses(model, batch):
         output = model(batch["image"])
         affinity = unwrap(model).affinity_of(output, radius)
@@ -76,7 +76,7 @@ def main(argv=None):
                                    color_jitter=args.color_jitter)
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_affinity_net(args.arch, args.pretrained, args.backbone, args.frozen).to(info.device)
-        # SGD over the network's groups (PSA: four, SPEC 9; IRN: the boundary layers), poly decay
+        # SGD over the network's groups (PSA: four, docs/method.md §9; IRN: the boundary layers), poly decay
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,

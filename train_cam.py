@@ -1,4 +1,4 @@
-"""Stage 1: train the classifier: SIPE, AE-SIPE or PSA's plain CAM (SPEC 5, 5.10, 6) -> ckpt/cam.pth."""
+"""Stage 1: train the classifier: SIPE, AE-SIPE or PSA's plain CAM (docs/method.md §5, §5.10, §6) -> ckpt/cam.pth."""
 from data.datasets import ClassificationDataset
 from data.sources import build_source
 from data.transforms import TrainTransform
@@ -16,9 +16,9 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--method", choices=METHODS, default="sipe",
                         help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
-    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (SPEC 4)")
+    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (docs/method.md §4)")
     parser.add_argument("--seed-bg-scale", type=flags.positive_float, default=0.5,
-                        help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (SPEC 5.4); "
+                        help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (docs/method.md §5.4); "
                              "it travels in the checkpoint to make_cam")
     add_training_args(parser)
     add_frozen_arg(parser)
@@ -38,7 +38,7 @@ def main(argv=None):
         dataset = ClassificationDataset(source, args.split, transform, seed=args.seed)
         model = build_classifier(source.num_classes, args.method, args.pretrained, args.backbone,
                                  args.seed_bg_scale, args.frozen).to(info.device)
-        # SGD: the backbone at --lr, the new layers at --lr x --new-layer-lr-mult; poly decay (SPEC 5.8)
+        # SGD: the backbone at --lr, the new layers at --lr x --new-layer-lr-mult; poly decay (docs/method.md §5.8)
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, epoch_steps(dataset, args.batch_size, args.epochs))
         meta = {"kind": "cam", "method": args.method, "backbone": args.backbone, "num_classes": source.num_classes,

@@ -1,4 +1,4 @@
-"""Stage 7: train the segmentation network (DeepLab-v2 or -v3, SPEC 13) on the pseudo-labels
+"""Stage 7: train the segmentation network (DeepLab-v2 or -v3, docs/method.md §13) on the pseudo-labels
 -> ckpt/seg.pth; with --ground-truth on the dataset's masks, the fully supervised reference."""
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def main(argv=None):
         dataset = LabelMapDataset(source, args.split, label_dir, transform, seed=args.seed)
         model = build_segmentation_net(args.arch, source.num_classes, args.backbone, args.pretrained,
                                        args.frozen).to(info.device)
-        # SGD with momentum, the head at 10x; poly decay over --iterations (SPEC 13)
+        # SGD with momentum, the head at 10x; poly decay over --iterations (docs/method.md §13)
         optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
         schedule = PolySchedule(optimizer, args.iterations)
         meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes,

@@ -1,4 +1,4 @@
-"""The SPEC definitions written literally, as baselines for the benchmarks and references
+"""The method's definitions (docs/method.md) written literally, as baselines for the benchmarks and references
 for the tests."""
 import numpy as np
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 
 def broadcast_structure_seeds(cam, feature, valid, bg_scale=0.5):
-    """SPEC 5.4 with the HW x HW x C broadcast the published code uses."""
+    """docs/method.md §5.4 with the HW x HW x C broadcast the published code uses."""
     n, c, h, w = cam.shape
     f = feature.flatten(2)
     f = f / (f.norm(dim=1, keepdim=True) + 1e-5)
@@ -47,7 +47,7 @@ def _grouped_neighbours(x, dilation, difference=False):
 
 
 def grouped_conv_pamr(image, mask, num_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
-    """SPEC 6.2 the way the published PAMR computes it: one grouped convolution per
+    """docs/method.md §6.2 the way the published PAMR computes it: one grouped convolution per
     dilation, the [N, 3, 54, H, W] window stack of the image for the standard deviation,
     and per iteration the [N, C, 48, H, W] neighbour stack of the mask."""
     mask = F.interpolate(mask, image.shape[-2:], mode="bilinear", align_corners=True)
@@ -63,7 +63,7 @@ def grouped_conv_pamr(image, mask, num_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
 
 
 def loop_confusion_matrix(preds, gts, num_classes):
-    """SPEC 7 directly: per image, per (ground truth, prediction) class pair, the count of
+    """docs/method.md §7 directly: per image, per (ground truth, prediction) class pair, the count of
     pixels holding both; ground truth 255 (ignored) is no class, so it is never counted."""
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
     for pred, gt in zip(preds, gts, strict=True):

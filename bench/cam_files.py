@@ -1,4 +1,4 @@
-"""CAM file size and speed (tools/cam_files.py, SPEC 2): bytes per class channel and pixel of a
+"""CAM file size and speed (tools/cam_files.py, docs/method.md §2): bytes per class channel and pixel of a
 ``--all-maps`` file (three maps) at VOC and COCO image sizes, as make_cam writes it (each
 scale's map, fused on load), as the same maps fused and stored at the image size (uint8,
 row differences, bzip2: what make_cam wrote before) and as format 1 (float16), with the time

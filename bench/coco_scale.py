@@ -1,4 +1,4 @@
-"""COCO train at full size, on a generated annotation file (issue 21): time and peak memory
+"""COCO train at full size, on a generated annotation file: time and peak memory
 to load it, to list every image's labels, and to render the semantic masks (per image,
 projected to the split, with the memory of each pool worker).
 

@@ -1,4 +1,4 @@
-"""Confusion matrix (SPEC 7): one ``bincount`` per image against a loop over class pairs.
+"""Confusion matrix (docs/method.md §7): one ``bincount`` per image against a loop over class pairs.
 
 ``python -m bench.confusion`` prints time and peak extra memory of
 ``bench.baselines.loop_confusion_matrix`` and ``tools.metrics.confusion_matrix`` over

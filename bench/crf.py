@@ -1,4 +1,4 @@
-"""CRF affinity labels (SPEC 8): throughput against the number of worker processes.
+"""CRF affinity labels (docs/method.md §8): throughput against the number of worker processes.
 
 ``python -m bench.crf`` runs ``tools.confident_labels.confident_labels`` (two label CRFs
 per image, ``tools.crf.crf_labels``) over 40 synthetic images of half VOC size

@@ -1,4 +1,4 @@
-"""Training-data loading (SPEC 3): images per second against the number of worker processes.
+"""Training-data loading (docs/method.md §3): images per second against the number of worker processes.
 
 ``python -m bench.loading`` writes 32 toy images of VOC size (each side 375 to 500 px,
 JPEG) and reads them, 192 samples in batches of 16, through train_cam's own dataset

@@ -1,4 +1,4 @@
-"""PAMR (SPEC 6.2): shifted views (ours) against one grouped convolution per dilation.
+"""PAMR (docs/method.md §6.2): shifted views (ours) against one grouped convolution per dilation.
 
 ``python -m bench.pamr`` prints time and peak extra memory of ``net.pamr.PAMR`` and of
 ``bench.baselines.grouped_conv_pamr`` (the published form, which builds the

@@ -12,7 +12,7 @@ those of a finished run (``--run-dir``, e.g. the toy run's, with its dataset), o
 torchvision's with random weights and BatchNorm statistics of their own activations
 (``bench.pipeline.weights_file``) on generated VOC-size images; random networks give
 near-uniform maps whose argmax flips at any rounding, so only a trained run says how
-far a precision moves the outputs.  Targets of the GPU issue: agreement >= 99.9 %,
+far a precision moves the outputs.  Targets: agreement >= 99.9 %,
 difference <= 1e-2.
 """
 import argparse

@@ -1,4 +1,4 @@
-"""Random walk: sparse products (ours) against the dense matrix power (SPEC 10).
+"""Random walk: sparse products (ours) against the dense matrix power (docs/method.md §10).
 
 ``python -m bench.random_walk`` prints one row per case: the dense ``N x N`` formulation
 of the original code (``T`` squared ``log2 t`` times, then ``v T^t``) and

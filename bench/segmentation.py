@@ -1,4 +1,4 @@
-"""Images per second of the segmentation network of stage 7 (SPEC 13), fp32 against AMP.
+"""Images per second of the segmentation network of stage 7 (docs/method.md §13), fp32 against AMP.
 
 ``python -m bench.segmentation`` times train_seg's training step through the training
 loop's own step (DeepLab-v2 and -v3 on ResNet-101 at output stride 8, crops of 321, batch

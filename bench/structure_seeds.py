@@ -1,4 +1,4 @@
-"""Structure seeds (SPEC 5.4): matrix products against the broadcast form.
+"""Structure seeds (docs/method.md §5.4): matrix products against the broadcast form.
 
 ``python -m bench.structure_seeds`` prints time and peak extra memory of both forms at
 batch 8, 21 classes, 32x32 maps and 768-channel features, on the CPU and on the GPU

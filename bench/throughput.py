@@ -1,4 +1,4 @@
-"""Images per second of the classifier (SPEC 5, 6) at VOC sizes, fp32 against AMP.
+"""Images per second of the classifier (docs/method.md §5, §6) at VOC sizes, fp32 against AMP.
 
 ``python -m bench.throughput`` times training steps of train_cam (SIPE and AE-SIPE: batch
 16 of 512x512 crops on a GPU, 2 on the CPU) through the training loop's own step, and

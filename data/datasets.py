@@ -1,4 +1,4 @@
-"""The torch datasets of the stages (SPEC 3): training images with their class labels or
+"""The torch datasets of the stages (docs/method.md §3): training images with their class labels or
 label maps, augmented reproducibly, and full-size images for inference.  They read
 through a source (data/sources.py)."""
 from pathlib import Path
@@ -41,7 +41,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
 
 class ClassificationDataset(AugmentedDataset):
-    """Training images with multi-hot labels (SPEC 3, 5.8)."""
+    """Training images with multi-hot labels (docs/method.md §3, §5.8)."""
 
     def __getitem__(self, index):
         image_id = self.ids[index]
@@ -53,7 +53,7 @@ class ClassificationDataset(AugmentedDataset):
 class LabelMapDataset(AugmentedDataset):
     """Training images with a label map each, ``label_dir/<id>.png`` (0 background, class
     ids, 255 unsure or ignored), both augmented together: the affinity labels of stage 5
-    (SPEC 9) or the pseudo-labels of stage 7 (SPEC 13); ``label_dir`` None: the dataset's
+    (docs/method.md §9) or the pseudo-labels of stage 7 (docs/method.md §13); ``label_dir`` None: the dataset's
     ground-truth masks (stage 7's fully supervised reference)."""
 
     def __init__(self, source, split, label_dir, transform, seed=0):
@@ -77,7 +77,7 @@ def single(batch):
 
 
 class InferenceDataset(torch.utils.data.Dataset):
-    """Full-size images with their class keys ``[0] + labels`` (SPEC 2, 5.9).
+    """Full-size images with their class keys ``[0] + labels`` (docs/method.md §2, §5.9).
 
     With ``scales``, each item also holds ``scaled``: the image at each scale of
     inference (``data.transforms.scaled_images``), so that the PIL resizing runs in the
@@ -104,8 +104,8 @@ class InferenceDataset(torch.utils.data.Dataset):
 
 
 class CamDataset(torch.utils.data.Dataset):
-    """Full-size images with one map of their CAM files (SPEC 2), for the random walk
-    (SPEC 10): the CAM files' decoding runs in the loader's workers, beside the network.
+    """Full-size images with one map of their CAM files (docs/method.md §2), for the random walk
+    (docs/method.md §10): the CAM files' decoding runs in the loader's workers, beside the network.
     Items: name, image, keys and the map [K, H, W] (``tools.cam_files.load_cam``'s checks: the
     file's size, classes and ``made_by`` record)."""
 

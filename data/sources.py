@@ -1,4 +1,4 @@
-"""Dataset sources (VOC 2012, COCO 2014, custom VOC-layout folders) on disk (SPEC 3).
+"""Dataset sources (VOC 2012, COCO 2014, custom VOC-layout folders) on disk (docs/method.md §3).
 
 A *source* describes a dataset on disk: its split lists, image and mask files and the
 image-level class labels.  Class id 0 is background; foreground classes are 1..C-1.
@@ -85,7 +85,7 @@ def check_class_count(path, count):
 
 
 def read_class_names(path):
-    """Class names of a class name file: one a line, line 0 background (SPEC 3)."""
+    """Class names of a class name file: one a line, line 0 background (docs/method.md §3)."""
     if not path.is_file():
         raise PipelineError(f"{path}: class name file not found (one name a line, line 0 = background)")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -139,7 +139,7 @@ def describe_files(paths):
 
 
 class Source(abc.ABC):
-    """A dataset on disk (SPEC 3).  Subclasses set ``name``, ``root`` and ``class_names``."""
+    """A dataset on disk (docs/method.md §3).  Subclasses set ``name``, ``root`` and ``class_names``."""
 
     name = "source"
 
@@ -265,7 +265,7 @@ class VOCLayoutSource(Source):
 
 
 class CustomSource(VOCLayoutSource):
-    """Any folder of JPEGImages/ plus a class name file (SPEC 3); the toy dataset is one.
+    """Any folder of JPEGImages/ plus a class name file (docs/method.md §3); the toy dataset is one.
 
     ``class_names_file`` (default ``root/class_names.txt``) has one name a line, line 0
     background.  Image-level labels come from ``labels.csv`` at the root where it names
@@ -312,7 +312,7 @@ class CustomSource(VOCLayoutSource):
 
 
 class VOCSource(VOCLayoutSource):
-    """PASCAL VOC 2012 (SPEC 3); ``root`` is VOCdevkit/VOC2012 or the VOCdevkit folder.
+    """PASCAL VOC 2012 (docs/method.md §3); ``root`` is VOCdevkit/VOC2012 or the VOCdevkit folder.
 
     ``train_aug`` = (ids of SegmentationClassAug | train) - val, in sorted order; other
     splits are the lists in ImageSets/Segmentation.  Masks come from SegmentationClass,
@@ -349,7 +349,7 @@ class VOCSource(VOCLayoutSource):
 
 
 class COCOSource(Source):
-    """MS COCO 2014 (SPEC 3): ``root`` holds train2014/, val2014/ and annotations/.
+    """MS COCO 2014 (docs/method.md §3): ``root`` holds train2014/, val2014/ and annotations/.
 
     The categories map to contiguous ids 1..K in ascending category-id order.  A split holds
     the images with at least one non-crowd annotation; labels are the classes of those
@@ -489,7 +489,7 @@ class COCOSource(Source):
 
 
 def coco_semantic_mask(height, width, annotations, class_of_category, crowd_mode):
-    """Semantic uint8 mask of one COCO image (SPEC 3): the non-crowd instances painted in
+    """Semantic uint8 mask of one COCO image (docs/method.md §3): the non-crowd instances painted in
     annotation order (a later one over an earlier one), crowd regions 0, or 255 where no
     instance covers them with ``crowd_mode`` "ignore".  Polygons and RLEs are decoded by
     pycocotools, as its ``COCO.annToMask`` does."""

@@ -1,4 +1,4 @@
-"""The embedded toy dataset: a deterministic generator of a small VOC-layout dataset (SPEC 3).
+"""The embedded toy dataset: a deterministic generator of a small VOC-layout dataset (docs/method.md §3).
 
 Four foreground classes, each with its own shape, colour family and texture:
 
@@ -21,7 +21,7 @@ images of that side).  Masks mark a one-pixel band on the inside of every object
 
 ``style="part"``, ``"instance"``, ``"body"``, ``"hint"`` and ``"fade"`` paint objects with a discriminative part
 instead (``paint_object``), like a VOC object whose head the classifier learns from and whose
-body it does not need (README, Toy run); ``extent`` sets the range of object sizes.
+body it does not need (docs/toy.md); ``extent`` sets the range of object sizes.
 
 Usage: ``python -m data.toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size PX]
 [--style whole|part|instance|body|hint|fade] [--extent LO HI]``;
@@ -52,7 +52,7 @@ STYLES = ("whole", "part", "instance", "body", "hint", "fade")  # how objects ar
 OWN_BODY_STYLES = ("instance", "body", "hint", "fade")
 MOTTLED_STYLES = ("body", "hint", "fade")
 # the styles whose textures and mottling grow with the image (TEXTURE_SIDE); ``fade`` draws
-# them at the same periods at any size, finer than IRN's stride-4 cells (README, Toy run)
+# them at the same periods at any size, finer than IRN's stride-4 cells (docs/toy.md)
 SCALED_TEXTURE_STYLES = ("instance", "body", "hint")
 PART_RANGE = (0.3, 0.45)  # "part" and OWN_BODY_STYLES: the textured end's share of the object's length
 TEXTURE_SIDE = 112  # SCALED_TEXTURE_STYLES: the short side at which the textures keep their periods (4-8 px)
@@ -234,7 +234,7 @@ def paint_object(rng, image, grid, class_id, geometry, mask, style="whole"):
     ``hint``: ``body`` with the body's hue drawn within BODY_HUE_SPREAD degrees of its class's
     BODY_HUES centre, so that a body hints at its class as a VOC object's body does (a cat's fur,
     a bus's paint) without naming it: each class's range overlaps its neighbours', and the class
-    texture stays on the end alone (README, Toy run).  ``fade``: ``body`` with the class texture
+    texture stays on the end alone (docs/toy.md).  ``fade``: ``body`` with the class texture
     carried on from the end over the body, fading (``texture_strength``), so that the end is the
     most discriminative part and the body, like a VOC object's fur, shows its class more faintly
     and meets the end without an edge; its textures and mottling keep their periods (4-8 px, 3 px
@@ -391,7 +391,7 @@ def recorded_settings(out_dir, wanted, record=RECORD, what="toy dataset", elsewh
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the embedded toy dataset (VOC layout, SPEC 3).")
+    parser = argparse.ArgumentParser(description="Write the embedded toy dataset (VOC layout, docs/method.md §3).")
     parser.add_argument("--out", required=True, help="output folder (becomes the dataset root)")
     parser.add_argument("--seed", type=flags.non_negative_int, default=0,
                         help="random seed; the same seed gives identical files")

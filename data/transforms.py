@@ -1,4 +1,4 @@
-"""Image transforms for training and inference (SPEC 3).
+"""Image transforms for training and inference (docs/method.md §3).
 
 Every resize of an image is PIL's bicubic on the uint8 image, as the published loaders do
 it (label maps: PIL's nearest).  Training: resize so that the long side is a uniform random
@@ -36,7 +36,7 @@ def resize_long(image, long_side):
 
 
 def scaled_images(image, scales):
-    """The scales of inference (SPEC 5.9): for each scale the uint8 image resized by PIL's
+    """The scales of inference (docs/method.md §5.9): for each scale the uint8 image resized by PIL's
     bicubic, then normalised -> [1, 3, h, w] tensors."""
     return [normalize(image if scale == 1.0 else rescale(image, scale))[None] for scale in scales]
 
@@ -98,7 +98,7 @@ class ColorJitter:
     """Random brightness, contrast and saturation factors uniform in ``[1 - x, 1 + x]`` and a
     hue shift uniform in ``[-h, h]``, applied in a random order to the image only, through
     torchvision's functional ops on the PIL image: what torchvision's ``ColorJitter`` does,
-    with the randomness of ``rng`` (SPEC 5.10, 9).  Draws the order, then four numbers."""
+    with the randomness of ``rng`` (docs/method.md §5.10, §9).  Draws the order, then four numbers."""
 
     def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1):
         if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
@@ -139,7 +139,7 @@ class NormalizeCrop:
 
 
 class TrainTransform:
-    """Training augmentation of SPEC 3, 5.10 and 9: the joint ``(image, labels, rng)`` steps
+    """Training augmentation of docs/method.md §3, §5.10 and §9: the joint ``(image, labels, rng)`` steps
     resize, flip (``flip``), colour jitter (``color_jitter``: brightness, contrast,
     saturation, hue; the image only), normalise and crop, composed.  ``(image, rng) ->
     (image [3,S,S], valid [S,S])``; ``with_labels(image, labels, rng) -> (image, labels
@@ -158,7 +158,7 @@ class TrainTransform:
         return self._apply(image, None, rng)
 
     def with_labels(self, image, labels, rng):
-        """The same augmentation applied to an image and its label map (SPEC 9)."""
+        """The same augmentation applied to an image and its label map (docs/method.md §9)."""
         if labels.shape != image.shape[:2]:
             raise ValueError(f"label map {labels.shape} and image {image.shape[:2]} differ in size")
         return self._apply(image, labels, rng)

@@ -1,5 +1,5 @@
 """Checkpoints of the training stages: written whole or not at all, read with a check of
-what they hold, and the random-number state that makes a resume exact (SPEC 2, 11)."""
+what they hold, and the random-number state that makes a resume exact (docs/method.md §2, §11)."""
 import io
 from pathlib import Path
 

@@ -41,7 +41,7 @@ def add_runtime_args(parser):
                             "CUDA, off on the CPU)")
     group.add_argument("--amp", action="store_true",
                        help="mixed precision: bf16 (fp16 on GPUs without bf16); fast on GPUs and on CPUs with AMX. "
-                            "Off by default: the maps move under it (README, Precision)")
+                            "Off by default: the maps move under it (docs/performance.md, Precision)")
 
 
 class LogFile(logging.FileHandler):
@@ -81,14 +81,14 @@ def prepare_run(args, stage, is_main=True):
 
 def resolve_formats(args, device):
     """``--channels-last`` not given: on with CUDA (the same numbers, faster convolutions:
-    README, Precision), off on the CPU.  ``--amp`` stays as given: it moves the maps."""
+    docs/performance.md, Precision), off on the CPU.  ``--amp`` stays as given: it moves the maps."""
     if getattr(args, "channels_last", False) is None:
         args.channels_last = device.type == "cuda"
 
 
 @contextlib.contextmanager
 def opened(args, name, device=None, seed=None):
-    """Every stage's opening and ending in one place (SPEC 2): the process group and this
+    """Every stage's opening and ending in one place (docs/method.md §2): the process group and this
     process's device (``device``, default ``args.device``) and the formats that depend on it
     (``--channels-last``: on with CUDA unless given), the run directory with the flags
     and ``logs/<name>.log``, the seed when given; at the end every process waits for the
@@ -112,7 +112,7 @@ def add_overwrite_arg(parser):
 
 
 def claim_outputs(folders, record, info, overwrite, suffix):
-    """Create an inference stage's output folders and tie them to ``record`` (SPEC 2,
+    """Create an inference stage's output folders and tie them to ``record`` (docs/method.md §2,
     tools/provenance.py): outputs of another record stop the stage unless ``overwrite``, and
     then they are removed; the main process removes the temporary files a killed run left,
     and writes the record before any output."""
@@ -211,7 +211,7 @@ def recipe_defaults(parser, argv, stage):
     so that ``--help`` shows the chosen recipe's values."""
     parser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="published",
                         help="published: the papers' settings; toy: the toy run's CPU sizes over them "
-                             "(tools/recipes.py, README, Recipes)")
+                             "(tools/recipes.py; docs/stages.md, Recipes)")
     chooser = argparse.ArgumentParser(add_help=False)
     chooser.add_argument("--recipe", choices=recipes.RECIPE_NAMES, default="published")
     flag = recipes.CHOOSERS.get(stage)
@@ -229,6 +229,16 @@ def recipe_defaults(parser, argv, stage):
     parser.epilog = f"The defaults shown are those of {shown}; give another with --help to see its values."
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after a flag's help, but only where it says something: not
+    when the help states its default itself, and not for a default of None or False (a flag
+    whose value comes from elsewhere, or a switch that is off)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser_for(description):
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)

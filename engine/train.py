@@ -1,5 +1,5 @@
 """The training loop shared by the training stages: flags, sample order, schedule,
-resume (SPEC 2, 5.8, 9, 11)."""
+resume (docs/method.md §2, §5.8, §9, §11)."""
 import argparse
 import time
 
@@ -31,12 +31,12 @@ def epoch_batches(num_samples, batch_size, seed, epoch, rank=0, world_size=1):
 
 
 def poly_lr(base_lr, step, max_step, power=0.9):
-    """``base_lr * (1 - step / max_step) ** power`` (SPEC 5.8)."""
+    """``base_lr * (1 - step / max_step) ** power`` (docs/method.md §5.8)."""
     return base_lr * (1 - step / max_step) ** power
 
 
 class PolySchedule:
-    """The poly schedule of SPEC 5.8 / 9 / 13 over ``max_step`` steps: before each step every
+    """The poly schedule of docs/method.md §5.8 / §9 / §13 over ``max_step`` steps: before each step every
     group's lr is its lr at construction times ``(1 - step / max_step) ** power``.  A function
     of the step alone, so a resumed run goes on with it."""
 
@@ -93,7 +93,7 @@ def add_training_args(parser, steps="epochs"):
 
 
 def add_frozen_arg(parser):
-    """``--frozen``: what the published recipe freezes, whatever the initial weights (SPEC 4)."""
+    """``--frozen``: what the published recipe freezes, whatever the initial weights (docs/method.md §4)."""
     parser.add_argument("--frozen", action=argparse.BooleanOptionalAction,
                         help="freeze what the published recipe freezes (the stem, layer1 and layer2 of the CAM "
                              "classifiers, AffinityNet's stem and BatchNorm, IRN's whole backbone, DeepLab-v2's "
@@ -111,7 +111,7 @@ def check_frozen(parser, args):
 
 
 def add_augmentation_args(parser):
-    """The augmentation flags of train_cam and train_affinity (SPEC 3, 5.10, 9), off by
+    """The augmentation flags of train_cam and train_affinity (docs/method.md §3, §5.10, §9), off by
     default: each stage's recipe (tools/recipes.py) sets them."""
     parser.add_argument("--resize-long", type=flags.positive_int, nargs=2, metavar=("MIN", "MAX"),
                         action=flags.OrderedPair,
@@ -125,7 +125,7 @@ def add_augmentation_args(parser):
 def build_optimizer(model, lr, new_layer_lr_mult=1.0, weight_decay=0.0, momentum=0.0):
     """SGD over the model's parameter groups (``net.parameters``): ``lr``, times
     ``new_layer_lr_mult`` for new layers and times 2 for PSA's biases, which get no weight
-    decay (SPEC 5.8, 9, 13); empty groups are left out."""
+    decay (docs/method.md §5.8, §9, §13); empty groups are left out."""
     groups = []
     for group in model.param_groups():
         if not group["params"]:
@@ -137,7 +137,7 @@ def build_optimizer(model, lr, new_layer_lr_mult=1.0, weight_decay=0.0, momentum
 
 
 def claim_run(work_dir, name, record, overwrite, is_main):
-    """The overwrite policy (SPEC 2): a run directory that holds a finished ``name`` network
+    """The overwrite policy (docs/method.md §2): a run directory that holds a finished ``name`` network
     made from the same inputs and flags (``record``) is done; one made otherwise is trained
     over only with ``--overwrite``, and then the old network is removed at once, so that it
     cannot outlive a run that stops before its end.  Returns the paths of the final and the
@@ -191,7 +191,7 @@ class LossWindow:
 
 
 class Trainer:
-    """The training loop of SPEC 5.8 / 9 / 13 in parts: the checkpoint (save, resume), the
+    """The training loop of docs/method.md §5.8 / §9 / §13 in parts: the checkpoint (save, resume), the
     NaN guard, one pass over the split.  Batches, schedule and augmentation depend only on
     the seed and the step, so a resumed run ends with the weights an unbroken run would
     have; the loss scaler's state is saved too, so an fp16 resume is exact."""
@@ -301,7 +301,7 @@ def train(model, dataset, loss_fn, optimizer, schedule, args, info, work_dir, na
     ``clip_grad`` (0: not); ``args`` holds the loop's plumbing (batch size, seed, loader
     workers, formats, log and save intervals, resume).
     ``meta`` (architecture, number of classes...) goes into both checkpoints and must
-    match on ``--resume``, with the record of what the network is made from (SPEC 2,
+    match on ``--resume``, with the record of what the network is made from (docs/method.md §2,
     tools/provenance.py): the ``--pretrained`` weights, the labels of ``label_dir`` and the
     flags.  A finished network of the same record is left as it is.
     """

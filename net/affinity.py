@@ -1,4 +1,4 @@
-"""Inter-pixel affinity networks (SPEC 9): PSA's AffinityNet and IRN's boundary network."""
+"""Inter-pixel affinity networks (docs/method.md §9): PSA's AffinityNet and IRN's boundary network."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,8 +11,8 @@ from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_
 
 ARCHS = ("affinitynet", "irn")
 STRIDE = {"affinitynet": 8, "irn": 4}
-WALK_RADIUS = 5  # the random walk's pairs, whatever radius the network trained at (SPEC 10)
-IRN_CROP = 512  # IRN inference pads the image to its training crop (SPEC 9)
+WALK_RADIUS = 5  # the random walk's pairs, whatever radius the network trained at (docs/method.md §10)
+IRN_CROP = 512  # IRN inference pads the image to its training crop (docs/method.md §9)
 
 
 class AffinityNet(nn.Module):
@@ -33,7 +33,7 @@ class AffinityNet(nn.Module):
             nn.init.kaiming_normal_(conv.weight)
 
     def param_groups(self):
-        """PSA's four groups (SPEC 9): pretrained / new, weights / biases."""
+        """PSA's four groups (docs/method.md §9): pretrained / new, weights / biases."""
         return psa_groups([self.backbone], [self.side, self.fuse])
 
     def forward(self, images):
@@ -51,7 +51,7 @@ class AffinityNet(nn.Module):
 
 
 def embedding_affinity(features, radius=5):
-    """``a_ij = exp(-mean_c |f_i - f_j|)`` for the pairs of the feature map (SPEC 9)."""
+    """``a_ij = exp(-mean_c |f_i - f_j|)`` for the pairs of the feature map (docs/method.md §9)."""
     features = full_precision(features)
     n, c, h, w = features.shape
     index_from, index_to = pairs_within_radius(radius, (h, w), features.device)
@@ -75,7 +75,7 @@ def edge_branch(width, stride):
 
 class BoundaryNet(nn.Module):
     """IRN's class-boundary branch: a stride-4 map B in [0, 1] from the five stages
-    (stem, layer1..layer4) of a frozen backbone (SPEC 9)."""
+    (stem, layer1..layer4) of a frozen backbone (docs/method.md §9)."""
 
     frozen = True  # the whole backbone, always (IRN trains its boundary layers alone)
 
@@ -88,7 +88,7 @@ class BoundaryNet(nn.Module):
         self.head = nn.Conv2d(32 * len(self.branches), 1, 1, bias=True)
 
     def param_groups(self):
-        """Only the boundary layers train (SPEC 9)."""
+        """Only the boundary layers train (docs/method.md §9)."""
         return layer_groups([], [self.branches, self.head])
 
     def train(self, mode=True):
@@ -104,24 +104,24 @@ class BoundaryNet(nn.Module):
         return self.head(torch.cat(parts, dim=1))
 
     def forward(self, images):
-        """Boundary map B [N, 1, h, w] in [0, 1] (SPEC 9)."""
+        """Boundary map B [N, 1, h, w] in [0, 1] (docs/method.md §9)."""
         return torch.sigmoid(self.logits(images))
 
     @staticmethod
     def affinity_of(boundary, radius=5):
         """Pair affinities [N, D, M] from the output of ``forward``: ``1 - max B`` along
-        each pair's path (SPEC 9)."""
+        each pair's path (docs/method.md §9)."""
         return path_max_affinity(full_precision(boundary)[:, 0], radius)
 
 
 def padded_size(length, crop_size=IRN_CROP):
-    """The crop size, or the next multiple of 16 above a longer side (SPEC 9)."""
+    """The crop size, or the next multiple of 16 above a longer side (docs/method.md §9)."""
     return crop_size if length <= crop_size else -(-length // 16) * 16
 
 
 @torch.no_grad()
 def boundary_map(model, image, crop_size=IRN_CROP):
-    """IRN inference (SPEC 9): image [1, 3, H, W] normalised -> B [ceil(H/4), ceil(W/4)].
+    """IRN inference (docs/method.md §9): image [1, 3, H, W] normalised -> B [ceil(H/4), ceil(W/4)].
 
     The image and its flip are zero-padded right and bottom to ``crop_size`` (as in
     training), their logits cropped, averaged (flip undone) and passed through the sigmoid.
@@ -155,7 +155,7 @@ def _masked_mean(loss, mask):
 
 
 def affinity_losses(affinity, bg_pos, fg_pos, neg):
-    """SPEC 9 losses of pair affinities [N, D, M] against pair labels of the same shape.
+    """docs/method.md §9 losses of pair affinities [N, D, M] against pair labels of the same shape.
 
     ``bg = -sum log(a + 1e-5) / count`` over background-positive pairs, ``fg`` likewise,
     ``neg = -sum log(1 + 1e-5 - a) / count`` over negative pairs.  AffinityNet's
@@ -168,7 +168,7 @@ def affinity_losses(affinity, bg_pos, fg_pos, neg):
 
 
 def walk_affinitynet(embeddings, cam, radius=5, beta=8, t=256, alpha=16):
-    """PSA's walk (SPEC 10): ``cam`` [K, H, W] (background first, replaced by
+    """PSA's walk (docs/method.md §10): ``cam`` [K, H, W] (background first, replaced by
     ``(1 - max fg) ** alpha``) average-pooled to the embedding size [h, w], propagated over
     the affinities of ``embeddings`` [1, 448, h, w]; returns [K, h, w]."""
     foreground = cam[1:]
@@ -180,7 +180,7 @@ def walk_affinitynet(embeddings, cam, radius=5, beta=8, t=256, alpha=16):
 
 
 def walk_irn(boundary, cam, radius=WALK_RADIUS, beta=10, t=256, power=1.5):
-    """IRN's walk (SPEC 10): ``cam`` [K, H, W] at the image size, bilinearly resized to the
+    """IRN's walk (docs/method.md §10): ``cam`` [K, H, W] at the image size, bilinearly resized to the
     size of ``boundary`` ([h, w] or [1, 1, h, w] from ``boundary_map``), raised to
     ``power`` and multiplied by ``1 - B``, propagated along B, then upsampled x4
     (bilinear) and cropped to H x W.  Returns the walked maps [K, H, W]."""

@@ -1,9 +1,9 @@
-"""Backbones at output stride 16 (SPEC 4) or 8 (SPEC 13), and their five stages.
+"""Backbones at output stride 16 (docs/method.md §4) or 8 (docs/method.md §13), and their five stages.
 
 A ResNet is torchvision's own ``ResNet`` module (``resnet50`` or ``resnet101``), so its
 parameter names are torchvision's and ``IMAGENET1K_V1`` weights load through
 torchvision's weights API.  ``resnet18`` and ``resnet34`` (basic blocks, narrower stages)
-serve users with little compute.  ``efficientnet_lite0`` (net.efficientnet, SPEC 4.1) is the
+serve users with little compute.  ``efficientnet_lite0`` (net.efficientnet, docs/method.md §4.1) is the
 embedded toy run's: ImageNet features small enough for a CPU.  What this module adds is only
 what torchvision does not do: the stride change of the last stage, BatchNorm that keeps its
 ImageNet statistics, the frozen early stages, the stage outputs (stem, ``x1``..``x4``) that
@@ -55,7 +55,7 @@ def stage_strides(backbone):
 
 class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm that always normalises with its running statistics and never updates
-    them, in training too; its affine parameters still train (SPEC 4)."""
+    them, in training too; its affine parameters still train (docs/method.md §4)."""
 
     def forward(self, x):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
@@ -104,7 +104,7 @@ def backbone_state(state, path):
     pipeline's checkpoints (``{"model": {"backbone.*": ...}}``).
 
     Weights of a segmentation network (this pipeline's stage 7, or torchvision's, trained
-    with pixel labels) are refused: the pipeline is weakly supervised (SPEC 13).
+    with pixel labels) are refused: the pipeline is weakly supervised (docs/method.md §13).
     """
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         if state.get("kind") == "seg":
@@ -130,11 +130,11 @@ def frozen_default(frozen, pretrained):
 def build_backbone(backbone="resnet50", pretrained="imagenet", output_stride=16, frozen_statistics=None):
     """torchvision's ResNet without classification head at ``output_stride``: 16 is
     ``layer4`` at stride 1 without dilation (strides 2, 2, 2, 1 as the published SIPE and
-    IRN, SPEC 4); 8 is torchvision's dilation of ``layer3`` and ``layer4`` (2 and 4, the
-    DeepLab backbone of SPEC 13).
+    IRN, docs/method.md §4); 8 is torchvision's dilation of ``layer3`` and ``layer4`` (2 and 4, the
+    DeepLab backbone of docs/method.md §13).
 
     ``pretrained`` names the initial weights only (``none``: random).  With
-    ``frozen_statistics`` BatchNorm keeps its statistics, the loaded ones (SPEC 4); without,
+    ``frozen_statistics`` BatchNorm keeps its statistics, the loaded ones (docs/method.md §4); without,
     it trains normally; None: kept with weights, trained without (``frozen_default``).
     """
     if backbone not in BACKBONES:

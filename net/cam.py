@@ -1,4 +1,4 @@
-"""The plain CAM classifier (SPEC 5.1, 5.10): a ResNet whose 1x1 classifier on ``layer4``
+"""The plain CAM classifier (docs/method.md §5.1, §5.10): a ResNet whose 1x1 classifier on ``layer4``
 gives the class activation maps; PSA's classifier, and the base of SIPE's."""
 import torch
 import torch.nn.functional as F
@@ -10,13 +10,13 @@ from net.precision import full_precision
 from tools.cam_maps import ScaleMaps
 
 # stem, layer1, layer2 (EfficientNet-Lite: the stem and block groups 1-3, the same stride 8): the
-# published forward is detached after layer2 (SPEC 4)
+# published forward is detached after layer2 (docs/method.md §4)
 FROZEN_STAGES = 3
 
 
 class CAMNet(nn.Module):
     """ResNet classifier: a bias-free 1x1 conv (layer4's width -> C-1) on ``x4`` is the CAM, its
-    global average the image score (SPEC 5.1).
+    global average the image score (docs/method.md §5.1).
 
     ``pretrained`` names the initial weights; ``frozen`` (None: with weights, not without) is
     the published recipe's: the stem, ``layer1`` and ``layer2`` frozen and run without
@@ -38,7 +38,7 @@ class CAMNet(nn.Module):
         return [self.classifier]
 
     def param_groups(self):
-        """The backbone and the new layers (SPEC 5.8, 5.10)."""
+        """The backbone and the new layers (docs/method.md §5.8, §5.10)."""
         return layer_groups([self.backbone], self.new_layers())
 
     def stages(self, images):
@@ -46,7 +46,7 @@ class CAMNet(nn.Module):
         return stage_outputs(self.backbone, images, self.frozen_stages)
 
     def raw_cam(self, images):
-        """Raw CAM [N, C-1, h, w] (SPEC 5.1)."""
+        """Raw CAM [N, C-1, h, w] (docs/method.md §5.1)."""
         return self.classifier(self.stages(images)[-1])
 
     def forward(self, images, labels, valid_pixels=None):
@@ -57,7 +57,7 @@ class CAMNet(nn.Module):
 
 @torch.no_grad()
 def psa_cam(model, scaled_images, keys, size):
-    """PSA's inference (SPEC 5.10) for one image: at each scale, for the image and its flip,
+    """PSA's inference (docs/method.md §5.10) for one image: at each scale, for the image and its flip,
     the relu'd CAM of the image's classes, flip undone and summed; ``ScaleMaps.fused``
     resizes each scale to ``size`` (bilinear, align_corners=False), sums them, divides each
     channel by its max + 1e-5 and puts the background ``1 - max`` first.  scaled_images:

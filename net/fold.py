@@ -4,7 +4,7 @@ In eval mode a BatchNorm layer is an affine map per channel (its running statist
 affine parameters), so a convolution followed by one equals a single convolution with
 scaled weights and a bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``).  That removes
 every BatchNorm kernel of an inference pass (on the GPU, cuDNN's channels-last inference
-BatchNorm was a third of make_cam's CUDA time: README, Performance) and changes the maps
+BatchNorm was a third of make_cam's CUDA time: docs/performance.md) and changes the maps
 only by float rounding.
 """
 from torch import nn

@@ -1,4 +1,4 @@
-"""PAMR, pixel-adaptive mask refinement (SPEC 6.2).
+"""PAMR, pixel-adaptive mask refinement (docs/method.md §6.2).
 
 Each pixel's mask becomes an average of the masks of its 8 neighbours at several
 dilations, weighted by a softmax over colour affinities, ten times over.  The
@@ -40,7 +40,7 @@ def local_std(image, dilations):
 
 
 def pamr_affinity(image, dilations):
-    """Softmax weights [N, 8*len(dilations), H, W] of each pixel's neighbours (SPEC 6.2)."""
+    """Softmax weights [N, 8*len(dilations), H, W] of each pixel's neighbours (docs/method.md §6.2)."""
     scale = 1e-8 + 0.1 * local_std(image, dilations)
     logits = [-(image - view).abs().div(scale).mean(1) for view in
               _shifted_views(image, neighbour_offsets(dilations))]

@@ -1,4 +1,4 @@
-"""The segmentation network of stage 7 (SPEC 13): DeepLab-v2 or -v3 on torchvision's ResNet
+"""The segmentation network of stage 7 (docs/method.md §13): DeepLab-v2 or -v3 on torchvision's ResNet
 at output stride 8."""
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ ASPP_DILATIONS = (6, 12, 18, 24)
 
 class ASPPv2(nn.Module):
     """DeepLab-v2's ASPP: one 3x3 conv with bias per dilation, straight to the classes, the
-    outputs summed (SPEC 13).  Weights N(0, 0.01), biases 0, as the published DeepLab-v2."""
+    outputs summed (docs/method.md §13).  Weights N(0, 0.01), biases 0, as the published DeepLab-v2."""
 
     def __init__(self, in_channels, num_classes, dilations=ASPP_DILATIONS):
         super().__init__()
@@ -46,7 +46,7 @@ class DeepLab(nn.Module):
         self.head = (ASPPv2 if arch == "deeplabv2" else DeepLabHead)(stage_channels(backbone)[-1], num_classes)
 
     def param_groups(self):
-        """(backbone, head) parameters that train: lr and 10x lr (SPEC 13)."""
+        """(backbone, head) parameters that train: lr and 10x lr (docs/method.md §13)."""
         return layer_groups([self.backbone], [self.head])
 
     def forward(self, images):
@@ -56,7 +56,7 @@ class DeepLab(nn.Module):
 
 
 def build_segmentation_net(arch, num_classes, backbone="resnet101", pretrained="imagenet", frozen=None):
-    """DeepLab-v2 or -v3 of SPEC 13 (``arch``: deeplabv2 or deeplabv3)."""
+    """DeepLab-v2 or -v3 of docs/method.md §13 (``arch``: deeplabv2 or deeplabv3)."""
     return DeepLab(arch, num_classes, backbone, pretrained, frozen)
 
 
@@ -69,7 +69,7 @@ def segmentation_net_of(checkpoint, num_classes):
 
 @torch.no_grad()
 def multiscale_probs(model, scaled_images, size):
-    """Multi-scale + flip inference (SPEC 13): the logits of each scale and of its flip
+    """Multi-scale + flip inference (docs/method.md §13): the logits of each scale and of its flip
     resized (bilinear) to ``size``, their softmax averaged.  scaled_images: normalised
     [1,3,h,w] tensors; returns float32 [C,H,W] probabilities."""
     total = 0
@@ -81,7 +81,7 @@ def multiscale_probs(model, scaled_images, size):
 
 
 def segmentation_loss(logits, labels, ignore_index=255):
-    """Cross-entropy over the labelled pixels (SPEC 13): ``ignore_index`` pixels count for
+    """Cross-entropy over the labelled pixels (docs/method.md §13): ``ignore_index`` pixels count for
     nothing, and a batch with none labelled gives 0 rather than NaN."""
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
     return total / (labels != ignore_index).sum().clamp(min=1)

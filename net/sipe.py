@@ -1,4 +1,4 @@
-"""SIPE and AE-SIPE: CAMs sharpened by image-specific prototypes (SPEC 5, 6), and the
+"""SIPE and AE-SIPE: CAMs sharpened by image-specific prototypes (docs/method.md §5, §6), and the
 choice between them and the plain CAM classifier (``--method``)."""
 import torch
 import torch.nn.functional as F
@@ -12,17 +12,17 @@ from tools.cam_maps import ScaleMaps, max_normalize, with_background
 from tools.normalization import denormalize
 
 PROTOTYPE_METHODS = ("sipe", "ae_sipe")
-METHODS = ("cam",) + PROTOTYPE_METHODS  # cam: PSA's plain CAM classifier (SPEC 5.10)
+METHODS = ("cam",) + PROTOTYPE_METHODS  # cam: PSA's plain CAM classifier (docs/method.md §5.10)
 SIDE_CHANNELS = (128, 128, 256, 256)
 
 
 def l2_normalize(x, dim=1, eps=1e-5):
-    """``x / (||x|| + eps)`` along ``dim`` (SPEC 5.3)."""
+    """``x / (||x|| + eps)`` along ``dim`` (docs/method.md §5.3)."""
     return x / (x.norm(dim=dim, keepdim=True) + eps)
 
 
 def normalized_cam(cam):
-    """SPEC 5.2: ``relu(cam)`` over its per-channel max, background ``1 - max_c`` prepended."""
+    """docs/method.md §5.2: ``relu(cam)`` over its per-channel max, background ``1 - max_c`` prepended."""
     return with_background(max_normalize(F.relu(cam)), dim=1)
 
 
@@ -34,7 +34,7 @@ def label_mask(labels):
 
 @torch.no_grad()
 def structure_seeds(cam, feature, valid, bg_scale=0.5):
-    """SPEC 5.4: one-hot seeds [N,C,h,w] from the IoU of each class map with each pixel's
+    """docs/method.md §5.4: one-hot seeds [N,C,h,w] from the IoU of each class map with each pixel's
     self-similarity row, as matrix products (no HW x HW x C tensor).  Seeds are discrete:
     no gradient flows through them, so no graph is kept.
 
@@ -52,7 +52,7 @@ def structure_seeds(cam, feature, valid, bg_scale=0.5):
 
 
 def prototypes(seeds, feature):
-    """SPEC 5.5: [N,C,D], the mean feature over each class's seed pixels (zero if it has none).
+    """docs/method.md §5.5: [N,C,D], the mean feature over each class's seed pixels (zero if it has none).
 
     Seeds are nearest-resized to the feature size.
     """
@@ -64,7 +64,7 @@ def prototypes(seeds, feature):
 
 
 def reactivate(prototypes, feature, eps=1e-8):
-    """SPEC 5.6: IS-CAM [N,C,h,w] = relu(cos(feature_i, prototype_k))."""
+    """docs/method.md §5.6: IS-CAM [N,C,h,w] = relu(cos(feature_i, prototype_k))."""
     p = prototypes / prototypes.norm(dim=2, keepdim=True).clamp_min(eps)
     f = full_precision(feature)
     f = f / f.norm(dim=1, keepdim=True).clamp_min(eps)
@@ -73,13 +73,13 @@ def reactivate(prototypes, feature, eps=1e-8):
 
 def one_hot_argmax(maps, valid=None):
     """Seeds from the argmax over classes of ``maps`` [N,C,h,w], masked by ``valid`` if
-    given (SPEC 5.4, 6.3).  A scatter, not F.one_hot, which waits for the GPU to check its input."""
+    given (docs/method.md §5.4, §6.3).  A scatter, not F.one_hot, which waits for the GPU to check its input."""
     seeds = torch.zeros_like(maps).scatter_(1, maps.argmax(dim=1, keepdim=True), 1)
     return seeds if valid is None else seeds * valid
 
 
 def gsc_loss(cam, is_cam):
-    """SPEC 5.7: ``mean |M - IS / (max_hw IS + 1e-5)|``."""
+    """docs/method.md §5.7: ``mean |M - IS / (max_hw IS + 1e-5)|``."""
     return (cam - max_normalize(is_cam)).abs().mean()
 
 
@@ -90,7 +90,7 @@ def quarter_size(image):
 
 
 class SIPENet(CAMNet):
-    """The CAM classifier with the SIPE (or AE-SIPE) prototype branch (SPEC 4-6): side
+    """The CAM classifier with the SIPE (or AE-SIPE) prototype branch (docs/method.md §4-6): side
     convs to the hierarchical features, and PAMR for AE-SIPE."""
 
     def __init__(self, num_classes, method="sipe", pretrained="imagenet", backbone="resnet50", seed_bg_scale=0.5,
@@ -108,7 +108,7 @@ class SIPENet(CAMNet):
         return [self.classifier, self.side]
 
     def extract(self, images):
-        """Backbone pass: (raw CAM [N,C-1,h,w], hierarchical features [N,768,h,w], x4) (SPEC 5.1, 5.3)."""
+        """Backbone pass: (raw CAM [N,C-1,h,w], hierarchical features [N,768,h,w], x4) (docs/method.md §5.1, §5.3)."""
         _, x1, x2, x3, x4 = self.stages(images)
         size = x3.shape[-2:]
         hierarchy = [F.interpolate(l2_normalize(side(x.detach())), size, mode="bilinear", align_corners=False)
@@ -116,7 +116,7 @@ class SIPENet(CAMNet):
         return self.classifier(x4), torch.cat(hierarchy, dim=1), x4
 
     def prototype_maps(self, cam, hierarchy, seed_feature, valid, images):
-        """IS-CAM and, for AE-SIPE, the max-normalised AE-IS-CAM (SPEC 5.4-5.6, 6.2-6.3).
+        """IS-CAM and, for AE-SIPE, the max-normalised AE-IS-CAM (docs/method.md §5.4-5.6, §6.2-6.3).
 
         cam is the normalised CAM with background [N,C,h,w]; seeds come from
         ``seed_feature`` masked by ``valid``; images are the normalised input.
@@ -133,12 +133,12 @@ class SIPENet(CAMNet):
             return is_cam, None
         refined = self.pamr(quarter_size(denormalize(images.float())), is_cam.detach())
         refined = F.interpolate(refined, is_cam.shape[-2:], mode="bilinear", align_corners=True)
-        ae_seeds = one_hot_argmax(refined)  # not masked, as published (SPEC 6.3)
+        ae_seeds = one_hot_argmax(refined)  # not masked, as published (docs/method.md §6.3)
         ae_is_cam = max_normalize(reactivate(prototypes(ae_seeds, hierarchy), hierarchy))
         return is_cam, ae_is_cam
 
     def forward(self, images, labels, valid_pixels):
-        """Training pass (SPEC 5.1-5.7): the classification and GSC losses and the scores.
+        """Training pass (docs/method.md §5.1-5.7): the classification and GSC losses and the scores.
 
         images [N,3,H,W] normalised, labels [N,C-1] multi-hot, valid_pixels [N,H,W].
         SIPE's training seeds come from ``x4``, AE-SIPE's from the hierarchical features;
@@ -160,7 +160,7 @@ class SIPENet(CAMNet):
 
 @torch.no_grad()
 def scale_maps(model, image, valid):
-    """The maps of one scale (SPEC 5.9): image [1,3,H,W] normalised, fused with its flip.
+    """The maps of one scale (docs/method.md §5.9): image [1,3,H,W] normalised, fused with its flip.
 
     The CAMs and hierarchical features of the image and its flip are summed (flip undone);
     the seeds come from the hierarchical features, for SIPE too, masked by ``valid``
@@ -181,7 +181,7 @@ def scale_maps(model, image, valid):
 
 @torch.no_grad()
 def multiscale_maps(model, scaled_images, keys, size):
-    """Multi-scale + flip inference (SPEC 5.9) for one image.
+    """Multi-scale + flip inference (docs/method.md §5.9) for one image.
 
     scaled_images: the image at each scale, normalised [1,3,h,w] tensors (the resizing,
     PIL's bicubic on the uint8 image, is ``data.transforms.scaled_images``); keys int64 [K]
@@ -224,7 +224,7 @@ def classifier_of(checkpoint, num_classes):
 
 
 def inference_maps(model, scaled_images, keys, size):
-    """make_cam's maps of one image (SPEC 5.9, 5.10): {name: ScaleMaps of [K,H,W]} with the
+    """make_cam's maps of one image (docs/method.md §5.9, §5.10): {name: ScaleMaps of [K,H,W]} with the
     method's final map under ``cam``; SIPENet adds ``plain_cam`` and ``is_cam``."""
     if isinstance(model, SIPENet):
         maps = multiscale_maps(model, scaled_images, keys, size)
@@ -233,6 +233,6 @@ def inference_maps(model, scaled_images, keys, size):
 
 
 def classifier_losses(model, batch):
-    """Classification loss, plus SIPE's GSC loss (SPEC 5.7, 5.10), of one batch."""
+    """Classification loss, plus SIPE's GSC loss (docs/method.md §5.7, §5.10), of one batch."""
     out = model(batch["image"], batch["label"], batch["valid"])
     return {"cls": out["cls_loss"], **({"gsc": out["gsc_loss"]} if "gsc_loss" in out else {})}

@@ -122,7 +122,7 @@ parse_driver_args() {
     esac
 }
 
-# The toy run: a VOC run in miniature on a 2-core CPU (README, Toy run): every stage takes
+# The toy run: a VOC run in miniature on a 2-core CPU (docs/toy.md): every stage takes
 # --recipe toy (tools/recipes.py: the published recipe at CPU sizes, EfficientNet-Lite0 with
 # the ImageNet weights of its registry package).  The toy dataset is made once per run directory; data.toy
 # refuses one made with other settings.
@@ -255,6 +255,8 @@ run_pipeline() {
     else
         segment "$WORK_DIR" "segmentation"
     fi
+    echo "== ladder figure"
+    python ladder_figure.py "${source[@]}" --work-dir "$WORK_DIR" --split "$CAM_SPLIT" --seg-split "$SEG_SPLIT"
     echo
     echo "== mIoU of every stage ($EVAL_SPLIT split; stage 7: $SEG_SPLIT), $WORK_DIR/results.md"
     sed -n '1,/^$/p' "$WORK_DIR/results.md"

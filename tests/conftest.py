@@ -61,3 +61,11 @@ def reference(make_toy, tmp_path_factory):
     lists = toy / "ImageSets" / "Segmentation"
     (lists / "test.txt").write_text((lists / "val.txt").read_text())
     return toy, make_reference(toy, tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="session")
+def toy(reference):
+    """The reference run's toy set (tests/reference.py); its test split lists the val images.
+    A module that runs on a toy set of its own defines its own ``toy`` fixture, which
+    pytest then uses instead of this one."""
+    return reference[0]

@@ -1,4 +1,4 @@
-"""Stage 5 building blocks (SPEC 9, 10, 12): pair affinities and losses against direct
+"""Stage 5 building blocks (docs/method.md §9, §10, §12): pair affinities and losses against direct
 computations, the two networks' shapes and freezing, the walks against their composition,
 and the joint image/label augmentation of the affinity dataset."""
 import math
@@ -46,7 +46,7 @@ def test_embedding_affinity_matches_per_pair_loop():
 
 
 def direct_losses(a, bg, fg, neg):
-    """SPEC 9 written out sum by sum in float64."""
+    """docs/method.md §9 written out sum by sum in float64."""
     a, bg, fg, neg = (x.double() for x in (a, bg, fg, neg))
     pos_terms = -torch.log(a + 1e-5)
     bg_loss = (pos_terms * bg).sum() / (bg.sum() + 1e-5)
@@ -187,7 +187,7 @@ def test_walk_affinitynet_uses_one_minus_max_foreground_background():
     other = cam.clone()
     other[0] = torch.rand(big_h, big_w, dtype=torch.float64, generator=generator)
     torch.testing.assert_close(walk_affinitynet(embeddings, other, beta=beta, t=t, alpha=alpha), got)
-    # the defaults are SPEC 10's: beta 8, t 256, alpha 16
+    # the defaults are docs/method.md §10's: beta 8, t 256, alpha 16
     stacked16 = torch.cat([(1 - cam[1:].amax(dim=0, keepdim=True)) ** 16, cam[1:]])
     pooled16 = F.adaptive_avg_pool2d(stacked16[None], (h, w))[0]
     torch.testing.assert_close(walk_affinitynet(embeddings, cam),
@@ -201,10 +201,10 @@ def test_walk_irn_resizes_walks_upsamples_and_crops():
     cam = torch.rand(3, big_h, big_w, dtype=torch.float64, generator=generator)
     power, beta, t = 2.0, 4, 9
     got = walk_irn(boundary, cam, beta=beta, t=t, power=power)
-    assert got.shape == (3, big_h, big_w)  # at the image size (SPEC 12)
+    assert got.shape == (3, big_h, big_w)  # at the image size (docs/method.md §12)
 
     def direct(power, beta, t):
-        """SPEC 10: CAM bilinearly resized to B's size, ** power, * (1 - B), walked at radius 5,
+        """docs/method.md §10: CAM bilinearly resized to B's size, ** power, * (1 - B), walked at radius 5,
         upsampled x4 (bilinear) and cropped."""
         small = F.interpolate(cam[None], (h, w), mode="bilinear", align_corners=False)[0]
         b = boundary[0, 0]
@@ -213,7 +213,7 @@ def test_walk_irn_resizes_walks_upsamples_and_crops():
 
     torch.testing.assert_close(got, direct(power, beta, t))
     torch.testing.assert_close(walk_irn(boundary[0, 0], cam, beta=beta, t=t, power=power), got)  # [h, w] too
-    # the defaults are SPEC 10's: radius 5, power 1.5, beta 10, t 256; the CAM's background is kept
+    # the defaults are docs/method.md §10's: radius 5, power 1.5, beta 10, t 256; the CAM's background is kept
     torch.testing.assert_close(walk_irn(boundary, cam), direct(1.5, 10, 256))
     other = cam.clone()
     other[0] *= 0.5
@@ -272,7 +272,7 @@ def test_pairs_match_a_brute_force_enumeration(radius):
     got_from, got_to = pairs_within_radius(radius, (h, w))
     offsets = [(dy, dx) for dy in range(radius) for dx in range(-radius + 1, radius)
                if dx * dx + dy * dy < radius * radius and (dy > 0 or dx > 0)]
-    offsets.sort(key=lambda o: (o[0] > 0, o[0], o[1]))  # (0, 1..r-1), then row by row (SPEC 9)
+    offsets.sort(key=lambda o: (o[0] > 0, o[0], o[1]))  # (0, 1..r-1), then row by row (docs/method.md §9)
     sources = [(y, x) for y in range(h) for x in range(w)
                if all(0 <= y + dy < h and 0 <= x + dx < w for dy, dx in offsets)]
     assert got_from.tolist() == [y * w + x for y, x in sources]

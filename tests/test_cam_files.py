@@ -1,4 +1,4 @@
-"""CAM files (tools/cam_files.py, SPEC 2): make_cam's maps of each scale, fused on load; maps given at
+"""CAM files (tools/cam_files.py, docs/method.md §2): make_cam's maps of each scale, fused on load; maps given at
 the image size as uint8, differenced and bzip2-compressed; format-1 files (float16) still read."""
 import zlib
 
@@ -45,7 +45,7 @@ def test_the_argmax_of_cam_like_maps_survives():
 
 
 def test_scales_fuse_as_the_spec_says():
-    """SPEC 5.9: each scale resized to the image (bilinear, align_corners=False), summed, each
+    """docs/method.md §5.9: each scale resized to the image (bilinear, align_corners=False), summed, each
     channel over its max + 1e-5; the plain CAM's background 1 - max of the foreground."""
     rng = np.random.default_rng(4)
     scales = [torch.from_numpy(rng.random((2, h, w), dtype=np.float32)) for h, w in ((3, 4), (2, 2), (5, 6))]
@@ -70,7 +70,7 @@ def test_make_cams_scales_come_back_exactly(tmp_path):
 
 
 def test_an_all_maps_file_at_coco_size_is_small(tmp_path):
-    """The 0.3 bytes per class channel and pixel of issue 21 (the three maps of an --all-maps
+    """At most 0.3 bytes per class channel and pixel (the three maps of an --all-maps
     file together), on make_cam-like maps at 640x480 (bench/cam_files.py prints more cases)."""
     for classes in (1, 3):
         maps = make_cam_like(480, 640, classes, seed=2)

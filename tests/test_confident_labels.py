@@ -1,4 +1,4 @@
-"""Stage 4, affinity labels (SPEC 8): the combination rules, the CRFs on a synthetic scene, the
+"""Stage 4, affinity labels (docs/method.md §8): the combination rules, the CRFs on a synthetic scene, the
 stage script end to end on toy images with synthetic CAMs, its errors, and eval_cam --confident."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Dense CRF wrappers on small synthetic images (SPEC 8)."""
+"""Dense CRF wrappers on small synthetic images (docs/method.md §8)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Tests of data/: toy generator, dataset sources, transforms (SPEC 3)."""
+"""Tests of data/: toy generator, dataset sources, transforms (docs/method.md §3)."""
 import colorsys
 import json
 import pickle
@@ -510,7 +510,7 @@ def test_train_resize_is_pil_bicubic_of_the_uint8_image():
     image = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     out, valid = TrainTransform(resize_long=(52, 52), crop_size=64, flip=False)(image, np.random.default_rng(0))
     y0, x0 = (int(v) for v in torch.nonzero(valid)[0])
-    # long side 52: (round(30 * 52 / 40), 52) = (39, 52), PIL's bicubic then normalisation (SPEC 3)
+    # long side 52: (round(30 * 52 / 40), 52) = (39, 52), PIL's bicubic then normalisation (docs/method.md §3)
     assert valid.sum() == 39 * 52
     assert torch.equal(out[:, y0:y0 + 39, x0:x0 + 52], normalize(pil(image, (39, 52))))
 
@@ -522,7 +522,7 @@ def test_scale_range_rescales_image_bicubic_and_labels_nearest():
     transform = TrainTransform(None, 96, flip=False, scale_range=(0.5, 1.5))
     factors = set()
     for seed in range(6):
-        factor = np.random.default_rng(seed).uniform(0.5, 1.5)  # the first draw (SPEC 9: IRN's rescale)
+        factor = np.random.default_rng(seed).uniform(0.5, 1.5)  # the first draw (docs/method.md §9: IRN's rescale)
         size = (round(40 * factor), round(60 * factor))
         out, out_labels = transform.with_labels(image, labels, np.random.default_rng(seed))
         valid = out_labels != 255

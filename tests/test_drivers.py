@@ -1,4 +1,4 @@
-"""The whole pipeline through the real drivers on a tiny toy set (SPEC 1, 2)."""
+"""The whole pipeline through the real drivers on a tiny toy set (docs/method.md §1, §2)."""
 import json
 import os
 import subprocess
@@ -41,7 +41,9 @@ def test_run_voc_toy_goes_through_every_stage_and_skips_finished_ones(tmp_path):
     # the flags given to the driver reach the stage, after the toy settings
     assert json.loads((work / "args" / "train_seg.json").read_text())["iterations"] == 2
 
-    outputs = sorted(p for p in work.rglob("*") if p.suffix in (".npy", ".png", ".pth"))
+    # the stages' outputs; ladder.png, like results.md, is drawn again from them at every run
+    assert (work / "ladder.png").is_file()
+    outputs = sorted(p for p in work.rglob("*") if p.suffix in (".npy", ".png", ".pth") and p.name != "ladder.png")
     before = {p: p.stat().st_mtime_ns for p in outputs}
     stdout = drive("run_voc.sh", work)
     for name in ("cam", "affinity", "seg"):
@@ -169,7 +171,7 @@ def test_overwrite_from_reaches_that_stage_and_every_later_one(tmp_path):
     overwriting = {call[0]: "--overwrite" in call for call in calls if call[0].endswith(".py")}
     assert overwriting == {"train_cam.py": False, "make_cam.py": False, "eval_cam.py": False,
                            "make_affinity_labels.py": True, "train_affinity.py": True, "make_seg_labels.py": True,
-                           "train_seg.py": True, "infer_seg.py": True}
+                           "train_seg.py": True, "infer_seg.py": True, "ladder_figure.py": False}
 
 
 def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
@@ -182,7 +184,7 @@ def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
     scripts = [call[1] if call[0] == "-m" else call[0] for call in calls]
     assert scripts == ["data.toy", "train_cam.py", "make_cam.py", *["eval_cam.py"] * 3, "make_affinity_labels.py",
                        "eval_cam.py", "train_affinity.py", "make_seg_labels.py", *["eval_cam.py"] * 2,
-                       "data.sources", "train_seg.py", "infer_seg.py", *["eval_cam.py"] * 2]
+                       "data.sources", "train_seg.py", "infer_seg.py", *["eval_cam.py"] * 2, "ladder_figure.py"]
     assert calls[0][:4] == ["-m", "data.toy", "--out", f"{work}/toy_data"]
     for call in calls[1:]:
         # every path is one word: nothing of the temporary folder but whole paths in the run directory
@@ -192,7 +194,7 @@ def test_paths_with_spaces_reach_every_stage_whole(tmp_path):
         if call[0] != "-m" or call[1] == "data.sources":  # it asks whether the dataset lists val
             assert call[call.index("--data-root") + 1] == f"{work}/toy_data"
     # every stage takes the toy recipe of tools/recipes.py; the driver holds no recipe of its own
-    stage_calls = [call for call in calls[1:] if call[0] != "-m"]
+    stage_calls = [call for call in calls[1:] if call[0] not in ("-m", "ladder_figure.py")]
     assert all(call[call.index("--recipe") + 1] == "toy" for call in stage_calls)
     assert not [arg for call in stage_calls for arg in call
                 if arg in ("--epochs", "--crop-size", "--batch-size", "--backbone", "--lr", "--scales")]
@@ -209,7 +211,7 @@ def test_a_data_root_with_spaces_reaches_every_stage_whole(tmp_path):
     result, calls = drive_recorded(tmp_path, "run_voc.sh", "--dataset", "custom", "--data-root", str(data),
                                    "--work-dir", str(work), "--train-cam", "--epochs 1  --lr 0.1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(calls) == 16 and all(call[call.index("--data-root") + 1] == str(data) for call in calls)
+    assert len(calls) == 17 and all(call[call.index("--data-root") + 1] == str(data) for call in calls)
     assert calls[0][0] == "train_cam.py" and calls[0][-4:] == ["--epochs", "1", "--lr", "0.1"]
 
 

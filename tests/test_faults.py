@@ -73,11 +73,6 @@ def assert_same_weights(a, b):
 # ---- the reference run and a broken copy of its data ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def toy(reference):
-    return reference[0]
-
-
-@pytest.fixture(scope="module")
 def ref(reference):
     """A run directory with every stage run once, unbroken."""
     return reference[1]
@@ -153,7 +148,7 @@ def test_a_killed_stage_resumes_to_the_unbroken_result(toy, ref, tmp_path, sourc
 
 @pytest.mark.parametrize("name", list(STAGES))
 def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
-    """Outputs made from the same inputs and flags (SPEC 2) are done: a second run keeps them
+    """Outputs made from the same inputs and flags (docs/method.md §2) are done: a second run keeps them
     as they are, and a training stage says so."""
     stage = STAGES[name]
     out = tmp_path / "run" / stage.folder

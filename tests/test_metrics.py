@@ -1,4 +1,4 @@
-"""SPEC 7 metrics on hand-made cases."""
+"""docs/method.md §7 metrics on hand-made cases."""
 import math
 
 import numpy as np

@@ -70,7 +70,7 @@ def test_stages_1_to_3_write_the_spec_artifacts(toy, tmp_path):
     for entry in results.values():
         assert set(entry["iou"]) == {"background", "disc", "square", "triangle", "cross"}
         assert entry["images"] == len(names)
-    # the AE-IS-CAM row against its definition (SPEC 7): one confusion matrix over every pixel of
+    # the AE-IS-CAM row against its definition (docs/method.md §7): one confusion matrix over every pixel of
     # the split, the argmax of the map with the background scaled by 0.8
     confusion = np.zeros((5, 5), np.int64)
     for name in names:

@@ -1,4 +1,4 @@
-"""Outputs tied to what made them (tools/provenance.py, SPEC 2): a retrained network or
+"""Outputs tied to what made them (tools/provenance.py, docs/method.md §2): a retrained network or
 changed flags never leave the old outputs standing under the new name."""
 import argparse
 import json

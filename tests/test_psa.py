@@ -1,4 +1,4 @@
-"""PSA's system (SPEC 5.10, 9): the plain CAM classifier, its inference, AffinityNet's four
+"""PSA's system (docs/method.md §5.10, §9): the plain CAM classifier, its inference, AffinityNet's four
 parameter groups, the colour jitter, the recipes as defaults, and the scripts end to end."""
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""Pairs, affinity labels, path affinities and the random walk against brute force (SPEC 9, 10)."""
+"""Pairs, affinity labels, path affinities and the random walk against brute force (docs/method.md §9, §10)."""
 import numpy as np
 import pytest
 import torch

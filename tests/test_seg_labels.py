@@ -32,11 +32,6 @@ def data_args(root, work, split="train"):
 
 
 @pytest.fixture(scope="module")
-def toy(reference):
-    return reference[0]
-
-
-@pytest.fixture(scope="module")
 def irn_run(reference):
     """The reference run: its IRN checkpoint, trained four steps on a frozen ResNet-18 of random
     weights, from the stage-4 labels."""
@@ -154,7 +149,7 @@ def test_make_seg_labels_without_affinity(toy, tmp_path):
 
 def test_walk_on_ground_truth_cams_stays_close_to_the_ground_truth(toy, uninformed_irn, tmp_path):
     # The boundary net here has had four steps on a random frozen backbone, so its map is
-    # uninformative (B ~ 0.25..0.45 everywhere).  At SPEC 10's beta 10 the walk is then a plain
+    # uninformative (B ~ 0.25..0.45 everywhere).  At docs/method.md §10's beta 10 the walk is then a plain
     # blur over the whole stride-4 map: on this set it eats the small toy objects (foreground
     # recall 0.67) while pixel accuracy stays 0.966, because 91% of the pixels are background --
     # so accuracy alone proves little.  With --beta 40 an uninformative boundary

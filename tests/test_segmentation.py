@@ -1,4 +1,4 @@
-"""Stage 7 (SPEC 13): the DeepLab networks against direct computations, the loss, the
+"""Stage 7 (docs/method.md §13): the DeepLab networks against direct computations, the loss, the
 weakly-supervised guard, and train_seg / infer_seg through the real scripts on a tiny toy
 set (outputs, CRF, the test-server layout, bad input; resume in test_faults)."""
 import shutil
@@ -94,12 +94,6 @@ def test_inference_of_a_flipped_image_is_the_flipped_inference():
 
 def data_args(root, work, split):
     return ["--dataset", "custom", "--data-root", root, "--split", split, "--work-dir", work]
-
-
-@pytest.fixture(scope="module")
-def toy(reference):
-    """The reference toy set (tests/reference.py); its test split lists the val images."""
-    return reference[0]
 
 
 def train_seg(toy, reference, work, *extra):

@@ -1,4 +1,4 @@
-"""SPEC 5-6 functions against direct computations of their definitions."""
+"""docs/method.md §5-6 functions against direct computations of their definitions."""
 import numpy as np
 import pytest
 import torch
@@ -64,7 +64,7 @@ def test_reactivate_is_relu_cosine():
 
 
 def pamr_loop(image, mask, dilations, num_iter):
-    """SPEC 6.2 pixel by pixel, borders replicated by clamping the coordinates."""
+    """docs/method.md §6.2 pixel by pixel, borders replicated by clamping the coordinates."""
     image, mask = image[0].numpy(), mask[0].numpy().copy()
     _, height, width = image.shape
     clamp = lambda y, x: (min(max(y, 0), height - 1), min(max(x, 0), width - 1))  # noqa: E731
@@ -261,7 +261,7 @@ def test_inference_seeds_come_from_the_hierarchical_features(method, monkeypatch
     model = SIPENet(4, method, pretrained="none").eval()
     scale_maps(model, torch.randn(1, 3, 48, 64), label_mask(torch.tensor([[0.0, 1, 0]])))
     (feature, seeds), = calls
-    assert feature.shape[1] == 768  # SIPE's published make_cam too (SPEC 5.4)
+    assert feature.shape[1] == 768  # SIPE's published make_cam too (docs/method.md §5.4)
     assert seeds[:, [1, 3]].sum() == 0
 
 
@@ -313,7 +313,7 @@ def test_multiscale_maps_shapes_and_range(method):
 
 def test_freezing_is_a_parameter_of_its_own_recorded_in_the_checkpoint(tmp_path):
     """``pretrained`` names the weights; ``frozen`` (None: with weights) says what is frozen:
-    the stem to layer2 without autograd and BatchNorm keeping its statistics (SPEC 4).  The
+    the stem to layer2 without autograd and BatchNorm keeping its statistics (docs/method.md §4).  The
     inference stages rebuild a classifier frozen as its checkpoint records."""
     path, _ = weights_file(tmp_path, "resnet18")
     def batchnorms(model):

@@ -70,7 +70,7 @@ def run(work_dir, **changes):
 
 
 def test_the_optimizer_and_the_poly_schedule():
-    """SPEC 5.8: the new layers at lr x the factor, decay off for PSA's biases only, and each
+    """docs/method.md §5.8: the new layers at lr x the factor, decay off for PSA's biases only, and each
     group's lr at step s is its lr x (1 - s / max_step) ** 0.9."""
     model = Tiny()
     optimizer = training.build_optimizer(model, 0.1, new_layer_lr_mult=10.0, weight_decay=1e-4, momentum=0.5)

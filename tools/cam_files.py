@@ -1,4 +1,4 @@
-"""CAM files (SPEC 2): the dict of keys and maps that make_cam writes and every later stage
+"""CAM files (docs/method.md §2): the dict of keys and maps that make_cam writes and every later stage
 reads, in the layouts written now (make_cam's scale maps, uint8 full-size maps) and before
 (format 1: float16 arrays).  Writers are atomic and readers raise ``PipelineError`` naming
 the file, as in tools/io.py."""
@@ -18,7 +18,7 @@ CAM_FORMAT = 2  # a dict of encoded maps: make_cam's scales, or uint8 full-size 
 def encode_map(values):
     """A [K,H,W] map in [lo, hi] (lo <= 0, hi >= 1: the grid of [0, 1] maps is fixed) as
     uint8 steps of the square root of (value - lo) / (hi - lo), differenced along the rows
-    and then down the columns (mod 256) and compressed with bzip2 (SPEC 2).  The square root keeps the
+    and then down the columns (mod 256) and compressed with bzip2 (docs/method.md §2).  The square root keeps the
     order of the small values that decide the argmax over the background of IS-CAM's empty
     regions (a linear grid's 1/255 ties them); the differences of a bilinearly upsampled
     map are nearly constant, so smooth maps and empty channels compress to a small part of a
@@ -37,7 +37,7 @@ def encode_scales(maps):
     image size and whether the background is to be prepended; ``fuse_scales`` on load gives
     the map make_cam computed, bit for bit.  At stride 16 the scales hold about 3 % of the
     image's pixels: 0.19 bytes per class channel and pixel for the three maps of an
-    ``--all-maps`` file (README, CAM files)."""
+    ``--all-maps`` file (docs/cam-files.md)."""
     return {"codec": "scales", "size": tuple(int(side) for side in maps.size), "background": bool(maps.background),
             "scales": [{"shape": value.shape, "data": zlib.compress(value.tobytes(), 6)}
                        for value in maps.numpy().scales]}
@@ -71,7 +71,7 @@ def _finite(maps):
 
 
 def save_cam(path, keys, cam, method=None, num_classes=None, made_by=None, **maps):
-    """Write a CAM dict (SPEC 2): ``keys`` int64[K], the map ``cam`` [K,H,W] plus extra maps,
+    """Write a CAM dict (docs/method.md §2): ``keys`` int64[K], the map ``cam`` [K,H,W] plus extra maps,
     each a ``ScaleMaps`` (make_cam's: ``encode_scales``) or an array (``encode_map``), and,
     when given, the method and the dataset's number of classes that made it and the digest
     of its folder's provenance record (``made_by``; all three checked by load_cam).  A map
@@ -119,7 +119,7 @@ def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
     int64[K], map float32[K,H,W]).  With ``num_classes``, a CAM that records another number
     of classes (made on another dataset) is an error, and with the image's ``size`` (H, W)
     too, so are keys that are not 0 followed by sorted class ids below ``num_classes`` and a
-    map of another size (SPEC 2).  A map with NaN or infinite values is an error, and with
+    map of another size (docs/method.md §2).  A map with NaN or infinite values is an error, and with
     ``made_by`` (its folder's record digest) so is a file that another run made.
     ``plain_cam`` of a plain CAM classifier's file (method ``cam``) is its final map, so
     that the CAM row of every route reads ``plain_cam``."""

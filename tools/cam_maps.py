@@ -1,5 +1,5 @@
 """A CAM as make_cam computes it: one low-resolution map per inference scale, made one map at
-the image size by resizing, summing and normalising (SPEC 5.9, 5.10).  CAM files keep the
+the image size by resizing, summing and normalising (docs/method.md §5.9, §5.10).  CAM files keep the
 scales and fuse them on load (tools/cam_files.py), which is exact and a small part of the size."""
 from typing import NamedTuple
 
@@ -14,12 +14,12 @@ def max_normalize(x, eps=1e-5):
 
 def with_background(foreground, dim=0):
     """Foreground maps in [0, 1] with the background ``1 - max`` over ``dim`` (the class
-    axis) prepended along it: [K-1, ...] -> [K, ...] (SPEC 5.2, 5.10)."""
+    axis) prepended along it: [K-1, ...] -> [K, ...] (docs/method.md §5.2, §5.10)."""
     return torch.cat([1 - foreground.amax(dim=dim, keepdim=True), foreground], dim=dim)
 
 
 def fuse_scales(scales, size, background=False):
-    """SPEC 5.9, 5.10: each scale's map [K,h,w] bilinearly resized to ``size`` (H, W;
+    """docs/method.md §5.9, §5.10: each scale's map [K,h,w] bilinearly resized to ``size`` (H, W;
     align_corners=False), summed over the scales, each channel divided by its max + 1e-5;
     with ``background`` the maps are foreground only and ``1 - max`` is prepended.
     Returns float32 [K(+1),H,W]."""

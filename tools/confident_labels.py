@@ -1,5 +1,5 @@
-"""Stage 4's labels from CAMs (SPEC 8): confident foreground, confident background, unsure.
-(Not ``tools.random_walk.affinity_labels``, SPEC 9's pair labels that stage 5 derives from
+"""Stage 4's labels from CAMs (docs/method.md §8): confident foreground, confident background, unsure.
+(Not ``tools.random_walk.affinity_labels``, docs/method.md §9's pair labels that stage 5 derives from
 these maps.)
 
 Both rules take the image as uint8 ``[H, W, 3]`` RGB, the CAM's ``keys`` (int, ``keys[0] == 0``
@@ -17,7 +17,7 @@ UNSURE = 255
 
 
 def combine_confident(fg_labels, bg_labels):
-    """SIPE's combination of the two CRF label maps (class ids) into one (SPEC 8).
+    """SIPE's combination of the two CRF label maps (class ids) into one (docs/method.md §8).
 
     The class of ``fg_labels`` (background as is) where it is a class, whatever
     ``bg_labels`` says; 0 where both are background; 255 elsewhere (``fg_labels``
@@ -29,9 +29,9 @@ def combine_confident(fg_labels, bg_labels):
 
 
 def confident_labels(image_uint8, keys, cam, bg_conf_scale, crf_labels_fn=crf_labels):
-    """Confident labels of the SIPE / IRN kind (SPEC 8, the default ``--mode sipe``).
+    """Confident labels of the SIPE / IRN kind (docs/method.md §8, the default ``--mode sipe``).
 
-    The argmax of the CAM is refined by ``crf_labels_fn(image, index_map, K)`` (SPEC 8's
+    The argmax of the CAM is refined by ``crf_labels_fn(image, index_map, K)`` (docs/method.md §8's
     label CRF) twice: with the background channel as is (confident foreground) and with
     it multiplied by ``bg_conf_scale`` (0.5 SIPE, 0.8 AE-SIPE; a smaller background
     leaves only its surest pixels: confident background); see :func:`combine_confident`.
@@ -51,7 +51,7 @@ def confident_labels(image_uint8, keys, cam, bg_conf_scale, crf_labels_fn=crf_la
 
 def psa_background(cam, alpha):
     """PSA's class probabilities: background ``(1 - max fg) ** alpha`` stacked on the
-    foreground channels ``cam[1:]`` (SPEC 8, ``--mode psa``; the CAM's own background
+    foreground channels ``cam[1:]`` (docs/method.md §8, ``--mode psa``; the CAM's own background
     channel is not used).  ``1 - max`` is clipped at 0 so that maps slightly above 1 give
     no NaN.  Not normalised, as in PSA: the CRF unary is ``-log p``.
     """
@@ -74,7 +74,7 @@ def combine_psa(keys, low_index, high_index):
 
 
 def psa_labels(image_uint8, keys, cam, low_alpha=4, high_alpha=32, t=10, crf_probs_fn=crf_probs):
-    """Affinity labels of AffinityNet / PSA (SPEC 8, ``--mode psa``).
+    """Affinity labels of AffinityNet / PSA (docs/method.md §8, ``--mode psa``).
 
     Two CRFs on probabilities (``crf_probs_fn(image, probs, t=t, scale_factor=1)``: PSA's
     bilateral sxy 80 srgb 13 compat 10), with the background of :func:`psa_background` at

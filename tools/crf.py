@@ -1,4 +1,4 @@
-"""Dense CRF refinement with pydensecrf (SPEC 8, 12).
+"""Dense CRF refinement with pydensecrf (docs/method.md §8, §12).
 
 Two modes: ``crf_labels`` refines a hard label map (the confident-region CRF of SIPE
 and IRN), ``crf_probs`` refines class probabilities (the PSA mode).  Both take the
@@ -10,7 +10,7 @@ from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 
 def _checked_image(image):
-    """The image as a C-contiguous, writable uint8 ``[H, W, 3]`` array, or ValueError (SPEC 8).
+    """The image as a C-contiguous, writable uint8 ``[H, W, 3]`` array, or ValueError (docs/method.md §8).
 
     pydensecrf takes the image as a writable buffer, so a read-only array (as numpy views
     of PIL images are) is copied.
@@ -22,7 +22,7 @@ def _checked_image(image):
 
 
 def _check_size(image, shape, what):
-    """Raise ValueError unless ``shape`` (H, W) matches the image's (SPEC 8)."""
+    """Raise ValueError unless ``shape`` (H, W) matches the image's (docs/method.md §8)."""
     if tuple(shape) != image.shape[:2]:
         raise ValueError(f"{what} size {list(shape)} does not match the image size "
                          f"{list(image.shape[:2])}")
@@ -45,7 +45,7 @@ def _infer(image, unary, t, gaussian, bilateral):
 
 
 def crf_labels(image_uint8, labels, n_labels, t=10, gt_prob=0.7):
-    """Refine a label map ``[H, W]`` (values in ``0 .. n_labels-1``) with a dense CRF (SPEC 8).
+    """Refine a label map ``[H, W]`` (values in ``0 .. n_labels-1``) with a dense CRF (docs/method.md §8).
 
     Unary: the given label has probability ``gt_prob``, the others share the rest
     (label 0 is an ordinary class).  Pairwise: Gaussian sxy 3 compat 3, bilateral sxy 50
@@ -75,7 +75,7 @@ def _probs_unary(image, probs):
 
 
 def crf_probs(image_uint8, probs, t=10, scale_factor=1):
-    """Refine class probabilities ``[C, H, W]`` with a dense CRF, PSA mode (SPEC 8).
+    """Refine class probabilities ``[C, H, W]`` with a dense CRF, PSA mode (docs/method.md §8).
 
     Unary ``-log(max(p, 1e-5))``; Gaussian sxy ``3 / scale_factor`` compat 3; bilateral
     sxy ``80 / scale_factor`` srgb 13 compat 10.  Returns float32 ``[C, H, W]``
@@ -87,7 +87,7 @@ def crf_probs(image_uint8, probs, t=10, scale_factor=1):
 
 
 def crf_segmentation(image_uint8, probs, t=10):
-    """The segmentation network's CRF (SPEC 13, DeepLab's settings): probabilities
+    """The segmentation network's CRF (docs/method.md §13, DeepLab's settings): probabilities
     ``[C, H, W]`` -> int64 ``[H, W]`` labels.  Unary ``-log(max(p, 1e-5))``; Gaussian sxy 1
     compat 3; bilateral sxy 67 srgb 3 compat 4; ``t`` iterations."""
     image = _checked_image(image_uint8)

@@ -1,4 +1,4 @@
-"""Distributed set-up in one place (SPEC 11): torchrun, one GPU, or the CPU."""
+"""Distributed set-up in one place (docs/method.md §11): torchrun, one GPU, or the CPU."""
 import os
 from dataclasses import dataclass
 

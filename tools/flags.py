@@ -7,7 +7,7 @@ import math
 # The smallest training crop: the classifier's output stride of 16 leaves a 2x2 map of it;
 # a smaller crop leaves a single feature pixel, or none.
 MIN_CROP_SIZE = 32
-# Pixel pairs lie at distances below the radius (SPEC 9): radius 1 has none.
+# Pixel pairs lie at distances below the radius (docs/method.md §9): radius 1 has none.
 MIN_RADIUS = 2
 
 

@@ -1,4 +1,4 @@
-"""File I/O for every stage: images, label PNGs, JSON (SPEC 2); the CAM files are tools/cam_files.py.
+"""File I/O for every stage: images, label PNGs, JSON (docs/method.md §2); the CAM files are tools/cam_files.py.
 
 Every writer here is atomic: it writes to a temporary name in the destination folder
 and renames it into place, so an output file appears whole or not at all.  Every reader

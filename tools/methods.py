@@ -1,4 +1,4 @@
-"""The defaults that depend on the method that made the CAMs (SPEC 6.4, 8; their values:
+"""The defaults that depend on the method that made the CAMs (docs/method.md §6.4, §8; their values:
 tools/recipes.py, FROM_INPUTS).
 
 The stages that read CAM files take them from the method each file records, so the
@@ -6,8 +6,8 @@ drivers pass none of them:
 
 - ``bg_scale``: the factor on the background of the final map (``cam``) when it is
   scored (eval_cam) or turned into labels (make_seg_labels --no-affinity): AE-SIPE's
-  AE-IS-CAM is scored with its background times 0.8 (SPEC 6.4); the other maps keep 1.0.
-- ``bg_conf_scale``: the factor on the background of stage 4's second label CRF (SPEC 8,
+  AE-IS-CAM is scored with its background times 0.8 (docs/method.md §6.4); the other maps keep 1.0.
+- ``bg_conf_scale``: the factor on the background of stage 4's second label CRF (docs/method.md §8,
   ``tools.confident_labels.confident_labels``): with the background made smaller, the
   pixels that this CRF still calls background are the confident background (the first
   CRF, background as is, gives the confident foreground): 0.5 for SIPE, 0.8 for AE-SIPE.

@@ -1,5 +1,5 @@
-"""Segmentation metrics (SPEC 7): confusion matrix, IoU, precision, recall; for partial
-label maps (SPEC 8) the confusion over labelled pixels and their coverage."""
+"""Segmentation metrics (docs/method.md §7): confusion matrix, IoU, precision, recall; for partial
+label maps (docs/method.md §8) the confusion over labelled pixels and their coverage."""
 import numpy as np
 
 
@@ -48,8 +48,8 @@ def precision_recall(confusion):
 
 
 def labelled_confusion(pred, gt, num_classes, unlabelled=255, ignore_index=255):
-    """Confusion matrix over the pixels that a partial label map assigns (SPEC 7 applied to
-    the confident labels of SPEC 8): prediction pixels equal to ``unlabelled`` are left
+    """Confusion matrix over the pixels that a partial label map assigns (docs/method.md §7 applied to
+    the confident labels of docs/method.md §8): prediction pixels equal to ``unlabelled`` are left
     out, like ground-truth pixels equal to ``ignore_index``."""
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:

@@ -1,4 +1,4 @@
-"""What made an output (SPEC 2): a record of a stage's inputs (the digests of the checkpoints
+"""What made an output (docs/method.md §2): a record of a stage's inputs (the digests of the checkpoints
 and of the upstream folders' records it read) and of the flags that change what it writes.
 
 Each inference stage keeps its record as ``made_by.json`` in every output folder (and its

@@ -1,6 +1,6 @@
-"""Inter-pixel pairs, affinity labels and the random walk (SPEC 9, 10, 12).
+"""Inter-pixel pairs, affinity labels and the random walk (docs/method.md §9, §10, §12).
 
-Layout of the pairs (SPEC 9), shared by AffinityNet, IRN and the random walk:
+Layout of the pairs (docs/method.md §9), shared by AffinityNet, IRN and the random walk:
 
 * ``directions(r)`` lists the offsets ``(dy, dx)``: ``(0, 1) .. (0, r-1)``, then for
   ``dy = 1 .. r-1`` every ``dx = -(r-1) .. r-1`` with ``dx^2 + dy^2 < r^2``
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 
 def directions(radius):
-    """The pair offsets ``(dy, dx)`` within ``radius``, in the order of SPEC 9."""
+    """The pair offsets ``(dy, dx)`` within ``radius``, in the order of docs/method.md §9."""
     reach = radius - 1
     forward = [(0, dx) for dx in range(1, radius)]
     below = [(dy, dx) for dy in range(1, radius) for dx in range(-reach, radius)
@@ -29,7 +29,7 @@ def directions(radius):
 
 
 def _source_shape(radius, size):
-    """Rows and columns of the source window of an ``(h, w)`` map (SPEC 9)."""
+    """Rows and columns of the source window of an ``(h, w)`` map (docs/method.md §9)."""
     h, w = size
     reach = radius - 1
     return max(h - reach, 0), max(w - 2 * reach, 0)
@@ -44,7 +44,7 @@ def _crop(grid, radius, offset):
 
 
 def pairs_within_radius(radius, size, device=None):
-    """Flat indices of the pairs of an ``(h, w)`` map (SPEC 9).
+    """Flat indices of the pairs of an ``(h, w)`` map (docs/method.md §9).
 
     Returns ``(index_from [M], index_to [D, M])`` as int64 tensors: ``index_from`` are the
     sources, ``index_to[d]`` the source plus ``directions(radius)[d]``.
@@ -58,7 +58,7 @@ def pairs_within_radius(radius, size, device=None):
 
 
 def affinity_labels(label_map, radius=5, ignore_index=255):
-    """Pair labels of a label map ``[h, w]`` (SPEC 9).
+    """Pair labels of a label map ``[h, w]`` (docs/method.md §9).
 
     Returns ``(bg_pos, fg_pos, neg)``, float32 ``[D, M]`` aligned with
     ``pairs_within_radius``: background positive (both labels 0), foreground positive
@@ -79,7 +79,7 @@ def affinity_labels(label_map, radius=5, ignore_index=255):
 
 
 def path_offsets(dy, dx):
-    """Pixels on the straight path from ``(0, 0)`` to ``(dy, dx)`` (SPEC 9, IRN).
+    """Pixels on the straight path from ``(0, 0)`` to ``(dy, dx)`` (docs/method.md §9, IRN).
 
     A pixel ``(y, x)`` of the bounding box of the two ends is on the path when its
     centre lies less than one pixel from the line through both centres:
@@ -92,7 +92,7 @@ def path_offsets(dy, dx):
 
 
 def path_max_affinity(boundary, radius=5):
-    """IRN affinity ``1 - max B`` along each pair's path (SPEC 9).
+    """IRN affinity ``1 - max B`` along each pair's path (docs/method.md §9).
 
     ``boundary`` is ``[..., h, w]`` in [0, 1]; returns ``[..., D, M]`` aligned with
     ``pairs_within_radius(radius, (h, w))``.  Differentiable in ``boundary``.
@@ -105,7 +105,7 @@ def path_max_affinity(boundary, radius=5):
 
 
 def _stencil_weights(affinity, size, radius, beta):
-    """Symmetric edge weights ``W = A^beta`` as one map per neighbour offset (SPEC 10).
+    """Symmetric edge weights ``W = A^beta`` as one map per neighbour offset (docs/method.md §10).
 
     Returns ``(flat_offsets [K], weights [K, N])`` with ``K = 2 D + 1`` offsets sorted by
     their flat value ``dy * w + dx``: ``weights[k, j]`` is ``W`` between pixel ``j`` and
@@ -126,7 +126,7 @@ def _stencil_weights(affinity, size, radius, beta):
 
 
 def _transition_rows(affinity, size, radius, beta):
-    """Sparse CSR ``T^T [N, N]`` with ``T_ij = W_ij / sum_k W_kj`` (SPEC 10).
+    """Sparse CSR ``T^T [N, N]`` with ``T_ij = W_ij / sum_k W_kj`` (docs/method.md §10).
 
     Row ``j`` of ``T^T`` holds column ``j`` of ``T``: the weights of pixel ``j``'s
     neighbours divided by their sum, so every row sums to 1.  Zero weights are left out;
@@ -145,7 +145,7 @@ def _transition_rows(affinity, size, radius, beta):
 
 
 def random_walk(cam, affinity, size, radius=5, beta=8, t=256):
-    """Propagate ``cam`` over the affinity graph ``t`` steps, ``v <- v T`` (SPEC 10).
+    """Propagate ``cam`` over the affinity graph ``t`` steps, ``v <- v T`` (docs/method.md §10).
 
     ``cam [C, h*w]`` (background included) holds one row vector ``v`` per class;
     ``affinity [D, M]`` in [0, 1] is aligned with ``pairs_within_radius(radius, size)``.
@@ -172,7 +172,7 @@ def random_walk(cam, affinity, size, radius=5, beta=8, t=256):
 
 
 def propagate_with_boundary(cam, boundary, radius=5, beta=10, t=256):
-    """IRN random walk of ``cam [C, h, w]`` guided by a boundary map ``[h, w]`` (SPEC 10).
+    """IRN random walk of ``cam [C, h, w]`` guided by a boundary map ``[h, w]`` (docs/method.md §10).
 
     Only the propagation: the caller prepares ``cam`` (e.g. ``cam ** 1.5 * (1 - B)``).
     As in IRN, the boundary is padded with 1 by ``radius - 1`` pixels left, right and

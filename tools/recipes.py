@@ -1,22 +1,22 @@
-"""Every recipe in one table (README, Recipes): the settings each stage trains and infers with.
+"""Every recipe in one table (docs/stages.md, Recipes): the settings each stage trains and infers with.
 
 ``PUBLISHED[stage][choice]``: the published code's settings for each value of the flag that
 chooses among them (``CHOOSERS``: train_cam's ``--method``, train_affinity's ``--arch``; a
-stage without one has the single choice ``""``): SIPE's and PSA's classifiers (SPEC 5.8,
-5.10), IRN's and PSA's affinity networks (SPEC 9), DeepLab (SPEC 13), the inference scales
-(SPEC 5.9, 13).
+stage without one has the single choice ``""``): SIPE's and PSA's classifiers (docs/method.md §5.8,
+§5.10), IRN's and PSA's affinity networks (docs/method.md §9), DeepLab (docs/method.md §13), the inference scales
+(docs/method.md §5.9, §13).
 
 ``TOY[stage]``: the toy run's CPU sizes, which ``--recipe toy`` lays over the published
-values (README, Toy run), and ``TOY_CHOICES[stage][choice]`` over those for one choice;
+values (docs/toy.md), and ``TOY_CHOICES[stage][choice]`` over those for one choice;
 every setting the toy does not name is the published one.
 
 The stages take these as their argparse defaults (``engine.stage.recipe_defaults``), so
 ``--help`` shows the chosen recipe's values and a flag on the command line overrides them.
 
 ``FROM_INPUTS``: the defaults that follow from what made a stage's inputs, read when the
-stage knows them: the method a CAM file records (SPEC 6.4, 8: ``bg_scale`` scores the final
+stage knows them: the method a CAM file records (docs/method.md §6.4, §8: ``bg_scale`` scores the final
 map, ``bg_conf_scale`` makes stage 4's confident background) and the architecture an affinity
-checkpoint records (SPEC 10: the walk's ``beta``).
+checkpoint records (docs/method.md §10: the walk's ``beta``).
 
 ``python -m tools.recipes STAGE --flag=FLAG --value=VALUE`` checks a driver's choice against this table
 (``main``), so that the drivers hold no list of methods or architectures of their own.
@@ -29,7 +29,7 @@ RECIPE_NAMES = ("published", "toy")
 SIPE = {"backbone": "resnet50", "frozen": True, "batch_size": 16, "epochs": 5, "lr": 0.1,
         "new_layer_lr_mult": 10.0, "momentum": 0.0, "weight_decay": 1e-4, "clip_grad": 1.0, "crop_size": 512,
         "resize_long": (320, 640), "color_jitter": None}
-PSA_JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue (SPEC 5.10, 9)
+PSA_JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue (docs/method.md §5.10, §9)
 
 PUBLISHED = {
     # PSA's optimizer, like SIPE's, ran SGD without momentum (its poly power sat in the momentum slot)
@@ -59,7 +59,7 @@ PUBLISHED = {
 
 CHOOSERS = {"train_cam": "--method", "train_affinity": "--arch"}  # their defaults: the stages' own flags
 
-# The toy run on a 2-core CPU: EfficientNet-Lite0 with its ImageNet weights (SPEC 4.1), images of
+# The toy run on a 2-core CPU: EfficientNet-Lite0 with its ImageNet weights (docs/method.md §4.1), images of
 # 240-320 px, small crops and batches, few steps; three optimizer values (stage 7's lr: the
 # published 2.5e-4 is for 20,000 steps, not 80; the affinity networks', TOY_CHOICES).  Channels-last
 # (the same numbers) runs EfficientNet's depthwise convolutions 1.5-2x faster on a CPU.
@@ -78,7 +78,7 @@ TOY = {
 # The affinity networks' lr on the toy grows with the steps it cuts, as stage 7's does (20,000
 # -> 80 steps, lr x 10): IRN's new boundary layers, alone on the frozen backbone, get 200 steps
 # for VOC's 990 (train_aug, batch 32, 3 epochs) at lr 0.3, AffinityNet 100 for VOC's 10,582
-# (batch 8, 8 epochs) at lr 1.0; each measured in the README (Toy run)
+# (batch 8, 8 epochs) at lr 1.0; each measured on the toy (docs/toy.md)
 TOY_CHOICES = {"train_affinity": {"irn": {"epochs": 10, "lr": 0.3}, "affinitynet": {"lr": 1.0}}}
 
 FROM_INPUTS = {

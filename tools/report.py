@@ -1,4 +1,4 @@
-"""The run's results table: ``results.json`` and ``results.md`` (SPEC 2, 7)."""
+"""The run's results table: ``results.json`` and ``results.md`` (docs/method.md §2, §7)."""
 import json
 import math
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Worker processes beside a stage's main loop (SPEC 2): process pools that stop the stage
+"""Worker processes beside a stage's main loop (docs/method.md §2): process pools that stop the stage
 at once when a worker raises or dies, and workers (pool and DataLoader) that die with the
 main process, so that nothing is written after it."""
 import ctypes
