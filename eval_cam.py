@@ -55,9 +55,10 @@ def parse_args(argv=None):
     return args
 
 
-def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds, made_by=None):
-    """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``."""
-    keys, cam = load_cam(path, map_name, num_classes, gt_shape, made_by)
+def cam_predictions(path, map_name, num_classes, gt_shape, backgrounds, made_by=None, classes=None):
+    """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``;
+    ``classes``: the image's labels, which a published code base's file must hold."""
+    keys, cam = load_cam(path, map_name, num_classes, gt_shape, made_by, classes)
     predictions = []
     for kind, value in backgrounds:
         scored = cam.copy()
@@ -88,7 +89,7 @@ def image_confusions(name, source, args, backgrounds, made_by):
         pred = np.where(pred == 255, 0, pred)
         return [confusion_matrix(pred, gt, n)], evaluated
     path = Path(args.cam_dir) / f"{name}.npy"
-    predictions = cam_predictions(path, args.map, n, gt.shape, backgrounds, made_by)
+    predictions = cam_predictions(path, args.map, n, gt.shape, backgrounds, made_by, source.labels(name))
     return [confusion_matrix(pred, gt, n) for pred in predictions], evaluated
 
 
