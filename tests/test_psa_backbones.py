@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import train_affinity
 import train_cam
+from data.sources import build_source
 from data.transforms import rescale, scaled_images
 from engine.checkpoint import load_checkpoint, load_weights
 from net.affinity import AffinityNet, affinity_net_of, embedding_affinity, walk_affinitynet
@@ -19,7 +21,9 @@ from net.cam import CAMNet, psa_cam
 from net.psa_backbones import build_psa_backbone, load_backbone_weights, read_backbone_weights, released_checkpoint
 from net.resnet38 import ResNet38, mxnet_name, read_mxnet_params
 from net.sipe import build_classifier, classifier_of
-from tools.io import PipelineError
+from tests.scripts import assert_error, run
+from tools.cam_files import load_cam
+from tools.io import PipelineError, read_image
 from tools.normalization import normalize
 from tools.random_walk import random_walk
 
@@ -212,7 +216,8 @@ def test_affinities_of_psas_released_affinitynet_equal_psas_inference(networks, 
         for index, level in enumerate(levels):
             y = F.conv2d(level, state[f"f8_{index + 3}.weight"])
             if backbone == "vgg16":
-                y = F.group_norm(y, (8, 16, 32)[index], state[f"gn8_{index + 3}.weight"], state[f"gn8_{index + 3}.bias"])
+                norm = f"gn8_{index + 3}"
+                y = F.group_norm(y, (8, 16, 32)[index], state[f"{norm}.weight"], state[f"{norm}.bias"])
             parts.append(F.elu(y))
         features = F.elu(F.conv2d(torch.cat(parts, 1), state["f9.weight"])).flatten(2)
         index_from, index_to = psa_pairs(5, 8, 10)
@@ -395,7 +400,8 @@ def to_mxnet(name):
     layer, _, branch = parts[1].partition("_")
     prefix = "res" if layer == "conv" else "bn"
     param = parts[2] if layer == "conv" else suffix[parts[2]]
-    return f"{'aux' if 'running' in parts[2] else 'arg'}:{prefix}{stage}{'b' + index if index else 'a'}_{branch}_{param}"
+    block = f"b{index}" if index else "a"
+    return f"{'aux' if 'running' in parts[2] else 'arg'}:{prefix}{stage}{block}_{branch}_{param}"
 
 
 def test_every_resnet38_tensor_has_its_mxnet_name(networks):
@@ -404,3 +410,34 @@ def test_every_resnet38_tensor_has_its_mxnet_name(networks):
     assert len({to_mxnet(n) for n in names}) == len(names) > 150
     assert all(mxnet_name(to_mxnet(n)) == n for n in names)
     assert mxnet_name("arg:linear1000_weight") is None
+
+
+# ---- the stages on PSA's released files ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_make_cam_and_make_seg_labels_take_released_files(networks, make_toy, tmp_path):
+    toy = make_toy(num_train=4, num_val=2, size=(40, 56), seed=3)
+    data = ["--dataset", "custom", "--data-root", toy, "--split", "train"]
+    num_classes = build_source("custom", toy).num_classes
+    _, state, _ = networks["vgg16", "cam"]
+    classifier = tmp_path / "vgg16_cls.pth"  # PSA's file, for the toy's classes
+    torch.save(dict(state, **{"fc8.weight": state["fc8.weight"][:num_classes - 1]}), classifier)
+    work = tmp_path / "run"
+    infer = ["--work-dir", work, "--device", "cpu", "--num-workers", "0"]
+    run("make_cam.py", *data, *infer, "--checkpoint", classifier)
+    source = build_source("custom", toy)
+    names = source.ids("train")
+    for name in names:
+        size = read_image(source.image_path(name)).shape[:2]
+        keys, cam = load_cam(work / "cam" / f"{name}.npy", "cam", num_classes, size)
+        assert np.array_equal(keys[1:], source.labels(name)) and np.allclose(cam[1:].max(axis=(1, 2)), 1, atol=1e-3)
+    run("make_seg_labels.py", *data, *infer, "--checkpoint", networks["vgg16", "affinity"][2], "--steps", "4")
+    assert sorted(p.stem for p in (work / "pseudo_labels").glob("*.png")) == sorted(names)
+
+    torchvision_file = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), torchvision_file)
+    assert_error(run("make_cam.py", *data, *infer, "--out-dir", tmp_path / "x", "--checkpoint", torchvision_file,
+                     check=False), torchvision_file, "not a checkpoint of this pipeline, nor a state dict of PSA's")
+    assert_error(run("make_cam.py", *data, *infer, "--out-dir", tmp_path / "y", "--checkpoint",
+                     networks["vgg16", "cam"][2], check=False), networks["vgg16", "cam"][2],
+                 f"checkpoint has num_classes=21, this run needs {num_classes}")
