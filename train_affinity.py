@@ -29,7 +29,8 @@ def parse_args(argv=None):
     parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
     parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
     parser.add_argument("--backbone", choices=BACKBONES + PSA_BACKBONES,
-                        help="torchvision ResNet (SPEC 4), or PSA's resnet38 / vgg16 (--arch affinitynet; docs/psa.md)")
+                        help="torchvision ResNet (docs/method.md §4), or PSA's resnet38 / vgg16 "
+                             "(--arch affinitynet; docs/psa.md)")
     parser.add_argument("--radius", type=flags.radius, help="training pairs within this radius (SPEC 9)")
     parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
                         action=flags.OrderedPair,
@@ -43,8 +44,8 @@ def parse_args(argv=None):
     if args.arch == "irn" and not args.frozen:
         parser.error("--no-frozen: IRN trains its boundary layers on a frozen backbone (SPEC 9); it has no other form")
     if args.arch == "irn" and args.backbone in PSA_BACKBONES:
-        parser.error(f"--backbone {args.backbone}: IRN reads the five stages of a ResNet (SPEC 9); PSA's backbones "
-                     "are for --arch affinitynet")
+        parser.error(f"--backbone {args.backbone}: IRN reads the five stages of a ResNet (docs/method.md §9); "
+                     "PSA's backbones are for --arch affinitynet")
     if args.arch == "affinitynet":
         check_frozen(parser, args)
     return args

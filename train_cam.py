@@ -18,7 +18,8 @@ def parse_args(argv=None):
     parser.add_argument("--method", choices=METHODS, default="sipe",
                         help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
     parser.add_argument("--backbone", choices=BACKBONES + PSA_BACKBONES,
-                        help="torchvision ResNet (SPEC 4), or PSA's resnet38 / vgg16 (--method cam; docs/psa.md)")
+                        help="torchvision ResNet (docs/method.md §4), or PSA's resnet38 / vgg16 "
+                             "(--method cam; docs/psa.md)")
     parser.add_argument("--seed-bg-scale", type=flags.positive_float, default=0.5,
                         help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (SPEC 5.4); "
                              "it travels in the checkpoint to make_cam")

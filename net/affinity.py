@@ -48,7 +48,7 @@ class AffinityNet(nn.Module):
             nn.init.kaiming_normal_(conv.weight)
 
     def param_groups(self):
-        """PSA's four groups (SPEC 9): pretrained / new, weights / biases; PSA's GroupNorms
+        """PSA's four groups (docs/method.md §9): pretrained / new, weights / biases; PSA's GroupNorms
         (VGG-16) count as pretrained layers, as PSA sorts them."""
         return psa_groups([self.backbone, *([self.side_norm] if self.side_norm else [])], [self.side, self.fuse])
 

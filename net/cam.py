@@ -47,7 +47,8 @@ class CAMNet(nn.Module):
         return [self.classifier]
 
     def param_groups(self):
-        """The backbone and the new layers (SPEC 5.8, 5.10); PSA's four groups on its backbones."""
+        """The backbone and the new layers (docs/method.md §5.8, §5.10); PSA's four groups on
+        its backbones."""
         if self.psa_backbone:
             return psa_groups([self.backbone], self.new_layers())
         return layer_groups([self.backbone], self.new_layers())
