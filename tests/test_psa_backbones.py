@@ -16,11 +16,12 @@ import train_cam
 from data.sources import build_source
 from data.transforms import rescale, scaled_images
 from engine.checkpoint import load_checkpoint, load_weights
+from engine.train import build_optimizer
 from net.affinity import AffinityNet, affinity_net_of, embedding_affinity, walk_affinitynet
 from net.cam import CAMNet, psa_cam
 from net.psa_backbones import build_psa_backbone, load_backbone_weights, read_backbone_weights, released_checkpoint
 from net.resnet38 import ResNet38, mxnet_name, read_mxnet_params
-from net.sipe import build_classifier, classifier_of
+from net.sipe import build_classifier, classifier_losses, classifier_of
 from tests.scripts import assert_error, run
 from tools.cam_files import load_cam
 from tools.io import PipelineError, read_image
@@ -286,6 +287,24 @@ def test_vgg16_networks_train_as_psa(networks):
     # PSA's GroupNorms are not among its from-scratch layers: they learn at the base rate
     assert "side_norm.0.weight" in weights and "side_norm.2.bias" in biases
     assert new_weights == ["side.0.weight", "side.1.weight", "side.2.weight", "fuse.weight"] and new_biases == []
+
+
+def test_vgg16_classifier_steps_with_psas_learning_rates(networks):
+    model = networks["vgg16", "cam"][0]
+    args = train_cam.parse_args(["--method", "cam", "--backbone", "vgg16", "--data-root", "x", "--work-dir", "y"])
+    optimizer = build_optimizer(model, args.lr, args.new_layer_lr_mult, args.weight_decay, args.momentum)
+    # pretrained weights x1 with decay, pretrained biases x2 without, fc8 x10 with decay (it has no bias)
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (0.1, 5e-4), (0.2, 0.0), (pytest.approx(1.0), 5e-4)]
+    frozen, learned = model.backbone.conv1_1.weight.clone(), model.classifier.weight.clone()
+    model.train()
+    losses = classifier_losses(model, {"image": torch.randn(2, 3, 48, 48), "label": torch.eye(20)[:2],
+                                       "valid": torch.ones(2, 48, 48)})
+    losses["cls"].backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    model.eval()
+    assert torch.equal(model.backbone.conv1_1.weight, frozen) and not torch.equal(model.classifier.weight, learned)
 
 
 def test_vgg16_input_is_caffes():
