@@ -45,11 +45,11 @@ def parse_args(argv=None):
 
 
 def label_image(item, args, num_classes, made_by):
-    """Write the affinity label PNG of one ``(name, image path)`` (runs in a pool worker)."""
-    name, image_path = item
+    """Write the affinity label PNG of one ``(name, image path, its labels)`` (runs in a pool worker)."""
+    name, image_path, classes = item
     cam_path = Path(args.cam_dir) / f"{name}.npy"
     image = read_image(image_path)
-    keys, cam = load_cam(cam_path, args.map, num_classes, image.shape[:2], made_by)
+    keys, cam = load_cam(cam_path, args.map, num_classes, image.shape[:2], made_by, classes)
     if args.mode == "psa":
         labels = psa_labels(image, keys, cam, args.low_alpha, args.high_alpha)
     else:
@@ -73,7 +73,7 @@ def main(argv=None):
         log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes, background x %s)", out_dir, len(todo),
                  len(names), info.rank, args.mode, args.crf_workers, args.bg_conf_scale)
         work = functools.partial(label_image, args=args, num_classes=source.num_classes, made_by=made_by)
-        items = [(name, str(source.image_path(name))) for name in todo]
+        items = [(name, str(source.image_path(name)), source.labels(name)) for name in todo]
         with WorkerPool(args.crf_workers, "CRF", writes_to=[out_dir]) as pool:
             for _ in stage.progress(pool.map(work, items), info.is_main, total=len(items), desc="affinity labels"):
                 pass

@@ -8,6 +8,7 @@ from data.datasets import InferenceDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
+from net.psa_backbones import released_checkpoint
 from net.sipe import METHODS, PROTOTYPE_METHODS, classifier_of, inference_maps
 from tools import dist, flags, provenance
 from tools.cam_files import save_cam
@@ -22,7 +23,8 @@ def parse_args(argv=None):
     parser = stage.parser_for(__doc__)
     stage.add_dataset_args(parser, split_default="train")
     stage.add_runtime_args(parser)
-    parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth)")
+    parser.add_argument("--checkpoint", help="classifier weights (default: WORK_DIR/ckpt/cam.pth); PSA's released "
+                                             "res38_cls.pth / vgg16_cls.pth load as they are")
     parser.add_argument("--out-dir", help="where the CAM files go (default: WORK_DIR/cam)")
     parser.add_argument("--scales", type=flags.positive_float, nargs="+", help="inference scales (docs/method.md §5.9)")
     parser.add_argument("--visualize", type=flags.non_negative_int, default=0, metavar="N",
@@ -46,7 +48,8 @@ def main(argv=None):
         source = build_source(args.dataset, args.data_root)
         source.check_split(args.split)
         path = Path(args.checkpoint or work_dir / "ckpt" / "cam.pth")
-        checkpoint = load_checkpoint(path, {"kind": "cam", "num_classes": source.num_classes})
+        checkpoint = load_checkpoint(path, {"kind": "cam", "num_classes": source.num_classes},
+                                     foreign=released_checkpoint)
         method = checkpoint.get("method")
         if method not in METHODS:
             raise PipelineError(f"{path}: checkpoint of an unknown method {method!r} (known: {', '.join(METHODS)})")

@@ -11,7 +11,8 @@ from data.datasets import CamDataset, single
 from data.sources import build_source
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
-from net.affinity import IRN_CROP, WALK_RADIUS, affinity_net_of, boundary_map, walk_affinitynet, walk_irn
+from net.affinity import IRN_CROP, STRIDE, WALK_RADIUS, affinity_net_of, boundary_map, walk_affinitynet, walk_irn
+from net.psa_backbones import PSA_BACKBONES, released_checkpoint
 from tools import dist, flags, provenance
 from tools.crf import crf_labels
 from tools.io import read_image, write_image, write_label_png
@@ -29,7 +30,8 @@ def parse_args(argv=None):
     parser = stage.parser_for(__doc__)
     stage.add_dataset_args(parser, split_default="train")
     stage.add_runtime_args(parser)
-    parser.add_argument("--checkpoint", help="affinity network (default: WORK_DIR/ckpt/affinity.pth)")
+    parser.add_argument("--checkpoint", help="affinity network (default: WORK_DIR/ckpt/affinity.pth); PSA's "
+                                             "released res38_aff.pth / vgg16_aff.pth load as they are")
     parser.add_argument("--no-affinity", action="store_true",
                         help="no random walk: labels are the CAM argmax (background times --bg-scale), "
                              "to be refined with --crf; a baseline without an affinity network (the COCO route "
@@ -66,6 +68,10 @@ def walk(model, checkpoint, image, cam, beta, args):
         if checkpoint["arch"] == "irn":
             boundary = boundary_map(model, pixels, checkpoint.get("crop_size", IRN_CROP))
             walked = walk_irn(boundary, cam, args.radius, beta, args.steps, args.power)
+        elif checkpoint.get("backbone") in PSA_BACKBONES:  # PSA's padding to a multiple of 8, as PSA's inference
+            walked = walk_affinitynet(model(pixels).float(), cam, args.radius, beta, args.steps, args.alpha, True)
+            walked = F.interpolate(walked[None], scale_factor=STRIDE["affinitynet"], mode="bilinear",
+                                   align_corners=False)[0, :, :image.shape[0], :image.shape[1]]
         else:
             walked = walk_affinitynet(model(pixels).float(), cam, args.radius, beta, args.steps, args.alpha)
             walked = F.interpolate(walked[None], image.shape[:2], mode="bilinear", align_corners=False)[0]
@@ -88,7 +94,7 @@ def load_affinity_net(args, work_dir, device):
     """The affinity network of stage 5 (``--checkpoint``, default ckpt/affinity.pth), ready
     for inference on ``device``; returns (checkpoint, model)."""
     path = checkpoint_path(args, work_dir)
-    checkpoint = load_checkpoint(path, {"kind": "affinity"})
+    checkpoint = load_checkpoint(path, {"kind": "affinity"}, foreign=released_checkpoint)
     model = affinity_net_of(checkpoint)
     load_weights(model, checkpoint["model"], path)
     return checkpoint, stage.inference_model(model, device, args.channels_last)

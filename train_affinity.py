@@ -13,6 +13,7 @@ from engine.train import (PolySchedule, add_augmentation_args, add_frozen_arg, a
                           check_frozen, epoch_steps, train, unwrap)
 from net.affinity import ARCHS, STRIDE, affinity_losses, build_affinity_net
 from net.backbone import BACKBONES
+from net.psa_backbones import PSA_BACKBONES
 from tools import flags
 from tools.io import PipelineError
 from tools.random_walk import affinity_labels, pairs_within_radius
@@ -27,7 +28,9 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--arch", choices=ARCHS, default="irn", help="irn (SIPE, AE-SIPE) or affinitynet (PSA)")
     parser.add_argument("--label-dir", help="affinity labels of stage 4 (default: WORK_DIR/affinity_labels)")
-    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (docs/method.md §4)")
+    parser.add_argument("--backbone", choices=BACKBONES + PSA_BACKBONES,
+                        help="torchvision ResNet (docs/method.md §4), or PSA's resnet38 / vgg16 "
+                             "(--arch affinitynet; docs/psa.md)")
     parser.add_argument("--radius", type=flags.radius, help="training pairs within this radius (docs/method.md §9)")
     parser.add_argument("--scale-range", type=flags.positive_float, nargs=2, metavar=("LO", "HI"),
                         action=flags.OrderedPair,
@@ -40,6 +43,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.arch == "irn" and not args.frozen:
         parser.error("--no-frozen: IRN trains its boundary layers on a frozen backbone (docs/method.md §9); it has no other form")
+    if args.arch == "irn" and args.backbone in PSA_BACKBONES:
+        parser.error(f"--backbone {args.backbone}: IRN reads the five stages of a ResNet (docs/method.md §9); "
+                     "PSA's backbones are for --arch affinitynet")
     if args.arch == "affinitynet":
         check_frozen(parser, args)
     return args

@@ -6,7 +6,8 @@ from engine import stage
 from engine.train import (PolySchedule, add_augmentation_args, add_frozen_arg, add_training_args, build_optimizer,
                           check_frozen, epoch_steps, train)
 from net.backbone import BACKBONES
-from net.sipe import METHODS, build_classifier, classifier_losses
+from net.psa_backbones import PSA_BACKBONES
+from net.sipe import METHODS, PROTOTYPE_METHODS, build_classifier, classifier_losses, prototype_backbone_error
 from tools import flags
 
 
@@ -16,7 +17,9 @@ def parse_args(argv=None):
     stage.add_runtime_args(parser)
     parser.add_argument("--method", choices=METHODS, default="sipe",
                         help="sipe, ae_sipe (PAMR-refined seeds) or cam (PSA's plain CAM classifier, no prototypes)")
-    parser.add_argument("--backbone", choices=BACKBONES, help="torchvision ResNet (docs/method.md §4)")
+    parser.add_argument("--backbone", choices=BACKBONES + PSA_BACKBONES,
+                        help="torchvision ResNet (docs/method.md §4), or PSA's resnet38 / vgg16 "
+                             "(--method cam; docs/psa.md)")
     parser.add_argument("--seed-bg-scale", type=flags.positive_float, default=0.5,
                         help="sipe, ae_sipe: the factor on the background's IoU in the structure seeds (docs/method.md §5.4); "
                              "it travels in the checkpoint to make_cam")
@@ -26,6 +29,8 @@ def parse_args(argv=None):
     stage.recipe_defaults(parser, argv, "train_cam")
     args = parser.parse_args(argv)
     check_frozen(parser, args)
+    if args.method in PROTOTYPE_METHODS and args.backbone in PSA_BACKBONES:
+        parser.error(prototype_backbone_error(args.method, args.backbone))
     return args
 
 

@@ -120,5 +120,5 @@ class CamDataset(torch.utils.data.Dataset):
         image_id = self.ids[index]
         image = read_image(self.source.image_path(image_id))
         keys, cam = load_cam(self.cam_dir / f"{image_id}.npy", self.map_name, self.source.num_classes,
-                             image.shape[:2], self.made_by)
+                             image.shape[:2], self.made_by, self.source.labels(image_id))
         return {"name": image_id, "image": image, "keys": keys, "cam": cam}

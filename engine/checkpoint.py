@@ -22,13 +22,17 @@ def save_checkpoint(path, payload):
         tmp.write_bytes(buffer.getbuffer())
 
 
-def load_checkpoint(path, expect=None):
+def load_checkpoint(path, expect=None, foreign=None):
     """Load a checkpoint dict; ``expect`` maps keys to required values (architecture,
-    number of classes, ...) and a mismatch is a PipelineError naming the file."""
+    number of classes, ...) and a mismatch is a PipelineError naming the file.  A file that
+    is not a checkpoint of this pipeline is an error, or with ``foreign`` the checkpoint
+    ``foreign(payload, path)`` makes of it (a published code base's state dict)."""
     path = Path(path)
     payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or "model" not in payload:
-        raise PipelineError(f"{path}: not a checkpoint of this pipeline")
+        if foreign is None:
+            raise PipelineError(f"{path}: not a checkpoint of this pipeline")
+        payload = foreign(payload, path)
     for key, value in (expect or {}).items():
         if payload.get(key) != value:
             raise PipelineError(f"{path}: checkpoint has {key}={payload.get(key)!r}, this run needs {value!r}")

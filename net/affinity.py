@@ -7,6 +7,7 @@ from net.backbone import (build_backbone, freeze, frozen_default, input_conv, st
                           stage_strides, stem_channels)
 from net.parameters import layer_groups, psa_groups
 from net.precision import full_precision
+from net.psa_backbones import AFFINITY_NORMS, PSA_BACKBONES, build_psa_backbone
 from tools.random_walk import pairs_within_radius, path_max_affinity, propagate_with_boundary, random_walk
 
 ARCHS = ("affinitynet", "irn")
@@ -16,32 +17,58 @@ IRN_CROP = 512  # IRN inference pads the image to its training crop (docs/method
 
 
 class AffinityNet(nn.Module):
-    """Stride-8 pixel embeddings; the affinity of a pair is ``exp(-mean_c |f_i - f_j|)``."""
+    """Stride-8 pixel embeddings; the affinity of a pair is ``exp(-mean_c |f_i - f_j|)``.
+
+    On PSA's ResNet-38 and VGG-16 (docs/method.md §4.1) it is PSA's network: its side convs
+    read the three stride-8 levels (VGG-16: each followed by GroupNorm, as PSA's), PSA freezes
+    its own layers, and the input is zero-padded right and bottom to a multiple of 8 (after
+    the backbone's own normalisation), as PSA's inference pads it.
+    """
 
     def __init__(self, pretrained="imagenet", backbone="resnet50", frozen=None):
         super().__init__()
         self.frozen = frozen_default(frozen, pretrained)  # None: as PSA with weights, nothing without
-        self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
-        self.frozen_stages = 1 if self.frozen else 0  # the stem keeps its ImageNet weights
-        if self.frozen:
-            # as PSA: the first stage frozen, and every BatchNorm (statistics and affine)
-            freeze(input_conv(self.backbone), *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
-        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False)
-                                  for cin, cout in zip(stage_channels(backbone)[1:], (64, 128, 256)))
+        self.psa_backbone = backbone in PSA_BACKBONES
+        self.side_norm = None
+        if self.psa_backbone:
+            self.backbone = build_psa_backbone(backbone, pretrained, self.frozen, role="affinity")
+            widths = self.backbone.level_channels
+            if AFFINITY_NORMS[backbone]:
+                self.side_norm = nn.ModuleList(nn.GroupNorm(groups, width) for groups, width in
+                                               zip(AFFINITY_NORMS[backbone], (64, 128, 256)))
+        else:
+            self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
+            if self.frozen:
+                # as PSA: the first stage frozen, and every BatchNorm (statistics and affine)
+                freeze(input_conv(self.backbone), *(m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)))
+            widths = stage_channels(backbone)[1:]
+        self.frozen_stages = 1 if self.frozen and not self.psa_backbone else 0  # the stem keeps its ImageNet weights
+        self.side = nn.ModuleList(nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(widths, (64, 128, 256)))
         self.fuse = nn.Conv2d(448, 448, 1, bias=False)
         for conv in (*self.side, self.fuse):
             nn.init.kaiming_normal_(conv.weight)
 
     def param_groups(self):
-        """PSA's four groups (docs/method.md §9): pretrained / new, weights / biases."""
-        return psa_groups([self.backbone], [self.side, self.fuse])
+        """PSA's four groups (docs/method.md §9): pretrained / new, weights / biases; PSA's GroupNorms
+        (VGG-16) count as pretrained layers, as PSA sorts them."""
+        return psa_groups([self.backbone, *([self.side_norm] if self.side_norm else [])], [self.side, self.fuse])
+
+    def levels(self, images):
+        """The three feature maps the side convs read: layer2..layer4, or PSA's levels."""
+        if not self.psa_backbone:
+            return stage_outputs(self.backbone, images, self.frozen_stages)[2:]
+        x = self.backbone.prepare(images)
+        height, width = x.shape[-2:]
+        x = F.pad(x, (0, -width % STRIDE["affinitynet"], 0, -height % STRIDE["affinitynet"]))
+        return self.backbone.levels(x)
 
     def forward(self, images):
-        """Embeddings [N, 448, H/8, W/8]."""
-        _, _, x2, x3, x4 = stage_outputs(self.backbone, images, self.frozen_stages)
-        size = x2.shape[-2:]
-        parts = [F.interpolate(F.elu(side(x)), size, mode="bilinear", align_corners=False)
-                 for side, x in zip(self.side, (x2, x3, x4))]
+        """Embeddings [N, 448, H/8, W/8] (rounded up)."""
+        levels = self.levels(images)
+        size = levels[0].shape[-2:]
+        norms = self.side_norm or [nn.Identity()] * len(self.side)
+        parts = [F.interpolate(F.elu(norm(side(x))), size, mode="bilinear", align_corners=False)
+                 for side, norm, x in zip(self.side, norms, levels)]
         return F.elu(self.fuse(torch.cat(parts, dim=1)))
 
     @staticmethod
@@ -167,14 +194,22 @@ def affinity_losses(affinity, bg_pos, fg_pos, neg):
             "neg": _masked_mean(-torch.log(1 + 1e-5 - affinity), neg) / 2}
 
 
-def walk_affinitynet(embeddings, cam, radius=5, beta=8, t=256, alpha=16):
+def walk_affinitynet(embeddings, cam, radius=5, beta=8, t=256, alpha=16, padded=False):
     """PSA's walk (docs/method.md §10): ``cam`` [K, H, W] (background first, replaced by
     ``(1 - max fg) ** alpha``) average-pooled to the embedding size [h, w], propagated over
-    the affinities of ``embeddings`` [1, 448, h, w]; returns [K, h, w]."""
+    the affinities of ``embeddings`` [1, 448, h, w]; returns [K, h, w].  ``padded``: the
+    embeddings are of the image zero-padded to [8h, 8w] (PSA's backbones), and so is the CAM
+    before 8x8 average pooling, as PSA's inference pools it."""
     foreground = cam[1:]
     background = (1 - foreground.amax(dim=0, keepdim=True)).clamp_min(0) ** alpha
     size = embeddings.shape[-2:]
-    pooled = F.adaptive_avg_pool2d(torch.cat([background, foreground])[None], size)[0]
+    maps = torch.cat([background, foreground])[None]
+    if padded:
+        stride = STRIDE["affinitynet"]
+        maps = F.pad(maps, (0, size[1] * stride - maps.shape[-1], 0, size[0] * stride - maps.shape[-2]))
+        pooled = F.avg_pool2d(maps, stride)[0]
+    else:
+        pooled = F.adaptive_avg_pool2d(maps, size)[0]
     affinity = embedding_affinity(embeddings, radius)[0]
     return random_walk(pooled.flatten(1), affinity, tuple(size), radius, beta, t).view(pooled.shape)
 

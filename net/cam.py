@@ -1,11 +1,13 @@
 """The plain CAM classifier (docs/method.md §5.1, §5.10): a ResNet whose 1x1 classifier on ``layer4``
-gives the class activation maps; PSA's classifier, and the base of SIPE's."""
+gives the class activation maps; PSA's classifier, and the base of SIPE's.  On PSA's
+ResNet-38 and VGG-16 (docs/method.md §4.1) it is PSA's network as published."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from net.backbone import build_backbone, freeze, frozen_default, stage_channels, stage_modules, stage_outputs
-from net.parameters import layer_groups
+from net.parameters import layer_groups, psa_groups
+from net.psa_backbones import DROPOUT, PSA_BACKBONES, build_psa_backbone
 from net.precision import full_precision
 from tools.cam_maps import ScaleMaps
 
@@ -28,26 +30,48 @@ class CAMNet(nn.Module):
     def __init__(self, num_classes, pretrained="imagenet", backbone="resnet50", frozen=None):
         super().__init__()
         self.frozen = frozen_default(frozen, pretrained)
-        self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
-        self.frozen_stages = FROZEN_STAGES if self.frozen else 0
-        if self.frozen_stages:
-            freeze(*stage_modules(self.backbone)[:self.frozen_stages])
-        self.classifier = nn.Conv2d(stage_channels(backbone)[-1], num_classes - 1, 1, bias=False)
+        self.psa_backbone = backbone in PSA_BACKBONES
+        self.dropout = None
+        if self.psa_backbone:  # PSA freezes its own layers (net/resnet38.py, net/vgg16.py); dropout before fc8
+            self.backbone = build_psa_backbone(backbone, pretrained, self.frozen)
+            self.frozen_stages = 0
+            self.dropout = nn.Dropout2d(DROPOUT)
+            width = self.backbone.level_channels[-1]
+        else:
+            self.backbone = build_backbone(backbone, pretrained, frozen_statistics=self.frozen)
+            self.frozen_stages = FROZEN_STAGES if self.frozen else 0
+            if self.frozen_stages:
+                freeze(*stage_modules(self.backbone)[:self.frozen_stages])
+            width = stage_channels(backbone)[-1]
+        self.classifier = nn.Conv2d(width, num_classes - 1, 1, bias=False)
 
     def new_layers(self):
         return [self.classifier]
 
     def param_groups(self):
-        """The backbone and the new layers (docs/method.md §5.8, §5.10)."""
+        """The backbone and the new layers (docs/method.md §5.8, §5.10); PSA's four groups on
+        its backbones."""
+        if self.psa_backbone:
+            return psa_groups([self.backbone], self.new_layers())
         return layer_groups([self.backbone], self.new_layers())
 
     def stages(self, images):
-        """The backbone's stage outputs (stem, x1..x4), the frozen ones without autograd."""
+        """The backbone's stage outputs (stem, x1..x4), the frozen ones without autograd; on
+        PSA's backbones its three feature levels."""
+        if self.psa_backbone:
+            return list(self.backbone(images))
         return stage_outputs(self.backbone, images, self.frozen_stages)
 
     def raw_cam(self, images):
         """Raw CAM [N, C-1, h, w] (docs/method.md §5.1)."""
-        return self.classifier(self.stages(images)[-1])
+        features = self.stages(images)[-1]
+        return self.classifier(features if self.dropout is None else self.dropout(features))
+
+    def cam(self, images):
+        """The CAM of PSA's inference: ``relu(raw CAM)`` in full precision, and its square root
+        on VGG-16, as PSA's ``forward_cam``."""
+        cam = F.relu(full_precision(self.raw_cam(images)))
+        return cam.sqrt() if self.psa_backbone and self.backbone.cam_sqrt else cam
 
     def forward(self, images, labels, valid_pixels=None):
         """Training pass: the classification loss (multilabel soft margin) and the scores."""
@@ -58,12 +82,12 @@ class CAMNet(nn.Module):
 @torch.no_grad()
 def psa_cam(model, scaled_images, keys, size):
     """PSA's inference (docs/method.md §5.10) for one image: at each scale, for the image and its flip,
-    the relu'd CAM of the image's classes, flip undone and summed; ``ScaleMaps.fused``
+    the relu'd CAM (``CAMNet.cam``) of the image's classes, flip undone and summed; ``ScaleMaps.fused``
     resizes each scale to ``size`` (bilinear, align_corners=False), sums them, divides each
     channel by its max + 1e-5 and puts the background ``1 - max`` first.  scaled_images:
     [1,3,h,w] normalised tensors; keys int64 [K] (0 first).  Returns the ScaleMaps of [K, H, W]."""
     scales = []
     for scaled in scaled_images:
-        cam = F.relu(full_precision(model.raw_cam(torch.cat([scaled, scaled.flip(-1)]))))[:, keys[1:] - 1]
+        cam = model.cam(torch.cat([scaled, scaled.flip(-1)]))[:, keys[1:] - 1]
         scales.append(cam[0] + cam[1].flip(-1))
     return ScaleMaps(scales, tuple(size), background=True)

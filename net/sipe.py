@@ -8,12 +8,20 @@ from net.backbone import stage_channels
 from net.cam import CAMNet, psa_cam
 from net.pamr import PAMR
 from net.precision import full_precision
+from net.psa_backbones import PSA_BACKBONES
 from tools.cam_maps import ScaleMaps, max_normalize, with_background
+from tools.io import PipelineError
 from tools.normalization import denormalize
 
 PROTOTYPE_METHODS = ("sipe", "ae_sipe")
 METHODS = ("cam",) + PROTOTYPE_METHODS  # cam: PSA's plain CAM classifier (docs/method.md §5.10)
 SIDE_CHANNELS = (128, 128, 256, 256)
+
+
+def prototype_backbone_error(method, backbone):
+    """Why SIPE's prototype methods do not run on PSA's backbones."""
+    return (f"--method {method} reads the four stage outputs x1..x4 of a ResNet (docs/method.md §5.3); "
+            f"--backbone {backbone} (PSA's) gives three stride-8 levels: use it with --method cam")
 
 
 def l2_normalize(x, dim=1, eps=1e-5):
@@ -97,6 +105,8 @@ class SIPENet(CAMNet):
                  frozen=None):
         if method not in PROTOTYPE_METHODS:
             raise ValueError(f"method must be one of {PROTOTYPE_METHODS}, not {method!r}")
+        if backbone in PSA_BACKBONES:
+            raise PipelineError(prototype_backbone_error(method, backbone))
         super().__init__(num_classes, pretrained, backbone, frozen)
         self.method = method
         self.seed_bg_scale = seed_bg_scale

@@ -11,6 +11,7 @@ FULLY_SUPERVISED=0
 STAGE_NAMES=(train_cam make_cam eval_cam make_affinity_labels train_affinity make_seg_labels train_seg infer_seg)
 DATA_ROOT_GIVEN=0
 OVERWRITE_FROM=""
+BACKBONE=""
 declare -A STAGE_ARGS=()       # a stage's extra flags, split into words at white space
 declare -A STAGE_PATH_ARGS=()  # a stage's extra flags, one word a line: paths may hold spaces
 
@@ -27,7 +28,8 @@ usage: $0 [options]
                         learned from, its val split scores stage 7; masks, where some images have them, score)
   --data-root DIR       dataset folder (default: $DATA_ROOT)
   --work-dir DIR        run directory (default: runs/<dataset>_<method>, with _<affinity> when not the
-                        default one; runs/toy with --toy and the default method and affinity)
+                        default one and _<backbone> when given; runs/toy with --toy and the default method
+                        and affinity)
   --method M            sipe, ae_sipe or cam: PSA's plain CAM classifier, with --affinity affinitynet
                         PSA's system end to end (default: $METHOD)
   --affinity A          irn, affinitynet (PSA) or none (the CRF labels of stage 4 are the pseudo-labels)
@@ -35,6 +37,8 @@ usage: $0 [options]
   --fully-supervised    also train the segmentation network on the ground-truth masks of the training images
                         (same recipe and budget, in WORK_DIR/fully_supervised): its rows read stage 7
                         against the fully supervised network (every training image needs a mask)
+  --backbone B          the backbone of train_cam and train_affinity (default: their recipe's); resnet38 or
+                        vgg16 (PSA's) with --method cam --affinity affinitynet; not with --toy
   --gpus N              processes per machine for torchrun (default: 1: plain python)
   --nnodes N            machines; with --nnodes > 1 also set RDZV_ENDPOINT=host:port on every machine
   --STAGE "FLAGS"       extra flags for one stage, quoted, e.g. --train-cam "--amp --channels-last";
@@ -79,7 +83,7 @@ parse_driver_args() {
             --toy) TOY=1; shift; continue ;;
             --fully-supervised) FULLY_SUPERVISED=1; shift; continue ;;
             -h|--help) driver_usage; exit 0 ;;
-            --toy-images|--toy-image-size|--dataset|--data-root|--work-dir|--method|--affinity|--gpus|--nnodes) ;;
+            --toy-images|--toy-image-size|--dataset|--data-root|--work-dir|--method|--affinity|--backbone|--gpus|--nnodes) ;;
             --overwrite-from) ;;
             --*) if [ -z "$(stage_of "$1")" ]; then
                      echo "error: unknown option $1" >&2; driver_usage >&2; exit 2
@@ -95,6 +99,7 @@ parse_driver_args() {
             --work-dir) WORK_DIR="$2" ;;
             --method) METHOD="$2" ;;
             --affinity) AFFINITY="$2" ;;
+            --backbone) BACKBONE="$2" ;;
             --gpus) GPUS="$2" ;;
             --nnodes) NNODES="$2" ;;
             --overwrite-from) OVERWRITE_FROM="$(stage_of "--$2")"
@@ -106,6 +111,11 @@ parse_driver_args() {
     # the toy dataset's val split holds a fifth of its images: at least one
     need_int --toy-images "$TOY_IMAGES" 5
     need_int --toy-image-size "$TOY_IMAGE_SIZE" 16
+    if [ -n "$BACKBONE" ]; then
+        [ "$TOY" = 0 ] || die "--backbone: not with --toy (the toy recipe's backbone is efficientnet_lite0)"
+        STAGE_ARGS[train_cam]="--backbone $BACKBONE ${STAGE_ARGS[train_cam]:-}"
+        STAGE_ARGS[train_affinity]="--backbone $BACKBONE ${STAGE_ARGS[train_affinity]:-}"
+    fi
     need_int --gpus "$GPUS" 1
     need_int --nnodes "$NNODES" 1
     # the choices are the recipe table's (tools/recipes.py), as the stages' own flags are
@@ -292,6 +302,9 @@ drive() {
     local name="$METHOD"
     if [ "$AFFINITY" != "$default_affinity" ]; then
         name="${METHOD}_$AFFINITY"
+    fi
+    if [ -n "$BACKBONE" ]; then
+        name="${name}_$BACKBONE"
     fi
     if [ "$TOY" = 1 ]; then
         if [ "$METHOD" != "$default_method" ] || [ "$AFFINITY" != "$default_affinity" ]; then

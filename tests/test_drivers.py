@@ -92,6 +92,7 @@ def test_run_voc_toy_psa_route_plain_cam_and_affinitynet(tmp_path):
     (["--toy"], "runs/toy"),
     (["--toy", "--method", "cam", "--affinity", "affinitynet"], "runs/toy_cam_affinitynet"),
     (["--toy", "--affinity", "none"], "runs/toy_ae_sipe_none"),
+    (["--method", "cam", "--affinity", "affinitynet", "--backbone", "resnet38"], "runs/voc_cam_affinitynet_resnet38"),
 ])
 def test_default_run_directory_names_the_method_and_a_non_default_affinity(args, expected):
     # run_voc.sh's settings, with the stages replaced by printing the run directory
@@ -143,6 +144,7 @@ def drive_recorded(tmp_path, script, *args):
     (["--method", "sipe2"], "--method must be sipe, ae_sipe or cam, not 'sipe2'"),
     (["--affinity", "psa"], "--affinity must be irn, affinitynet or none, not 'psa'"),
     (["--toy", "--affinity", "-x"], "--affinity must be irn, affinitynet or none, not '-x'"),
+    (["--toy", "--backbone", "resnet38"], "--backbone: not with --toy (the toy recipe's backbone is efficientnet_lite0)"),
     (["--overwrite-from", "make_cams"], "--overwrite-from must be a stage: train-cam make-cam eval-cam "
                                         "make-affinity-labels train-affinity make-seg-labels train-seg infer-seg"),
 ])
@@ -151,6 +153,20 @@ def test_driver_argument_errors_are_one_line_before_anything_runs(tmp_path, args
     result, calls = drive_recorded(tmp_path, "run_voc.sh", "--work-dir", str(work), *args)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {message}"], result.stderr
     assert calls == [] and not work.exists()
+
+
+def test_driver_backbone_reaches_both_trainings(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "results.md").write_text("| stage | mIoU |\n\n")  # what the last line of the driver prints
+    result, calls = drive_recorded(tmp_path, "run_voc.sh", "--work-dir", str(work), "--method", "cam",
+                                   "--affinity", "affinitynet", "--backbone", "vgg16")
+    assert result.returncode == 0, result.stderr
+    trainings = {call[0]: call for call in calls if call[0] in ("train_cam.py", "train_affinity.py")}
+    assert sorted(trainings) == ["train_affinity.py", "train_cam.py"]
+    assert all(call[call.index("--backbone") + 1] == "vgg16" for call in trainings.values())
+    others = [call for call in calls if call[0] not in trainings]
+    assert others and not any("--backbone" in call for call in others)
 
 
 @pytest.mark.parametrize("where", ["file", "file/run"])

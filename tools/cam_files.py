@@ -1,6 +1,7 @@
 """CAM files (docs/method.md §2): the dict of keys and maps that make_cam writes and every later stage
 reads, in the layouts written now (make_cam's scale maps, uint8 full-size maps) and before
-(format 1: float16 arrays).  Writers are atomic and readers raise ``PipelineError`` naming
+(format 1: float16 arrays), and the CAM files of SIPE, AE-SIPE, IRN and PSA
+(docs/published-cam-files.md).  Writers are atomic and readers raise ``PipelineError`` naming
 the file, as in tools/io.py."""
 import bz2
 import zlib
@@ -92,14 +93,23 @@ def save_cam(path, keys, cam, method=None, num_classes=None, made_by=None, **map
 
 
 def _cam_record(path):
-    """(the dict of a CAM file, its keys as int64); a missing or foreign file is a PipelineError."""
+    """The dict of a CAM file; a missing or foreign file is a PipelineError."""
     if not Path(path).is_file():
         raise PipelineError(f"{path}: CAM file not found")
     try:
         record = np.load(path, allow_pickle=True).item()
-        return record, np.asarray(record["keys"], dtype=np.int64)
     except Exception as exc:
         raise PipelineError(f"{path}: not a CAM file ({exc})") from exc
+    if not isinstance(record, dict):
+        raise PipelineError(f"{path}: not a CAM file (holds a {type(record).__name__}, not a dict)")
+    return record
+
+
+def _keys(path, record):
+    try:
+        return np.asarray(record["keys"], dtype=np.int64)
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a CAM file of this pipeline, SIPE, AE-SIPE, IRN or PSA ({exc!r})") from exc
 
 
 def _cam_maps(record):
@@ -109,22 +119,95 @@ def _cam_maps(record):
     return {k: v for k, v in record.items() if k != "keys" and isinstance(v, np.ndarray)}
 
 
+# The CAM files of the published code bases (docs/published-cam-files.md): SIPE's and AE-SIPE's
+# {"keys": background 0 then 1-based classes, "IS_CAM": [K, H, W] with the background first},
+# IRN's {"keys": 0-based classes, "cam": stride-4 maps, "high_res": [K, H, W] without background},
+# PSA's {0-based class: [H, W] map}; their own map names, besides ``cam``
+PUBLISHED_MAPS = {"sipe": ("IS_CAM",), "irn": ("high_res", "plain_cam"), "psa": ("plain_cam",)}
+
+
+def published_format(record):
+    """``sipe`` (SIPE and AE-SIPE), ``irn`` or ``psa`` for a CAM dict of those code bases,
+    recognised by its content; None for this pipeline's and anything else."""
+    if "format" in record:
+        return None
+    if {"keys", "IS_CAM"} <= record.keys():
+        return "sipe"
+    if {"keys", "high_res"} <= record.keys():
+        return "irn"
+    if record and all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in record) \
+            and all(np.ndim(v) == 2 for v in record.values()):
+        return "psa"
+    return None
+
+
+def _published_cam(path, record, kind, map_name):
+    """(keys int64[K], map float32[K, H, W]) of a published CAM dict, in this pipeline's
+    convention: background 0 first, classes 1-based; IRN's and PSA's maps, which have no
+    background, get ``1 - max`` of their classes as this pipeline's plain CAM."""
+    if map_name not in ("cam", *PUBLISHED_MAPS[kind]):
+        raise PipelineError(f"{path}: {kind.upper()}'s CAM file has one map (read it as 'cam' or "
+                            f"{' / '.join(repr(m) for m in PUBLISHED_MAPS[kind])}), not {map_name!r}")
+    try:
+        if kind == "psa":
+            classes = np.asarray(sorted(int(k) for k in record), dtype=np.int64)
+            maps = np.stack([np.asarray(record[c], dtype=np.float32) for c in sorted(record)])
+        else:
+            classes = _keys(path, record)
+            maps = np.asarray(record["IS_CAM" if kind == "sipe" else "high_res"], dtype=np.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise PipelineError(f"{path}: {kind.upper()}'s CAM file cannot be read ({exc})") from exc
+    if maps.ndim != 3 or len(maps) != len(classes):
+        raise PipelineError(f"{path}: {kind.upper()}'s map has shape {maps.shape} for keys {classes.tolist()}, "
+                            f"expected [{len(classes)}, H, W]")
+    if kind == "sipe":
+        if classes.size == 0 or classes[0] != 0:
+            raise PipelineError(f"{path}: keys {classes.tolist()} lack SIPE's background 0 before its 1-based classes")
+        return classes, maps
+    if classes.size and classes.min() < 0:
+        raise PipelineError(f"{path}: {kind.upper()}'s 0-based classes {classes.tolist()} hold a negative id")
+    background = 1 - maps.max(axis=0, initial=0.0)[None]
+    return np.concatenate([[0], classes + 1]), np.concatenate([background, maps]).astype(np.float32)
+
+
 def cam_method(path):
     """The method recorded in a CAM file (``cam``, ``sipe``, ``ae_sipe``), or None."""
-    return _cam_record(path)[0].get("method")
+    return _cam_record(path).get("method")
 
 
-def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
-    """Read a CAM dict, of this format or of format 1 (float16 arrays); returns (keys
-    int64[K], map float32[K,H,W]).  With ``num_classes``, a CAM that records another number
-    of classes (made on another dataset) is an error, and with the image's ``size`` (H, W)
-    too, so are keys that are not 0 followed by sorted class ids below ``num_classes`` and a
-    map of another size (docs/method.md §2).  A map with NaN or infinite values is an error, and with
-    ``made_by`` (its folder's record digest) so is a file that another run made.
-    ``plain_cam`` of a plain CAM classifier's file (method ``cam``) is its final map, so
-    that the CAM row of every route reads ``plain_cam``."""
+def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None, classes=None):
+    """Read a CAM dict, of this format or of format 1 (float16 arrays), or of SIPE, AE-SIPE,
+    IRN or PSA (``published_format``); returns (keys int64[K], map float32[K,H,W]).  With
+    ``num_classes``, a CAM that records another number of classes (made on another dataset)
+    is an error, and with the image's ``size`` (H, W) too, so are keys that are not 0
+    followed by sorted class ids below ``num_classes`` and a map of another size (docs/method.md §2).
+    With the image's ``classes`` (its 1-based labels), a published file whose classes, read
+    in its convention, are not those is an error.  A map with NaN or infinite values is an
+    error, and with ``made_by`` (its folder's record digest) so is a file that another run
+    made.  ``plain_cam`` of a plain CAM classifier's file (method ``cam``) is its final map,
+    so that the CAM row of every route reads ``plain_cam``."""
     path = Path(path)
-    record, keys = _cam_record(path)
+    record = _cam_record(path)
+    kind = published_format(record)
+    if kind is not None:
+        keys, cam = _published_cam(path, record, kind, map_name)
+        if classes is not None and not np.array_equal(keys[1:], np.asarray(classes, dtype=np.int64)):
+            raise PipelineError(f"{path}: its classes {keys[1:].tolist()} (read as {kind.upper()}'s "
+                                f"{'1-based keys after the background' if kind == 'sipe' else '0-based classes'}) "
+                                f"are not the image's labels {np.asarray(classes).tolist()}")
+    else:
+        keys, cam = _own_cam(path, record, map_name, num_classes, made_by)
+    if cam.ndim != 3 or cam.shape[0] != len(keys):
+        raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")
+    if not np.isfinite(cam).all():
+        raise PipelineError(f"{path}: map {map_name!r} is not finite (it holds NaN or infinite values)")
+    if num_classes is not None and size is not None:
+        _check_cam(path, keys, cam, num_classes, size)
+    return keys, cam
+
+
+def _own_cam(path, record, map_name, num_classes, made_by):
+    keys = _keys(path, record)
     if num_classes is not None and record.get("num_classes", num_classes) != num_classes:
         raise PipelineError(f"{path}: CAM made for a dataset of {record['num_classes']} classes, this dataset "
                             f"has {num_classes}")
@@ -143,12 +226,6 @@ def load_cam(path, map_name="cam", num_classes=None, size=None, made_by=None):
         cam = decode_map(stored) if isinstance(stored, dict) else np.asarray(stored, dtype=np.float32)
     except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError, zlib.error) as exc:  # bz2: OSError, EOF
         raise PipelineError(f"{path}: map {map_name!r} cannot be decoded ({exc})") from exc
-    if cam.ndim != 3 or cam.shape[0] != len(keys):
-        raise PipelineError(f"{path}: map {map_name!r} has shape {cam.shape}, expected [{len(keys)}, H, W]")
-    if not np.isfinite(cam).all():
-        raise PipelineError(f"{path}: map {map_name!r} is not finite (it holds NaN or infinite values)")
-    if num_classes is not None and size is not None:
-        _check_cam(path, keys, cam, num_classes, size)
     return keys, cam
 
 

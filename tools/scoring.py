@@ -23,9 +23,10 @@ def backgrounds(sweep, threshold, bg_scale):
     return [("scale", 1.0 if bg_scale is None else bg_scale)]
 
 
-def cam_predictions(path, map_name, num_classes, gt_shape, settings, made_by=None):
-    """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``."""
-    keys, cam = load_cam(path, map_name, num_classes, gt_shape, made_by)
+def cam_predictions(path, map_name, num_classes, gt_shape, settings, made_by=None, classes=None):
+    """Label maps of one CAM file, one per background setting ``("scale", s)`` or ``("const", t)``;
+    ``classes``: the image's labels, which a published code base's file must hold."""
+    keys, cam = load_cam(path, map_name, num_classes, gt_shape, made_by, classes)
     predictions = []
     for kind, value in settings:
         scored = cam.copy()
@@ -57,7 +58,7 @@ def image_confusions(name, source, args, settings, made_by):
         pred = np.where(pred == 255, 0, pred)
         return [confusion_matrix(pred, gt, n)], evaluated
     path = Path(args.cam_dir) / f"{name}.npy"
-    predictions = cam_predictions(path, args.map, n, gt.shape, settings, made_by)
+    predictions = cam_predictions(path, args.map, n, gt.shape, settings, made_by, source.labels(name))
     return [confusion_matrix(pred, gt, n) for pred in predictions], evaluated
 
 
