@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 what="${1:-}"
 shift || true
 case "$what" in
-    toy) exec bash run_voc.sh --toy "$@" ;;
+    toy) exec bash run_voc.sh --toy --fully-supervised "$@" ;;
     # one pytest-xdist worker per CPU (at most 4), one torch thread each (tests/conftest.py); each
     # test goes to the next free worker, but the tests of a module that marks an xdist_group share one
     test) exec python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup "$@" ;;
