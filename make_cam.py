@@ -6,6 +6,7 @@ import torch
 
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
+from data.transforms import LARGEST_CAM_SIDE
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.sipe import METHODS, PROTOTYPE_METHODS, classifier_of, inference_maps
@@ -63,7 +64,8 @@ def main(argv=None):
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
         log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
-        loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), info,
+        loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales,
+                                               largest_side=LARGEST_CAM_SIDE), info,
                               args.num_workers, batch_size=1, collate_fn=single)
         if args.write_workers is None:
             args.write_workers = dist.cpus_per_process() if info.device.type == "cuda" else 0
@@ -71,6 +73,10 @@ def main(argv=None):
         # compressing and writing the maps takes 3-7 ms an image (README, CAM files): beside the network on a GPU
         with WorkerPool(args.write_workers if todo else 0, "CAM writing", writes_to=[out_dir]) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
+                if max(item["image"].shape[:2]) > LARGEST_CAM_SIDE:
+                    log.info("%s: %d x %d px, seen as if its longer side were %d px (make_cam's largest side), "
+                             "its maps resized to the image", item["name"], item["image"].shape[1],
+                             item["image"].shape[0], LARGEST_CAM_SIDE)
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
                 keys = torch.as_tensor(item["keys"], device=info.device)
                 with stage.autocast(info.device, args.amp):

@@ -4,6 +4,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -191,8 +192,61 @@ def error_line(exc):
     return text
 
 
+# SIGTERM: a time limit, a container's stop, a scheduler's preemption; SIGUSR1: SLURM's warning before a
+# requeue (sbatch --signal=USR1@SECONDS)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopped(BaseException):
+    """A stop signal ended the stage (``handle_stop_signals``): ``resume`` says how a rerun
+    goes on.  A BaseException, as KeyboardInterrupt: no ``except Exception`` catches it, so
+    every atomic writer on the way out removes its temporary file."""
+
+    def __init__(self, signum, resume="run the same command again: it does what is not done yet"):
+        super().__init__(signum, resume)
+        self.signum, self.resume = signum, resume
+
+
+class StopSignals:
+    """What the stop signals do in this process: raise ``Stopped`` at once (an inference
+    stage: every finished output is whole, the one being written is dropped), or, inside
+    ``deferred()``, only be noted until ``pending()`` is asked (a training stage, between
+    two steps, so that the weights it saves are those of a finished step)."""
+
+    def __init__(self):
+        self.deferring, self.signum = False, None
+
+    def handle(self, signum, _frame):
+        if not self.deferring:
+            raise Stopped(signum)
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def pending(self):
+        """The stop signal noted so far, or None."""
+        return self.signum
+
+
+stop_signals = StopSignals()
+
+
+def handle_stop_signals():
+    """SIGTERM and SIGUSR1 become ``Stopped`` in this process (``StopSignals``)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop_signals.handle)
+
+
 def run_stage(main, argv=None):
-    """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2."""
+    """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2, a
+    stop signal (``STOP_SIGNALS``) one line saying that a rerun resumes and status 128 + its number."""
+    handle_stop_signals()
     try:
         main(argv)
     except PipelineError as exc:
@@ -200,6 +254,12 @@ def run_stage(main, argv=None):
             bar.close()
         print(f"error: {error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stop:
+        for bar in list(tqdm._instances):
+            bar.close()
+        print(f"stopped by {signal.Signals(stop.signum).name}; every output written is whole; to resume, "
+              f"{stop.resume}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

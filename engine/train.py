@@ -272,7 +272,24 @@ class Trainer:
             if self.step == args.stop_at_step:
                 log.info("stopped at step %d; continue with --resume", self.step)
                 return False
+            self.stop_if_signalled(saved=saving_step)
         return True
+
+    def stop_if_signalled(self, saved):
+        """After a step: a stop signal seen (by any process) saves the resumable checkpoint
+        of this step, unless ``saved`` already, and raises ``engine.stage.Stopped``."""
+        signum = stage.stop_signals.pending() or 0
+        if self.info.distributed:  # every process stops after the same step
+            flag = torch.tensor([signum], device=self.info.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        if not signum:
+            return
+        if not saved:
+            self.save(self.last_path, with_optimizer=True)
+        log.info("stop signal: saved step %d to %s", self.step, self.last_path)
+        raise stage.Stopped(signum, f"run the same command with --resume: it goes on from step {self.step} "
+                                    f"({self.last_path})")
 
     def run(self, name):
         train_model = DistributedDataParallel(self.model) if self.info.distributed else self.model
@@ -281,7 +298,7 @@ class Trainer:
                  self.args.batch_size)
         bar = stage.progress(range(self.max_step), self.info.is_main, initial=self.step, desc=f"train {name}")
         window = LossWindow(self.info.device)
-        with bar:
+        with bar, stage.stop_signals.deferred():  # a stop signal ends the run after a whole step
             while self.step < self.max_step:
                 if not self.run_pass(train_model, bar, window):
                     return

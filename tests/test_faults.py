@@ -151,6 +151,44 @@ def test_a_killed_stage_resumes_to_the_unbroken_result(toy, ref, tmp_path, sourc
             assert resumed[file_name] == unbroken[file_name], file_name
 
 
+@pytest.mark.parametrize("name, signum", [("train_cam", signal.SIGTERM), ("make_cam", signal.SIGUSR1),
+                                          ("make_affinity_labels", signal.SIGTERM)])
+def test_a_stop_signal_is_one_line_and_the_rerun_resumes_to_the_unbroken_result(toy, ref, tmp_path, source, name,
+                                                                                signum):
+    """SIGTERM (a time limit, preemption) or SIGUSR1 (SLURM before a requeue), to the whole
+    process group as a scheduler sends it: a training stage saves the step it is at, every
+    stage ends with one line and 128 + the signal's number, leaving only whole files."""
+    stage = STAGES[name]
+    work = tmp_path / "run"
+    out = work / stage.folder
+    ready = (out / f"{stage.checkpoint}_last.pth").exists if stage.checkpoint else lambda: bool(finished(out))
+    args = [*stage.args(toy, ref, work), *(["--save-every", "1"] if stage.checkpoint else [])]
+    proc = subprocess.Popen([sys.executable, str(REPO / stage.script), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, "the stage ended before it could be stopped"
+        time.sleep(0.002)
+    os.killpg(proc.pid, signum)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signum, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"stopped by {signal.Signals(signum).name}; every output written is whole; to resume, "
+                           "run the same command")
+    assert "Traceback" not in stderr and not temporaries(out)
+    assert_readable(out)
+    if stage.checkpoint:
+        step = load_checkpoint(out / f"{stage.checkpoint}_last.pth")["step"]
+        assert f"with --resume: it goes on from step {step} " in line and 1 <= step <= STEPS
+        assert not (out / f"{stage.checkpoint}.pth").exists()
+        run(stage.script, *args, "--resume")
+        assert_same_weights(out / f"{stage.checkpoint}.pth", ref / stage.folder / f"{stage.checkpoint}.pth")
+    else:
+        assert 0 < len(finished(out)) < len(source.ids(stage.split)), "not stopped part-way"
+        run(stage.script, *args)
+        assert finished(out) == finished(ref / stage.folder)
+
+
 @pytest.mark.parametrize("name", list(STAGES))
 def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
     """Outputs made from the same inputs and flags (SPEC 2) are done: a second run keeps them

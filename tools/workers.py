@@ -19,7 +19,11 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def die_with_parent(parent, *_):
     """Have the kernel kill this process when its parent, the process ``parent`` (a pid),
     ends (Linux; a no-op elsewhere): the initializer of pool workers and the
-    ``worker_init_fn`` of the DataLoaders.  A parent gone already ends this process now."""
+    ``worker_init_fn`` of the DataLoaders.  A parent gone already ends this process now.
+    The stop signals of a scheduler (SIGTERM, SIGUSR1) are the parent's to handle: a worker
+    ignores them and ends with it."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
