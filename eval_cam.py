@@ -7,7 +7,7 @@ import numpy as np
 
 from data.sources import CROWD_MODES, build_source
 from engine import stage
-from tools import dist, flags, provenance
+from tools import dist, flags
 from tools.cam_files import load_cam
 from tools.io import PipelineError, image_size, read_label_png
 from tools.methods import method_default
@@ -117,13 +117,14 @@ def scored_images(source, names):
 
 def main(argv=None):
     args = parse_args(argv)
-    with stage.opened(args, "eval_cam", device="cpu") as (_, work_dir):
+    with stage.opened(args, "eval_cam", device="cpu") as (info, work_dir):
         if not args.label_dir:
             args.cam_dir = args.cam_dir or str(work_dir / "cam")
         source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
         names = source.ids(args.split)
         source.render_masks(names, workers=args.score_workers)  # COCO: once, before the pool's workers read them
-        _, checkpoints, made_by = provenance.folder_input(args.label_dir or args.cam_dir, "outputs")
+        _, checkpoints, made_by = stage.upstream_folder(args.label_dir or args.cam_dir, "outputs", source, info,
+                                                        work_dir)
         names, listed = scored_images(source, names), len(names)
         tag = args.tag or (Path(args.label_dir).name if args.label_dir else args.map)
         if not names:

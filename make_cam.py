@@ -58,8 +58,11 @@ def main(argv=None):
         load_weights(model, checkpoint["model"], path)
         model = stage.inference_model(model, info.device, args.channels_last)
 
+        stage.check_class_names(checkpoint, path, source)
         sha, described = provenance.checkpoint_input(path, checkpoint)
-        record = provenance.make_record("make_cam", {"checkpoint": sha}, provenance.settings(args), [described])
+        data = stage.data_inputs(source, args.split, info, work_dir)
+        record = provenance.make_record("make_cam", {"checkpoint": sha, **data}, provenance.settings(args), [described],
+                                        data_split=args.split)
         stage.claim_outputs([out_dir], record, info, args.overwrite, ".npy")
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])

@@ -130,6 +130,50 @@ def claim_outputs(folders, record, info, overwrite, suffix):
     dist.barrier(info)
 
 
+def data_inputs(source, split, info, work_dir, labels=True):
+    """``tools.provenance.data_inputs`` of ``split``, the image digests kept in the run
+    directory's ``cache/image_digests.json``: the main process hashes what is new first,
+    the others then read its digests."""
+    path = Path(work_dir) / "cache" / "image_digests.json"
+    inputs = None
+    if info.is_main:
+        digests = provenance.ImageDigests(path)
+        inputs = provenance.data_inputs(source, split, digests, labels)
+        digests.save()
+    dist.barrier(info)
+    return inputs or provenance.data_inputs(source, split, provenance.ImageDigests(path), labels)
+
+
+def check_data(record, where, source, info, work_dir):
+    """An upstream output (its provenance ``record``) read with the data it was made from:
+    images, labels or class list changed since are a PipelineError naming what changed."""
+    split = (record or {}).get("data_split")
+    if split is None:
+        return
+    current = data_inputs(source, split, info, work_dir, labels="labels" in record["inputs"])
+    changed = provenance.changed_data(record, current)
+    if changed:
+        raise PipelineError(f"{where}: made from other data than {source.root} holds now (differs in "
+                            f"{', '.join(changed)} of {split}); make it again (its stage with --overwrite)")
+
+
+def upstream_folder(folder, what, source, info, work_dir):
+    """``tools.provenance.folder_input`` of an upstream output folder, after ``check_data``."""
+    check_data(provenance.read_record(folder), folder, source, info, work_dir)
+    return provenance.folder_input(folder, what)
+
+
+def check_class_names(checkpoint, path, source):
+    """A checkpoint that records the class list it was trained with has the dataset's list
+    now: a list edited since (classes swapped, renamed) is a PipelineError, not maps under
+    the wrong names."""
+    made = checkpoint.get("made_from", {}).get("inputs", {}).get("class_names")
+    if made and made != provenance.digest(list(source.class_names)):
+        raise PipelineError(f"{path}: trained with another class list than the dataset's now "
+                            f"({', '.join(source.class_names[1:])}), so its channels would carry other names; "
+                            "restore the list the network was trained with, or train again with --overwrite")
+
+
 def images_to_do(names, info, outputs):
     """This process's share of ``names`` whose outputs (``outputs(name)``: paths) are not all
     complete.  Split by rank first, then skipped: the shares do not depend on when each

@@ -309,7 +309,7 @@ class Trainer:
 
 
 def train(model, dataset, loss_fn, optimizer, schedule, args, info, work_dir, name, meta, label_dir=None,
-          clip_grad=0.0):
+          clip_grad=0.0, data=None):
     """Train ``model`` on ``dataset`` and write ``ckpt/<name>.pth`` and ``ckpt/<name>_last.pth``.
 
     ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised by
@@ -319,15 +319,19 @@ def train(model, dataset, loss_fn, optimizer, schedule, args, info, work_dir, na
     workers, formats, log and save intervals, resume).
     ``meta`` (architecture, number of classes...) goes into both checkpoints and must
     match on ``--resume``, with the record of what the network is made from (SPEC 2,
-    tools/provenance.py): the ``--pretrained`` weights, the labels of ``label_dir`` and the
-    flags.  A finished network of the same record is left as it is.
+    tools/provenance.py): the ``--pretrained`` weights, the label maps of ``label_dir`` (made
+    from the data there is now: ``engine.stage.check_data``), the data (``data``: the
+    ``engine.stage.data_inputs`` of ``args.split``) and the flags.  A finished network of the
+    same record is left as it is.
     """
     pretrained, checkpoints = provenance.weights_input(args.pretrained)
-    inputs = {"pretrained": pretrained}
+    inputs = {"pretrained": pretrained, **(data or {})}
     if label_dir is not None:
-        inputs["labels"], made_labels, _ = provenance.folder_input(label_dir, "labels")
+        inputs["label_maps"], made_labels, _ = stage.upstream_folder(label_dir, "labels", dataset.source, info,
+                                                                     work_dir)
         checkpoints += made_labels
-    record = provenance.make_record(name, inputs, provenance.settings(args, keep=("split",)), checkpoints)
+    record = provenance.make_record(name, inputs, provenance.settings(args, keep=("split",)), checkpoints,
+                                    data_split=args.split if data else None)
     paths = claim_run(work_dir, name, record, args.overwrite, info.is_main)
     if paths is None:
         log.info("%s: trained from these inputs and flags already; nothing to do", work_dir / "ckpt" / f"{name}.pth")

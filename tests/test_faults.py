@@ -208,6 +208,64 @@ def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
         assert f"{out}: 0 of {len(finished(out))} images to do" in result.stdout + result.stderr
 
 
+# ---- data changed under finished outputs -----------------------------------------------------------
+
+def swapped_classes(root):
+    """Two classes of the class list trade places (their names, not the images')."""
+    names = (root / "class_names.txt").read_text().split()
+    (root / "class_names.txt").write_text("\n".join([names[0], names[2], names[1], *names[3:]]) + "\n")
+
+
+def relabelled(root):
+    """One image's labels changed by a labels.csv (it wins over the XML)."""
+    source = build_source("custom", root)
+    name = bad_id(root)
+    other = next(k for k in range(1, source.num_classes) if k not in source.labels(name))
+    (root / "labels.csv").write_text(f"image,labels\n{name},{source.class_names[other]}\n")
+
+
+def replaced_image(root):
+    """An image replaced by another picture of the same size."""
+    names = train_ids(root)
+    shutil.copy(root / "JPEGImages" / f"{names[0]}.jpg", root / "JPEGImages" / f"{bad_id(root)}.jpg")
+
+
+def touched_image(root):
+    """An image written again with the same content: a new modification time, nothing changed."""
+    path = root / "JPEGImages" / f"{bad_id(root)}.jpg"
+    path.write_bytes(path.read_bytes())
+
+
+@pytest.mark.parametrize("breakage, changed", [(swapped_classes, "inputs.class_names, inputs.labels"),
+                                                (relabelled, "inputs.labels"), (replaced_image, "inputs.images"),
+                                                (touched_image, None)])
+def test_outputs_of_other_data_are_never_kept_as_done(toy, ref, tmp_path, breakage, changed):
+    """The data a stage read is part of its outputs' record: a change of the class list, of an
+    image's labels or of an image's content is named, as a change of flags is, by the stage
+    (its outputs would be done), by the next stage (it reads them) and by a checkpoint's user
+    (its channels would take other names); a file written again unchanged is no change."""
+    root, _ = broken_copy(toy, tmp_path, breakage)
+    work = tmp_path / "run"
+    for folder in ("cam", "ckpt"):
+        shutil.copytree(ref / folder, work / folder)
+    make_cam = run_stage("make_cam", root, ref, work, check=False)
+    train_cam = run_stage("train_cam", root, ref, work, check=False)
+    labels = run_stage("make_affinity_labels", root, ref, work, "--cam-dir", work / "cam", check=False)
+    if changed is None:
+        assert "0 of 8 images to do" in make_cam.stderr and "nothing to do" in train_cam.stderr
+        assert labels.returncode == 0
+        return
+    if breakage is swapped_classes:  # the network's channels are named by the class list
+        assert_error(make_cam, ref / "ckpt" / "cam.pth", r"trained with another class list than the dataset's now")
+    else:
+        assert_error(make_cam, work / "cam", rf"another network, other data or other flags \(differs in {changed}\)")
+    assert_error(train_cam, work / "ckpt" / "cam.pth", rf"other inputs or flags \(differs in {changed}\)")
+    assert_error(labels, work / "cam", rf"made from other data than {root} holds now \(differs in {changed} of "
+                                       r"train\); make it again")
+    assert finished(work / "cam") == finished(ref / "cam")  # untouched
+    run_stage("make_cam", root, ref, work, "--overwrite", check=breakage is not swapped_classes)
+
+
 # ---- 2. bad input ----------------------------------------------------------------------------------
 
 def truncated_jpeg(root):
