@@ -139,7 +139,9 @@ def data_inputs(source, split, info, work_dir, labels=True):
     if info.is_main:
         digests = provenance.ImageDigests(path)
         inputs = provenance.data_inputs(source, split, digests, labels)
-        digests.save()
+        problem = digests.save()
+        if problem:
+            log.warning("%s; the image digests are computed again by the next stage", problem)
     dist.barrier(info)
     return inputs or provenance.data_inputs(source, split, provenance.ImageDigests(path), labels)
 

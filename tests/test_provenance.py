@@ -82,6 +82,11 @@ def test_image_digests_are_kept_by_size_and_modification_time(tmp_path, monkeypa
     assert provenance.ImageDigests(cache).of(image) == "new"  # an unreadable cache is made again
     with pytest.raises(PipelineError, match="gone.jpg: cannot read the image"):
         digests.of(tmp_path / "gone.jpg")
+    cache.unlink()
+    cache.mkdir()  # cannot be written: no error, the next stage hashes again
+    unwritable = provenance.ImageDigests(cache)
+    unwritable.of(image)
+    assert "digests.json: cannot write" in unwritable.save()
 
 
 def test_the_data_inputs_follow_the_class_list_the_labels_and_the_image_contents(make_toy, tmp_path):

@@ -92,9 +92,15 @@ class ImageDigests:
             raise PipelineError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
 
     def save(self):
+        """Keep the digests for the next stage; a cache that cannot be written (a full disk) is
+        no error: the next stage hashes again.  Returns the error's message, or None."""
         if self.changed:
-            write_json(self.path, self.known)
+            try:
+                write_json(self.path, self.known)
+            except PipelineError as exc:
+                return str(exc)
             self.changed = False
+        return None
 
 
 def data_inputs(source, split, image_digests, labels=True):
