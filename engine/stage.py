@@ -244,7 +244,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Stopped(BaseException):
-    """A stop signal ended the stage (``handle_stop_signals``): ``resume`` says how a rerun
+    """A stop signal ended the stage (``handling_stop_signals``): ``resume`` says how a rerun
     goes on.  A BaseException, as KeyboardInterrupt: no ``except Exception`` catches it, so
     every atomic writer on the way out removes its temporary file."""
 
@@ -283,18 +283,25 @@ class StopSignals:
 stop_signals = StopSignals()
 
 
-def handle_stop_signals():
-    """SIGTERM and SIGUSR1 become ``Stopped`` in this process (``StopSignals``)."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stop_signals.handle)
+@contextlib.contextmanager
+def handling_stop_signals():
+    """SIGTERM and SIGUSR1 become ``Stopped`` in this process (``StopSignals``) until the end
+    of the block, when their handlers are those of before again."""
+    stop_signals.signum = None
+    before = {signum: signal.signal(signum, stop_signals.handle) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def run_stage(main, argv=None):
     """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2, a
     stop signal (``STOP_SIGNALS``) one line saying that a rerun resumes and status 128 + its number."""
-    handle_stop_signals()
     try:
-        main(argv)
+        with handling_stop_signals():
+            main(argv)
     except PipelineError as exc:
         for bar in list(tqdm._instances):  # end progress lines so the error stands on its own line
             bar.close()
