@@ -5,7 +5,7 @@ from pathlib import Path
 
 from data.sources import CROWD_MODES, build_source
 from engine import stage
-from tools import dist, flags, provenance, scoring
+from tools import dist, flags, scoring
 from tools.methods import method_default
 from tools.report import share_of, update_results
 from tools.workers import WorkerPool
@@ -76,13 +76,14 @@ def score(names, source, args, settings, made_by):
 
 def main(argv=None):
     args = parse_args(argv)
-    with stage.opened(args, "eval_cam", device="cpu") as (_, work_dir):
+    with stage.opened(args, "eval_cam", device="cpu") as (info, work_dir):
         if not args.label_dir:
             args.cam_dir = args.cam_dir or str(work_dir / "cam")
         source = build_source(args.dataset, args.data_root, coco_crowd=args.coco_crowd)
         listed = source.ids(args.split)
         source.render_masks(listed, workers=args.score_workers)  # COCO: once, before the pool's workers read them
-        _, checkpoints, made_by = provenance.folder_input(args.label_dir or args.cam_dir, "outputs")
+        _, checkpoints, made_by = stage.upstream_folder(args.label_dir or args.cam_dir, "outputs", source, info,
+                                                        work_dir)
         names = scoring.scored_images(source, listed)
         tag = args.tag or (Path(args.label_dir).name if args.label_dir else args.map)
         facts = {"made_by": checkpoints, "split": args.split, "images": len(names), "listed": len(listed)}

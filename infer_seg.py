@@ -62,10 +62,14 @@ def main(argv=None):
         crf_dir = work_dir / "segmentation_crf" / args.split
         server_dir = work_dir / SERVER_DIR if args.split == "test" else None
         out_dirs = [plain_dir] + ([crf_dir] if args.crf else []) + ([server_dir] if server_dir else [])
+        stage.check_class_names(checkpoint, path, source)
         sha, described = provenance.checkpoint_input(path, checkpoint)
+        data = stage.data_inputs(source, args.split, info, work_dir, labels=False)
         for folders, keep in ((out_dirs[:1 + args.crf], ()), ([server_dir] if server_dir else [], ("crf",))):
-            record = provenance.make_record("infer_seg", {"checkpoint": sha}, provenance.settings(args, keep=keep),
-                                            [described, *checkpoint.get("made_from", {}).get("checkpoints", [])])
+            record = provenance.make_record("infer_seg", {"checkpoint": sha, **data},
+                                            provenance.settings(args, keep=keep),
+                                            [described, *checkpoint.get("made_from", {}).get("checkpoints", [])],
+                                            data_split=args.split)
             stage.claim_outputs(folders, record, info, args.overwrite, ".png")
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])

@@ -59,15 +59,17 @@ def label_image(item, args, num_classes, made_by):
 
 def main(argv=None):
     args = parse_args(argv)
-    with stage.opened(args, "make_affinity_labels", device="cpu") as (info, _):
+    with stage.opened(args, "make_affinity_labels", device="cpu") as (info, work_dir):
         out_dir = Path(args.out_dir)
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
         if args.mode == "sipe" and args.bg_conf_scale is None:
             args.bg_conf_scale = method_default("bg_conf_scale", Path(args.cam_dir) / f"{names[0]}.npy")
             stage.save_flags(args, "make_affinity_labels", info.is_main)
-        cams, checkpoints, made_by = provenance.folder_input(args.cam_dir, "CAM files")
-        record = provenance.make_record("make_affinity_labels", {"cams": cams}, provenance.settings(args), checkpoints)
+        cams, checkpoints, made_by = stage.upstream_folder(args.cam_dir, "CAM files", source, info, work_dir)
+        data = stage.data_inputs(source, args.split, info, work_dir, labels=False)
+        record = provenance.make_record("make_affinity_labels", {"cams": cams, **data}, provenance.settings(args),
+                                        checkpoints, data_split=args.split)
         stage.claim_outputs([out_dir], record, info, args.overwrite, ".png")
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.png"])
         log.info("%s: %d of %d images to do on rank %d (%s mode, %d processes, background x %s)", out_dir, len(todo),

@@ -6,6 +6,7 @@ import torch
 
 from data.datasets import InferenceDataset, single
 from data.sources import build_source
+from data.transforms import LARGEST_CAM_SIDE
 from engine import stage
 from engine.checkpoint import load_checkpoint, load_weights
 from net.psa_backbones import released_checkpoint
@@ -60,13 +61,17 @@ def main(argv=None):
         load_weights(model, checkpoint["model"], path)
         model = stage.inference_model(model, info.device, args.channels_last)
 
+        stage.check_class_names(checkpoint, path, source)
         sha, described = provenance.checkpoint_input(path, checkpoint)
-        record = provenance.make_record("make_cam", {"checkpoint": sha}, provenance.settings(args), [described])
+        data = stage.data_inputs(source, args.split, info, work_dir)
+        record = provenance.make_record("make_cam", {"checkpoint": sha, **data}, provenance.settings(args), [described],
+                                        data_split=args.split)
         stage.claim_outputs([out_dir], record, info, args.overwrite, ".npy")
         names = source.ids(args.split)
         todo = stage.images_to_do(names, info, lambda n: [out_dir / f"{n}.npy"])
         log.info("%s: %d of %d images to do on rank %d", out_dir, len(todo), len(names), info.rank)
-        loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales), info,
+        loader = stage.loader(InferenceDataset(source, args.split, ids=todo, scales=args.scales,
+                                               largest_side=LARGEST_CAM_SIDE), info,
                               args.num_workers, batch_size=1, collate_fn=single)
         if args.write_workers is None:
             args.write_workers = dist.cpus_per_process() if info.device.type == "cuda" else 0
@@ -74,6 +79,10 @@ def main(argv=None):
         # compressing and writing the maps takes 3-7 ms an image (docs/cam-files.md): beside the network on a GPU
         with WorkerPool(args.write_workers if todo else 0, "CAM writing", writes_to=[out_dir]) as pool:
             for index, item in enumerate(stage.progress(loader, info.is_main, total=len(todo), desc="make_cam")):
+                if max(item["image"].shape[:2]) > LARGEST_CAM_SIDE:
+                    log.info("%s: %d x %d px, seen as if its longer side were %d px (make_cam's largest side), "
+                             "its maps resized to the image", item["name"], item["image"].shape[1],
+                             item["image"].shape[0], LARGEST_CAM_SIDE)
                 images = [scaled.to(info.device, non_blocking=True) for scaled in item["scaled"]]
                 keys = torch.as_tensor(item["keys"], device=info.device)
                 with stage.autocast(info.device, args.amp):

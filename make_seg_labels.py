@@ -107,8 +107,8 @@ def main(argv=None):
         out_dirs = [work_dir / "pseudo_labels"] + ([work_dir / "pseudo_labels_crf"] if args.crf else [])
         source = build_source(args.dataset, args.data_root)
         names = source.ids(args.split)
-        cams, checkpoints, made_by = provenance.folder_input(cam_dir, "CAM files")
-        inputs = {"cams": cams}
+        cams, checkpoints, made_by = stage.upstream_folder(cam_dir, "CAM files", source, info, work_dir)
+        inputs = {"cams": cams, **stage.data_inputs(source, args.split, info, work_dir, labels=False)}
         checkpoint, model = (None, None) if args.no_affinity else load_affinity_net(args, work_dir, info.device)
         arch = checkpoint["arch"] if checkpoint else "none"
         if checkpoint:
@@ -118,7 +118,8 @@ def main(argv=None):
         elif args.bg_scale is None:
             args.bg_scale = method_default("bg_scale", cam_dir / f"{names[0]}.npy", args.map)
         stage.save_flags(args, "make_seg_labels", info.is_main)
-        record = provenance.make_record("make_seg_labels", inputs, provenance.settings(args), checkpoints)
+        record = provenance.make_record("make_seg_labels", inputs, provenance.settings(args), checkpoints,
+                                        data_split=args.split)
         stage.claim_outputs(out_dirs, record, info, args.overwrite, ".png")
         todo = stage.images_to_do(names, info, lambda n: [d / f"{n}.png" for d in out_dirs])
         log.info("%s: %d of %d images to do on rank %d (%s, beta %s, t %d)", out_dirs[0], len(todo), len(names),

@@ -88,7 +88,8 @@ def main(argv=None):
         meta = {"kind": "affinity", "arch": args.arch, "backbone": args.backbone, "radius": args.radius,
                 "crop_size": args.crop_size, "frozen": model.frozen}
         train(model, dataset, pair_losses(args.radius, LABEL_RESIZE[args.arch]), optimizer, schedule, args, info,
-              work_dir, "affinity", meta, label_dir, clip_grad=args.clip_grad)
+              work_dir, "affinity", meta, label_dir, clip_grad=args.clip_grad,
+              data=stage.data_inputs(source, args.split, info, work_dir, labels=False))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def main(argv=None):
                 "seed_bg_scale": args.seed_bg_scale, "frozen": model.frozen}
         # the classification loss (+ SIPE's GSC loss), the gradient norm clipped at --clip-grad
         train(model, dataset, classifier_losses, optimizer, schedule, args, info, work_dir, "cam", meta,
-              clip_grad=args.clip_grad)
+              clip_grad=args.clip_grad, data=stage.data_inputs(source, args.split, info, work_dir))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def main(argv=None):
         meta = {"kind": "seg", "arch": args.arch, "backbone": args.backbone, "num_classes": source.num_classes,
                 "frozen": model.frozen}
         train(model, dataset, pixel_losses, optimizer, schedule, args, info, work_dir, "seg", meta, label_dir,
-              clip_grad=args.clip_grad)
+              clip_grad=args.clip_grad, data=stage.data_inputs(source, args.split, info, work_dir, labels=False))
 
 
 if __name__ == "__main__":

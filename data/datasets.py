@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.transforms import scaled_images
 from data.sources import label_map_path
+from data.transforms import capped_scales, scaled_images
 from tools.cam_files import load_cam
 from tools.io import PipelineError, read_image, read_label_png
 
@@ -81,13 +81,15 @@ class InferenceDataset(torch.utils.data.Dataset):
 
     With ``scales``, each item also holds ``scaled``: the image at each scale of
     inference (``data.transforms.scaled_images``), so that the PIL resizing runs in the
-    loader's workers, beside the network rather than before it.
+    loader's workers, beside the network rather than before it; with ``largest_side``, the
+    scales of an image whose longer side is above it are reduced (``capped_scales``).
     """
 
-    def __init__(self, source, split, ids=None, scales=None, keys=True):
+    def __init__(self, source, split, ids=None, scales=None, keys=True, largest_side=None):
         self.source = source
         self.ids = list(ids) if ids is not None else source.ids(split)
         self.scales = scales
+        self.largest_side = largest_side
         self.keys = keys  # False for images without labels (a test split)
 
     def __len__(self):
@@ -99,7 +101,8 @@ class InferenceDataset(torch.utils.data.Dataset):
         if self.keys:
             item["keys"] = np.concatenate([[0], self.source.labels(image_id)]).astype(np.int64)
         if self.scales is not None:
-            item["scaled"] = scaled_images(item["image"], self.scales)
+            item["scaled"] = scaled_images(item["image"],
+                                           capped_scales(item["image"].shape[:2], self.scales, self.largest_side))
         return item
 
 

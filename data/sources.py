@@ -97,25 +97,34 @@ def read_class_names(path):
     return names
 
 
+LABELS_COLUMNS = ("image", "labels", "split")
+
+
 def read_labels_csv(path, class_names):
-    """Image-level labels of a ``labels.csv`` (header ``image,labels`` and optionally ``split``;
-    class names separated by spaces): {id: (sorted class ids int64, split or None)}, in row
-    order.  An image may be named with or without ``.jpg`` and its folder.  An unknown class name, an image
-    without labels or named twice is an error naming the file and the row."""
+    """Image-level labels of a ``labels.csv`` (header ``image,labels`` and optionally ``split``,
+    each once; class names separated by spaces): {id: (sorted class ids int64, split or None)},
+    in row order.  An image may be named with or without ``.jpg`` and its folder.  A header of
+    other or repeated columns, a file without rows, a row of more fields than the header, an
+    unknown class name, an image without labels or named twice is an error naming the file
+    and the row."""
     index = {name: k for k, name in enumerate(class_names) if k > 0}
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            if "image" not in header or "labels" not in header:
-                raise PipelineError(f"{path}: header must name the columns image and labels (and optionally "
-                                    f"split), not {','.join(header) or 'nothing'}")
+            reader = csv.reader(f)
+            header = [column.strip() for column in next(reader, [])]
+            check_labels_header(path, header)
             rows = {}
-            for row in reader:
+            for fields in reader:
                 where = f"{path}: row {reader.line_num}"
-                image_id = Path((row["image"] or "").strip()).name  # JPEGImages/a.jpg names a.jpg
+                if not any(field.strip() for field in fields):
+                    continue  # a blank line
+                if len(fields) > len(header):
+                    raise PipelineError(f"{where}: {len(fields)} fields, the header names {len(header)} "
+                                        f"({','.join(header)}); quote a field that holds a comma")
+                row = dict(zip(header, fields))
+                image_id = Path(row.get("image", "").strip()).name  # JPEGImages/a.jpg names a.jpg
                 image_id = image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
-                names = (row["labels"] or "").split()
+                names = row.get("labels", "").split()
                 if not image_id:
                     raise PipelineError(f"{where}: no image named")
                 if image_id in rows:
@@ -126,11 +135,30 @@ def read_labels_csv(path, class_names):
                 if unknown:
                     raise PipelineError(f"{where}: {unknown[0]!r} is not a class of the class name file "
                                         f"({', '.join(class_names[1:])})")
-                split = (row.get("split") or "").strip() or None
+                split = row.get("split", "").strip() or None
                 rows[image_id] = (np.array(sorted({index[name] for name in names}), dtype=np.int64), split)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PipelineError(f"{path}: cannot read the label CSV ({exc})") from exc
+    if not rows:
+        raise PipelineError(f"{path}: a header and no rows; add a row image,labels[,split] for each image")
     return rows
+
+
+def check_labels_header(path, header):
+    """The header of a labels.csv names image and labels, optionally split, each once, and
+    nothing else; anything else is an error naming the file's row 1."""
+    where = f"{path}: row 1 (the header)"
+    shown = ",".join(header) or "nothing"
+    if "image" not in header or "labels" not in header:
+        raise PipelineError(f"{where}: header must name the columns image and labels (and optionally split), "
+                            f"not {shown}")
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        raise PipelineError(f"{where}: column {repeated[0]!r} named {header.count(repeated[0])} times in {shown}")
+    other = [column for column in header if column not in LABELS_COLUMNS]
+    if other:
+        raise PipelineError(f"{where}: unknown column {other[0]!r} in {shown} (columns: "
+                            f"{', '.join(LABELS_COLUMNS)})")
 
 
 def describe_files(paths):
@@ -294,7 +322,7 @@ class CustomSource(VOCLayoutSource):
         return super().has_split(split) or any(row_split == split for _, row_split in self.csv_rows.values())
 
     def _load_ids(self, split):
-        if super().has_split(split) or not self.csv_rows:
+        if super().has_split(split) or not (self.root / LABELS_CSV).is_file():
             return super()._load_ids(split)
         ids = [image_id for image_id, (_, row_split) in self.csv_rows.items() if row_split == split]
         if not ids:

@@ -35,6 +35,21 @@ def resize_long(image, long_side):
     return rescale(image, long_side / max(image.shape[:2]))
 
 
+# make_cam's largest side (pixels): an image whose longer side is above it is seen at this side,
+# its maps resized back to the image; VOC (500 px) and COCO (640 px) images are below it
+LARGEST_CAM_SIDE = 1024
+
+
+def capped_scales(size, scales, largest_side=None):
+    """The scales of inference of an image of ``size`` (H, W): ``scales`` as given, or, when
+    its longer side is above ``largest_side``, each times ``largest_side / longer side``:
+    the image is seen as if its longer side were ``largest_side`` (memory stays bounded)."""
+    longer = max(size)
+    if largest_side is None or longer <= largest_side:
+        return list(scales)
+    return [scale * largest_side / longer for scale in scales]
+
+
 def scaled_images(image, scales):
     """The scales of inference (docs/method.md §5.9): for each scale the uint8 image resized by PIL's
     bicubic, then normalised -> [1, 3, h, w] tensors."""

@@ -4,6 +4,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -129,6 +130,52 @@ def claim_outputs(folders, record, info, overwrite, suffix):
     dist.barrier(info)
 
 
+def data_inputs(source, split, info, work_dir, labels=True):
+    """``tools.provenance.data_inputs`` of ``split``, the image digests kept in the run
+    directory's ``cache/image_digests.json``: the main process hashes what is new first,
+    the others then read its digests."""
+    path = Path(work_dir) / "cache" / "image_digests.json"
+    inputs = None
+    if info.is_main:
+        digests = provenance.ImageDigests(path)
+        inputs = provenance.data_inputs(source, split, digests, labels)
+        problem = digests.save()
+        if problem:
+            log.warning("%s; the image digests are computed again by the next stage", problem)
+    dist.barrier(info)
+    return inputs or provenance.data_inputs(source, split, provenance.ImageDigests(path), labels)
+
+
+def check_data(record, where, source, info, work_dir):
+    """An upstream output (its provenance ``record``) read with the data it was made from:
+    images, labels or class list changed since are a PipelineError naming what changed."""
+    split = (record or {}).get("data_split")
+    if split is None:
+        return
+    current = data_inputs(source, split, info, work_dir, labels="labels" in record["inputs"])
+    changed = provenance.changed_data(record, current)
+    if changed:
+        raise PipelineError(f"{where}: made from other data than {source.root} holds now (differs in "
+                            f"{', '.join(changed)} of {split}); make it again (its stage with --overwrite)")
+
+
+def upstream_folder(folder, what, source, info, work_dir):
+    """``tools.provenance.folder_input`` of an upstream output folder, after ``check_data``."""
+    check_data(provenance.read_record(folder), folder, source, info, work_dir)
+    return provenance.folder_input(folder, what)
+
+
+def check_class_names(checkpoint, path, source):
+    """A checkpoint that records the class list it was trained with has the dataset's list
+    now: a list edited since (classes swapped, renamed) is a PipelineError, not maps under
+    the wrong names."""
+    made = checkpoint.get("made_from", {}).get("inputs", {}).get("class_names")
+    if made and made != provenance.digest(list(source.class_names)):
+        raise PipelineError(f"{path}: trained with another class list than the dataset's now "
+                            f"({', '.join(source.class_names[1:])}), so its channels would carry other names; "
+                            "restore the list the network was trained with, or train again with --overwrite")
+
+
 def images_to_do(names, info, outputs):
     """This process's share of ``names`` whose outputs (``outputs(name)``: paths) are not all
     complete.  Split by rank first, then skipped: the shares do not depend on when each
@@ -191,15 +238,81 @@ def error_line(exc):
     return text
 
 
-def run_stage(main, argv=None):
-    """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2."""
+# SIGTERM: a time limit, a container's stop, a scheduler's preemption; SIGUSR1: SLURM's warning before a
+# requeue (sbatch --signal=USR1@SECONDS)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopped(BaseException):
+    """A stop signal ended the stage (``handling_stop_signals``): ``resume`` says how a rerun
+    goes on.  A BaseException, as KeyboardInterrupt: no ``except Exception`` catches it, so
+    every atomic writer on the way out removes its temporary file."""
+
+    def __init__(self, signum, resume="run the same command again: it does what is not done yet"):
+        super().__init__(signum, resume)
+        self.signum, self.resume = signum, resume
+
+
+class StopSignals:
+    """What the stop signals do in this process: raise ``Stopped`` at once (an inference
+    stage: every finished output is whole, the one being written is dropped), or, inside
+    ``deferred()``, only be noted until ``pending()`` is asked (a training stage, between
+    two steps, so that the weights it saves are those of a finished step)."""
+
+    def __init__(self):
+        self.deferring, self.signum = False, None
+
+    def handle(self, signum, _frame):
+        if not self.deferring:
+            raise Stopped(signum)
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def pending(self):
+        """The stop signal noted so far, or None."""
+        return self.signum
+
+
+stop_signals = StopSignals()
+
+
+@contextlib.contextmanager
+def handling_stop_signals():
+    """SIGTERM and SIGUSR1 become ``Stopped`` in this process (``StopSignals``) until the end
+    of the block, when their handlers are those of before again."""
+    stop_signals.signum = None
+    before = {signum: signal.signal(signum, stop_signals.handle) for signum in STOP_SIGNALS}
     try:
-        main(argv)
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def run_stage(main, argv=None):
+    """Run a stage's ``main``; a PipelineError becomes one line on stderr and exit status 2, a
+    stop signal (``STOP_SIGNALS``) one line saying that a rerun resumes and status 128 + its number."""
+    try:
+        with handling_stop_signals():
+            main(argv)
     except PipelineError as exc:
         for bar in list(tqdm._instances):  # end progress lines so the error stands on its own line
             bar.close()
         print(f"error: {error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stop:
+        for bar in list(tqdm._instances):
+            bar.close()
+        print(f"stopped by {signal.Signals(stop.signum).name}; every output written is whole; to resume, "
+              f"{stop.resume}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

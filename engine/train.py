@@ -272,7 +272,24 @@ class Trainer:
             if self.step == args.stop_at_step:
                 log.info("stopped at step %d; continue with --resume", self.step)
                 return False
+            self.stop_if_signalled(saved=saving_step)
         return True
+
+    def stop_if_signalled(self, saved):
+        """After a step: a stop signal seen (by any process) saves the resumable checkpoint
+        of this step, unless ``saved`` already, and raises ``engine.stage.Stopped``."""
+        signum = stage.stop_signals.pending() or 0
+        if self.info.distributed:  # every process stops after the same step
+            flag = torch.tensor([signum], device=self.info.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        if not signum:
+            return
+        if not saved:
+            self.save(self.last_path, with_optimizer=True)
+        log.info("stop signal: saved step %d to %s", self.step, self.last_path)
+        raise stage.Stopped(signum, f"run the same command with --resume: it goes on from step {self.step} "
+                                    f"({self.last_path})")
 
     def run(self, name):
         train_model = DistributedDataParallel(self.model) if self.info.distributed else self.model
@@ -281,7 +298,7 @@ class Trainer:
                  self.args.batch_size)
         bar = stage.progress(range(self.max_step), self.info.is_main, initial=self.step, desc=f"train {name}")
         window = LossWindow(self.info.device)
-        with bar:
+        with bar, stage.stop_signals.deferred():  # a stop signal ends the run after a whole step
             while self.step < self.max_step:
                 if not self.run_pass(train_model, bar, window):
                     return
@@ -292,7 +309,7 @@ class Trainer:
 
 
 def train(model, dataset, loss_fn, optimizer, schedule, args, info, work_dir, name, meta, label_dir=None,
-          clip_grad=0.0):
+          clip_grad=0.0, data=None):
     """Train ``model`` on ``dataset`` and write ``ckpt/<name>.pth`` and ``ckpt/<name>_last.pth``.
 
     ``loss_fn(model, batch)`` returns a dict of named scalar losses whose sum is minimised by
@@ -302,15 +319,19 @@ def train(model, dataset, loss_fn, optimizer, schedule, args, info, work_dir, na
     workers, formats, log and save intervals, resume).
     ``meta`` (architecture, number of classes...) goes into both checkpoints and must
     match on ``--resume``, with the record of what the network is made from (docs/method.md §2,
-    tools/provenance.py): the ``--pretrained`` weights, the labels of ``label_dir`` and the
-    flags.  A finished network of the same record is left as it is.
+    tools/provenance.py): the ``--pretrained`` weights, the label maps of ``label_dir`` (made
+    from the data there is now: ``engine.stage.check_data``), the data (``data``: the
+    ``engine.stage.data_inputs`` of ``args.split``) and the flags.  A finished network of the
+    same record is left as it is.
     """
     pretrained, checkpoints = provenance.weights_input(args.pretrained)
-    inputs = {"pretrained": pretrained}
+    inputs = {"pretrained": pretrained, **(data or {})}
     if label_dir is not None:
-        inputs["labels"], made_labels, _ = provenance.folder_input(label_dir, "labels")
+        inputs["label_maps"], made_labels, _ = stage.upstream_folder(label_dir, "labels", dataset.source, info,
+                                                                     work_dir)
         checkpoints += made_labels
-    record = provenance.make_record(name, inputs, provenance.settings(args, keep=("split",)), checkpoints)
+    record = provenance.make_record(name, inputs, provenance.settings(args, keep=("split",)), checkpoints,
+                                    data_split=args.split if data else None)
     paths = claim_run(work_dir, name, record, args.overwrite, info.is_main)
     if paths is None:
         log.info("%s: trained from these inputs and flags already; nothing to do", work_dir / "ckpt" / f"{name}.pth")

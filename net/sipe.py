@@ -40,20 +40,35 @@ def label_mask(labels):
     return torch.cat([background, labels], dim=1)[..., None, None]
 
 
+# Elements of one block of the self-similarity in ``structure_seeds`` (256 MiB of float32):
+# an image at scale 2 of VOC (500 px) or COCO (640 px) fits one block, a larger one is split
+SIMILARITY_BLOCK = 1 << 26
+
+
 @torch.no_grad()
 def structure_seeds(cam, feature, valid, bg_scale=0.5):
     """docs/method.md §5.4: one-hot seeds [N,C,h,w] from the IoU of each class map with each pixel's
     self-similarity row, as matrix products (no HW x HW x C tensor).  Seeds are discrete:
     no gradient flows through them, so no graph is kept.
 
+    The HW x HW similarity is made in blocks of columns of at most ``SIMILARITY_BLOCK``
+    elements, so memory grows with the pixels, not their square: each column block gives
+    its columns of the intersections exactly and adds to the row sums.
+
     cam [N,C,h,w] with background first, feature [N,D,h,w], valid [N,C,1,1] or [N,C,h,w].
     """
     n, c, h, w = cam.shape
     f = l2_normalize(full_precision(feature.flatten(2)), dim=1)
-    similarity = (f.transpose(1, 2) @ f).clamp_min_(0)  # relu(f^T f) [N, HW, HW], symmetric
     m = full_precision(cam.flatten(2)).to(f.dtype)  # [N, C, HW]
-    inter = m @ similarity  # inter[k, i] = sum_j M_kj S_ji = sum_j S_ij M_kj
-    union = similarity.sum(dim=2).unsqueeze(1) + m.sum(dim=2, keepdim=True) - inter
+    inter = torch.empty_like(m)
+    row_sums = 0
+    columns = max(1, SIMILARITY_BLOCK // (n * h * w))
+    for start in range(0, h * w, columns):
+        block = slice(start, start + columns)
+        similarity = (f.transpose(1, 2) @ f[:, :, block]).clamp_min_(0)  # relu(f^T f) [N, HW, columns]
+        inter[:, :, block] = m @ similarity  # inter[k, i] = sum_j M_kj S_ji = sum_j S_ij M_kj (S symmetric)
+        row_sums = row_sums + similarity.sum(dim=2)
+    union = row_sums.unsqueeze(1) + m.sum(dim=2, keepdim=True) - inter
     iou = inter / union.clamp_min(1e-12)
     iou[:, 0] *= bg_scale
     return one_hot_argmax(iou.view(n, c, h, w), valid).to(cam.dtype)

@@ -14,7 +14,7 @@ from PIL import Image
 from data import toy
 from data.datasets import ClassificationDataset, InferenceDataset
 from data.sources import DATASETS, VOC_CLASSES, build_source
-from data.transforms import TrainTransform, scaled_images
+from data.transforms import LARGEST_CAM_SIDE, TrainTransform, capped_scales, scaled_images
 from tools.io import PipelineError, read_label_png
 from tools.normalization import denormalize, normalize
 from tools.palette import voc_palette
@@ -302,6 +302,18 @@ def test_toy_loads_as_custom_source(toy_root):
     scaled = InferenceDataset(source, "val", scales=(1.0, 0.5))[0]["scaled"]  # make_cam's, built in the worker
     for got, want in zip(scaled, scaled_images(item["image"], (1.0, 0.5)), strict=True):
         assert torch.equal(got, want)
+
+
+def test_an_image_above_the_largest_side_is_seen_at_that_side(toy_root):
+    assert capped_scales((3000, 4000), (1.0, 0.5, 2.0), LARGEST_CAM_SIDE) == [0.256, 0.128, 0.512]
+    assert capped_scales((375, 500), (1.0, 0.5, 2.0), LARGEST_CAM_SIDE) == [1.0, 0.5, 2.0]  # VOC: as it is
+    assert capped_scales((640, 480), (1.5,), 640) == [1.5]  # the largest side itself: as it is
+    source = build_source("custom", toy_root)
+    item = InferenceDataset(source, "val", scales=(1.0, 2.0), largest_side=40)[0]
+    height, width = item["image"].shape[:2]  # the image as it is
+    assert width > height > 40
+    assert [tuple(scaled.shape[-2:]) for scaled in item["scaled"]] == [(round(height * 40 / width), 40),
+                                                                       (round(height * 80 / width), 80)]
 
 
 def test_classification_dataset(toy_root):

@@ -146,6 +146,44 @@ def test_a_killed_stage_resumes_to_the_unbroken_result(toy, ref, tmp_path, sourc
             assert resumed[file_name] == unbroken[file_name], file_name
 
 
+@pytest.mark.parametrize("name, signum", [("train_cam", signal.SIGTERM), ("make_cam", signal.SIGUSR1),
+                                          ("make_affinity_labels", signal.SIGTERM)])
+def test_a_stop_signal_is_one_line_and_the_rerun_resumes_to_the_unbroken_result(toy, ref, tmp_path, source, name,
+                                                                                signum):
+    """SIGTERM (a time limit, preemption) or SIGUSR1 (SLURM before a requeue), to the whole
+    process group as a scheduler sends it: a training stage saves the step it is at, every
+    stage ends with one line and 128 + the signal's number, leaving only whole files."""
+    stage = STAGES[name]
+    work = tmp_path / "run"
+    out = work / stage.folder
+    ready = (out / f"{stage.checkpoint}_last.pth").exists if stage.checkpoint else lambda: bool(finished(out))
+    args = [*stage.args(toy, ref, work), *(["--save-every", "1"] if stage.checkpoint else [])]
+    proc = subprocess.Popen([sys.executable, str(REPO / stage.script), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, "the stage ended before it could be stopped"
+        time.sleep(0.002)
+    os.killpg(proc.pid, signum)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signum, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"stopped by {signal.Signals(signum).name}; every output written is whole; to resume, "
+                           "run the same command")
+    assert "Traceback" not in stderr and not temporaries(out)
+    assert_readable(out)
+    if stage.checkpoint:
+        step = load_checkpoint(out / f"{stage.checkpoint}_last.pth")["step"]
+        assert f"with --resume: it goes on from step {step} " in line and 1 <= step <= STEPS
+        assert not (out / f"{stage.checkpoint}.pth").exists()
+        run(stage.script, *args, "--resume")
+        assert_same_weights(out / f"{stage.checkpoint}.pth", ref / stage.folder / f"{stage.checkpoint}.pth")
+    else:
+        assert 0 < len(finished(out)) < len(source.ids(stage.split)), "not stopped part-way"
+        run(stage.script, *args)
+        assert finished(out) == finished(ref / stage.folder)
+
+
 @pytest.mark.parametrize("name", list(STAGES))
 def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
     """Outputs made from the same inputs and flags (docs/method.md §2) are done: a second run keeps them
@@ -163,6 +201,70 @@ def test_a_finished_stage_run_again_rewrites_nothing(toy, ref, tmp_path, name):
                 in result.stdout + result.stderr)
     else:
         assert f"{out}: 0 of {len(finished(out))} images to do" in result.stdout + result.stderr
+
+
+# ---- data changed under finished outputs -----------------------------------------------------------
+
+def swapped_classes(root):
+    """Two classes of the class list trade places (their names, not the images')."""
+    names = (root / "class_names.txt").read_text().split()
+    (root / "class_names.txt").write_text("\n".join([names[0], names[2], names[1], *names[3:]]) + "\n")
+
+
+def relabelled(root):
+    """One image's labels changed by a labels.csv (it wins over the XML)."""
+    source = build_source("custom", root)
+    name = bad_id(root)
+    other = next(k for k in range(1, source.num_classes) if k not in source.labels(name))
+    (root / "labels.csv").write_text(f"image,labels\n{name},{source.class_names[other]}\n")
+
+
+def replaced_image(root):
+    """An image replaced by another picture of the same size."""
+    names = train_ids(root)
+    shutil.copy(root / "JPEGImages" / f"{names[0]}.jpg", root / "JPEGImages" / f"{bad_id(root)}.jpg")
+
+
+def touched_image(root):
+    """An image written again with the same content: a new modification time, nothing changed."""
+    path = root / "JPEGImages" / f"{bad_id(root)}.jpg"
+    path.write_bytes(path.read_bytes())
+
+
+@pytest.mark.parametrize("breakage, changed", [(swapped_classes, "inputs.class_names, inputs.labels"),
+                                                (relabelled, "inputs.labels"), (replaced_image, "inputs.images"),
+                                                (touched_image, None)])
+def test_outputs_of_other_data_are_never_kept_as_done(toy, ref, tmp_path, breakage, changed):
+    """The data a stage read is part of its outputs' record: a change of the class list, of an
+    image's labels or of an image's content is named, as a change of flags is, by the stage
+    (its outputs would be done), by the next stage (it reads them) and by a checkpoint's user
+    (its channels would take other names); a file written again unchanged is no change."""
+    root, _ = broken_copy(toy, tmp_path, breakage)
+    work = tmp_path / "run"
+    for folder in ("cam", "ckpt"):
+        shutil.copytree(ref / folder, work / folder)
+    make_cam = run_stage("make_cam", root, ref, work, check=False)
+    train_cam = run_stage("train_cam", root, ref, work, check=False)
+    labels = run_stage("make_affinity_labels", root, ref, work, "--cam-dir", work / "cam", check=False)
+    if changed is None:
+        assert "0 of 8 images to do" in make_cam.stderr and "nothing to do" in train_cam.stderr
+        assert labels.returncode == 0
+        return
+    if breakage is swapped_classes:  # the network's channels are named by the class list
+        assert_error(make_cam, ref / "ckpt" / "cam.pth", r"trained with another class list than the dataset's now")
+    else:
+        assert_error(make_cam, work / "cam", rf"another network, other data or other flags \(differs in {changed}\)")
+    assert_error(train_cam, work / "ckpt" / "cam.pth", rf"other inputs or flags \(differs in {changed}\)")
+    assert_error(labels, work / "cam", rf"made from other data than {root} holds now \(differs in {changed} of "
+                                       r"train\); make it again")
+    assert finished(work / "cam") == finished(ref / "cam")  # untouched
+    if breakage is not swapped_classes:  # made again from the data there is now
+        run_stage("make_cam", root, ref, work, "--overwrite")
+        remade = {path.name: load_cam(path) for path in sorted((work / "cam").glob("*.npy"))}
+        kept = {path.name: load_cam(path) for path in sorted((ref / "cam").glob("*.npy"))}
+        assert remade.keys() == kept.keys()
+        assert [name for name in remade if not all(np.array_equal(a, b) for a, b in zip(remade[name], kept[name]))] \
+            == [f"{bad_id(root)}.npy"]
 
 
 # ---- 2. bad input ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 argparse's ``error: argument --x: ...`` with exit status 2, before anything runs; and a run
 or output directory that is a file is one line ``error: <path>: not a directory``."""
 import re
+import signal
 
 import pytest
 import torch
@@ -162,3 +163,21 @@ def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, capsys, stage_log):
             "cpu"]
     code, last = parse_error(lambda a: stage.run_stage(make_cam.main, a), argv, capsys)
     assert code == 2 and last == f"error: {tmp_path / 'cams'}: not a directory"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_inside_a_stage_is_one_line_and_the_handlers_are_restored(signum, capsys):
+    """The signal raises ``Stopped`` where the stage is (an inference stage's loop), the stage
+    ends with one line and 128 + its number; the process's handlers are as before after it."""
+    before = signal.getsignal(signum)
+
+    def stage_main(_argv):
+        assert signal.getsignal(signum) == stage.stop_signals.handle
+        signal.raise_signal(signum)
+        raise AssertionError("the signal did not stop the stage")
+
+    code, last = parse_error(lambda argv: stage.run_stage(stage_main, argv), [], capsys)
+    assert code == 128 + signum
+    assert last == (f"stopped by {signal.Signals(signum).name}; every output written is whole; to resume, run the "
+                    "same command again: it does what is not done yet")
+    assert signal.getsignal(signum) == before

@@ -70,7 +70,15 @@ def test_the_csv_wins_over_the_xml_and_a_list_over_its_split_column(toy_root, tm
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("picture,labels\na,x\n", r"header must name the columns image and labels"),
+    ("picture,labels\na,x\n", r"row 1 \(the header\): header must name the columns image and labels"),
+    ("", r"row 1 \(the header\): header must name the columns image and labels \(and optionally split\), "
+         r"not nothing"),
+    ("image,labels,split\n", r"a header and no rows"),
+    ("image,labels,split\n\n  \n", r"a header and no rows"),
+    ("image,labels,labels\n{id},{cls},{cls}\n", r"row 1 \(the header\): column 'labels' named 2 times"),
+    ("image, image ,labels\n{id},{id},{cls}\n", r"row 1 \(the header\): column 'image' named 2 times"),
+    ("image,labels,spilt\n{id},{cls},train\n", r"row 1 \(the header\): unknown column 'spilt'"),
+    ("image,labels\n{id},{cls},train\n", r"row 2: 3 fields, the header names 2"),
     ("image,labels\n{id},zebra\n", r"row 2: 'zebra' is not a class of the class name file"),
     ("image,labels\n{id},\n", r"row 2: image '{id}' has no labels"),
     ("image,labels\n{id},{cls}\n{id}.jpg,{cls}\n", r"row 3: image '{id}' is named a second time"),

@@ -244,7 +244,7 @@ def test_method_cam_through_the_scripts_and_its_bad_input(make_toy, tmp_path):
     sipe = tmp_path / "sipe"
     run("train_cam.py", *data, "--work-dir", sipe, "--method", "sipe", *TINY)
     assert_error(run("make_cam.py", *data, *infer, "--checkpoint", sipe / "ckpt" / "cam.pth", check=False),
-                 work / "cam", r"another network or other flags \(differs in inputs.checkpoint\)")
+                 work / "cam", r"another network, other data or other flags \(differs in inputs.checkpoint\)")
     # resuming a plain CAM classifier as SIPE (or the other way round) names the checkpoint
     stopped = tmp_path / "stopped"
     run("train_cam.py", *data, "--work-dir", stopped, "--method", "cam", "--stop-at-step", "1", *TINY)

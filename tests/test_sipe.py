@@ -29,6 +29,18 @@ def test_structure_seeds_match_broadcast_form(bg_scale):
     assert ours[0, 2].sum() == 0 and ours[0, 4].sum() == 0  # classes absent from the labels
 
 
+@pytest.mark.parametrize("block", [1, 7, 40])
+def test_structure_seeds_in_column_blocks_match_the_broadcast_form(monkeypatch, block):
+    """Blocks of 1, 7 or 40 elements: one column an image, 2 columns (the last block of 1),
+    13 columns; the seeds are those of the whole HW x HW similarity."""
+    gen = torch.Generator().manual_seed(2)
+    cam = torch.rand(3, 4, 5, 6, generator=gen, dtype=torch.float64)
+    feature = torch.randn(3, 8, 5, 6, generator=gen, dtype=torch.float64)
+    valid = torch.ones(3, 4, 1, 1, dtype=torch.float64)
+    monkeypatch.setattr(net.sipe, "SIMILARITY_BLOCK", block)
+    assert torch.equal(structure_seeds(cam, feature, valid), broadcast_structure_seeds(cam, feature, valid, 0.5))
+
+
 def test_prototypes_are_means_over_seed_pixels():
     gen = torch.Generator().manual_seed(1)
     seeds = F.one_hot(torch.randint(0, 3, (2, 5, 4), generator=gen), 4).permute(0, 3, 1, 2).double()

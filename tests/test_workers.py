@@ -176,3 +176,29 @@ def test_workers_die_with_a_killed_main_process(tmp_path, kind):
         assert not late.exists()
     finally:
         proc.kill()
+
+
+def wait_for_sleep(_):
+    time.sleep(30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: the sender's pid")
+def test_a_worker_leaves_a_schedulers_stop_signals_to_the_main_process():
+    """SIGTERM or SIGUSR1 from elsewhere (a scheduler signals the whole group) leave a worker
+    running for the main process to stop; the main process's own SIGTERM (a DataLoader's or
+    a pool's last resort) ends it."""
+    import multiprocessing
+
+    from tools.workers import die_with_parent
+
+    context = multiprocessing.get_context("fork")
+    worker = context.Process(target=lambda: (die_with_parent(os.getppid()), wait_for_sleep(None)))
+    worker.start()
+    time.sleep(0.5)  # its handlers are set
+    for name in ("-USR1", "-TERM"):
+        subprocess.run(["kill", name, str(worker.pid)], check=True)  # sent by another process
+    worker.join(1)
+    assert worker.is_alive()
+    worker.terminate()  # SIGTERM from this process
+    worker.join(5)
+    assert worker.exitcode == 128 + signal.SIGTERM

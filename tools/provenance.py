@@ -1,5 +1,6 @@
 """What made an output (docs/method.md §2): a record of a stage's inputs (the digests of the checkpoints
-and of the upstream folders' records it read) and of the flags that change what it writes.
+and of the upstream folders' records it read, and of the data: the class list, the split's
+image labels and image files) and of the flags that change what it writes.
 
 Each inference stage keeps its record as ``made_by.json`` in every output folder (and its
 digest in every CAM file); each training stage keeps it in its checkpoints.  Two records
@@ -8,11 +9,13 @@ must not be taken for those of the other.
 """
 import hashlib
 import json
+import os
 from pathlib import Path
 
-from tools.io import PipelineError
+from tools.io import PipelineError, write_json
 
 RECORD_NAME = "made_by.json"
+DATA_INPUTS = ("class_names", "labels", "images")  # the names of the data in a record's inputs
 
 # Flags that never change what a stage writes: where things are, how fast it runs, what it
 # logs or shows, how it resumes.  Paths of inputs enter a record as digests instead.
@@ -61,16 +64,78 @@ def weights_input(value):
     return sha, [f"{Path(value).name} {sha[:8]}"]
 
 
-def make_record(stage, inputs, flags, checkpoints=()):
+class ImageDigests:
+    """The ``file_digest`` of image files, kept in a JSON file by path with the file's size
+    and modification time: a file is read again only when one of them changed, so that the
+    stages of a run hash the images of a split once, not once a stage."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.known, self.changed = {}, False
+        try:
+            self.known = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass  # none yet, or unreadable: made again
+        if not isinstance(self.known, dict):
+            self.known = {}
+
+    def of(self, path):
+        """The digest of the file ``path`` (a PipelineError naming it when it cannot be read)."""
+        try:
+            stat = os.stat(path)
+            key, stamp = str(Path(path).resolve()), [stat.st_size, stat.st_mtime_ns]
+            known = self.known.get(key)
+            if not (isinstance(known, list) and known[:2] == stamp):
+                self.known[key], self.changed = [*stamp, file_digest(path)], True
+            return self.known[key][2]
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
+
+    def save(self):
+        """Keep the digests for the next stage; a cache that cannot be written (a full disk) is
+        no error: the next stage hashes again.  Returns the error's message, or None."""
+        if self.changed:
+            try:
+                write_json(self.path, self.known)
+            except PipelineError as exc:
+                return str(exc)
+            self.changed = False
+        return None
+
+
+def data_inputs(source, split, image_digests, labels=True):
+    """What a record holds of the data a stage read (``DATA_INPUTS``): the digests of the
+    class list, of the image labels of ``split`` (with ``labels``) and of its image files'
+    contents (``image_digests``: an ImageDigests)."""
+    ids = source.ids(split)
+    inputs = {"class_names": digest(list(source.class_names))}
+    if labels:
+        inputs["labels"] = digest({image_id: source.labels(image_id).tolist() for image_id in ids})
+    inputs["images"] = digest({image_id: image_digests.of(source.image_path(image_id)) for image_id in ids})
+    return inputs
+
+
+def changed_data(record, current):
+    """The data inputs (``DATA_INPUTS``) of ``record`` that differ from ``current`` (the
+    ``data_inputs`` of its split now), as ``inputs.images`` ...; a record of no data gives none."""
+    made = record.get("inputs", {})
+    return [f"inputs.{key}" for key in DATA_INPUTS if key in made and key in current and made[key] != current[key]]
+
+
+def make_record(stage, inputs, flags, checkpoints=(), data_split=None):
     """The record of a stage's output: ``inputs`` (name -> digest), ``flags`` (``settings``),
-    and ``checkpoints``, the networks behind it (descriptions for results.md)."""
+    ``checkpoints``, the networks behind it (descriptions for results.md), and the split
+    whose data the inputs hold (``data_split``), for a later stage to check them against."""
     body = {"stage": stage, "inputs": inputs, "settings": flags}
     by_digest = {}  # one description per checkpoint (they end in its digest), the fullest
     for described in checkpoints:
         key = described.split()[-1]
         if len(described) > len(by_digest.get(key, "")):
             by_digest[key] = described
-    return {"digest": digest(body), **body, "checkpoints": list(by_digest.values())}
+    record = {"digest": digest(body), **body, "checkpoints": list(by_digest.values())}
+    if data_split is not None:
+        record["data_split"] = data_split
+    return record
 
 
 def read_record(folder):
@@ -132,6 +197,6 @@ def outputs_to_remove(folder, record, suffix, overwrite):
     if old is None:
         raise PipelineError(f"{folder}: holds {suffix} files that record nothing of what made them; {hint}")
     if old["digest"] != record["digest"]:
-        raise PipelineError(f"{folder}: its files were made by another network or other flags "
+        raise PipelineError(f"{folder}: its files were made by another network, other data or other flags "
                             f"(differs in {differences(old, record)}); {hint}")
     return False

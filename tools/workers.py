@@ -6,6 +6,7 @@ import ctypes.util
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -19,13 +20,32 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def die_with_parent(parent, *_):
     """Have the kernel kill this process when its parent, the process ``parent`` (a pid),
     ends (Linux; a no-op elsewhere): the initializer of pool workers and the
-    ``worker_init_fn`` of the DataLoaders.  A parent gone already ends this process now."""
+    ``worker_init_fn`` of the DataLoaders.  A parent gone already ends this process now.
+    The stop signals of a scheduler are the parent's to handle (``leave_stop_signals_to``)."""
     if not sys.platform.startswith("linux"):
         return
+    leave_stop_signals_to(parent)
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def leave_stop_signals_to(parent):
+    """A scheduler's stop signals (SIGTERM, SIGUSR1, sent to the whole process group) are for
+    the process ``parent`` to handle (``engine.stage.StopSignals``), which ends this worker
+    when it is done: SIGUSR1 is ignored here, and SIGTERM ends this process only when
+    ``parent`` sent it (as a DataLoader or a pool stops a worker that does not end), as a
+    thread that waits for it tells from the sender's pid."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # for every thread started from now on too
+
+    def wait():
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=wait, name="stop signals", daemon=True).start()
 
 
 def _start_worker(parent, setup):
