@@ -11,7 +11,7 @@ from tools.cam_files import cam_method
 from tools.io import PipelineError, image_size, read_image, read_label_png, write_image
 from tools.methods import method_default
 from tools.report import load_results
-from tools.visualize import blend, label_colours, labelled_grid
+from tools.visualize import labelled_grid, overlay
 
 # (column title, the CAM file's map) of the CAM ladder, for the methods whose files hold it
 CAM_COLUMNS = {"cam": [("CAM", "cam")],
@@ -79,8 +79,8 @@ def figure_rows(source, names, columns):
     for name in names:
         image = read_image(source.image_path(name))
         mask = source.mask_path(name)
-        row = [image, None if mask is None else blend(image, label_colours(read_label_png(mask)), 0.6)]
-        row += [blend(image, label_colours(maps[name]), 0.6) if name in maps else None for maps in columns.values()]
+        row = [image, None if mask is None else overlay(image, read_label_png(mask))]
+        row += [overlay(image, maps[name]) if name in maps else None for maps in columns.values()]
         rows.append(row)
     return rows
 

@@ -274,23 +274,21 @@ run_pipeline() {
 
 # segment DIR NAME: stage 7's predictions of the network in run directory DIR on SEG_SPLIT, with
 # and without CRF, scored into the run's results as "NAME (split)"; the segmentation rows as a
-# share of the fully supervised ones when those were made.
+# share of the fully supervised ones when those were made.  Called from run_pipeline, whose
+# `source` and `evaluate` arrays it uses.
 segment() {
-    local dir="$1" name="$2" more
+    local dir="$1" name="$2" more share=() share_crf=()
     echo "== infer_seg ($name)"
     extra infer_seg more
-    launch infer_seg.py --dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$dir" --split "$SEG_SPLIT" --crf \
-        "${more[@]}"
-    extra eval_cam more
-    local evaluate=(python eval_cam.py --dataset "$DATASET" --data-root "$DATA_ROOT" --work-dir "$WORK_DIR"
-                    "${more[@]}" --split "$SEG_SPLIT")
-    local share=() share_crf=()
+    launch infer_seg.py "${source[@]}" --work-dir "$dir" --split "$SEG_SPLIT" --crf "${more[@]}"
     if [ "$FULLY_SUPERVISED" = 1 ] && [ "$dir" = "$WORK_DIR" ]; then
         share=(--share-of "fully supervised ($SEG_SPLIT)")
         share_crf=(--share-of "fully supervised + CRF ($SEG_SPLIT)")
     fi
-    "${evaluate[@]}" --label-dir "$dir/segmentation/$SEG_SPLIT" --tag "$name ($SEG_SPLIT)" "${share[@]}"
-    "${evaluate[@]}" --label-dir "$dir/segmentation_crf/$SEG_SPLIT" --tag "$name + CRF ($SEG_SPLIT)" "${share_crf[@]}"
+    "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$dir/segmentation/$SEG_SPLIT" --tag "$name ($SEG_SPLIT)" \
+        "${share[@]}"
+    "${evaluate[@]}" --split "$SEG_SPLIT" --label-dir "$dir/segmentation_crf/$SEG_SPLIT" \
+        --tag "$name + CRF ($SEG_SPLIT)" "${share_crf[@]}"
 }
 
 # The drivers' main: options, toy settings, the run directory, every stage.  Each choice of

@@ -29,9 +29,14 @@ def label_colours(labels):
     return palette[np.asarray(labels, dtype=np.uint8)]
 
 
+def overlay(image, labels):
+    """A label map's palette colours blended over its image."""
+    return blend(image, label_colours(labels), 0.6)
+
+
 def label_panel(image, *label_maps):
     """The image, then each label map blended over it, side by side."""
-    return np.concatenate([image] + [blend(image, label_colours(m), 0.6) for m in label_maps], axis=1)
+    return np.concatenate([image] + [overlay(image, m) for m in label_maps], axis=1)
 
 
 def thumbnail(rgb, height):
